@@ -1,0 +1,3 @@
+from ollamalite.cli import main
+
+raise SystemExit(main())

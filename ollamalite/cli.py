@@ -1,0 +1,78 @@
+"""Command line: `ollamalite serve` (more commands arrive with the model-lifecycle work)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from ollamalite import __version__, config
+from ollamalite.errors import ConfigError
+from ollamalite.settings import DEFAULT_CONFIG, Settings, current
+
+log = logging.getLogger("ollamalite")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ollamalite", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"ollamalite {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="start the server")
+    serve.add_argument("--host", help="address to bind (default from OLLAMA_HOST, else 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default from OLLAMA_HOST, else 11434)")
+    serve.add_argument("--config", help=f"models file (default OLLAMALITE_CONFIG or {DEFAULT_CONFIG})")
+    serve.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    return parser
+
+
+def load_registry(settings: Settings) -> config.Registry:
+    """models.yaml, or, when none was asked for and none is here, the bundled model alone."""
+    path = settings.config_path
+    if not settings.config_explicit and not path.exists():
+        log.info("no %s here: serving the bundled model as smollm2:135m", path)
+        entry = config.ModelEntry(name="smollm2:135m", path=config.bundled_model_path())
+        return config.Registry(path=path, models={"smollm2:135m": entry})
+    return config.load(path)
+
+
+async def serve(settings: Settings, registry: config.Registry) -> None:
+    from ollamalite.server.app import create_app
+
+    runner = web.AppRunner(create_app(settings, registry), handler_cancellation=True,
+                           access_log=log if settings.debug else None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port)
+    await site.start()
+    log.info("ollamalite %s listening on http://%s:%d (%d models)", __version__, settings.host,
+             settings.port, len(registry.models))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    settings = current(host=args.host, port=args.port, config=args.config)
+    logging.basicConfig(level=logging.DEBUG if args.verbose or settings.debug else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        registry = load_registry(settings)
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"ollamalite: {exc}", file=sys.stderr)
+        return 1
+    try:
+        asyncio.run(serve(settings, registry))
+    except OSError as exc:
+        print(f"ollamalite: cannot listen on {settings.host}:{settings.port}: {exc}",
+              file=sys.stderr)
+        return 1
+    return 0

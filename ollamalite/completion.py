@@ -1,0 +1,84 @@
+"""The one generation path shared by every text route: prompt -> tokens -> engine events.
+
+Route modules only decide how a request becomes messages or a prompt and how events become
+their wire format; tokenizing, context fitting and the thread hand-off live here once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, AsyncIterator, Sequence
+
+from ollamalite import prompt as prompts
+from ollamalite.engine.jobs import Event, Failed, Finished, Job
+from ollamalite.errors import BadRequest
+from ollamalite.options import RunOptions
+from ollamalite.scheduler import Runner
+
+
+def _template(runner: Runner, override: str | None) -> str | None:
+    return override or runner.entry.template or runner.info.chat_template
+
+
+def _limit(runner: Runner, opts: RunOptions) -> int:
+    return min(opts.num_ctx or runner.num_ctx, runner.num_ctx)
+
+
+def _tokenize(runner: Runner, text: str, after: Sequence[int] = ()) -> list[int]:
+    """BOS is added only when the model wants it and the template did not write it already."""
+    model = runner.model
+    bos = model.bos_text
+    add_special = not after and not (bos and text.startswith(bos))
+    return list(after) + model.tokenize(text, add_special=add_special)
+
+
+def chat_tokens(runner: Runner, messages: list[dict[str, Any]], opts: RunOptions) -> list[int]:
+    """Render a conversation, dropping its oldest turns if it does not fit (blocking: CPU)."""
+    template = _template(runner, None)
+    model = runner.model
+    messages = prompts.with_system(messages, runner.entry.system)
+
+    def render(msgs: list[dict[str, Any]]) -> list[int]:
+        return _tokenize(runner, prompts.render_chat(template, msgs, model.bos_text,
+                                                     model.eos_text))
+
+    fitted = prompts.fit_messages(messages, lambda m: len(render(m)), _limit(runner, opts))
+    return render(fitted)
+
+
+def generate_tokens(runner: Runner, text: str, opts: RunOptions, *, system: str | None,
+                    template: str | None, raw: bool, context: Sequence[int] | None) -> list[int]:
+    """`/api/generate`'s prompt: templated as one user turn unless `raw` (blocking: CPU)."""
+    if not raw:
+        messages = prompts.with_system([{"role": "user", "content": text}],
+                                       system or runner.entry.system)
+        text = prompts.render_chat(_template(runner, template), messages, runner.model.bos_text,
+                                   runner.model.eos_text)
+    tokens = _tokenize(runner, text, context or ())
+    if len(tokens) >= _limit(runner, opts):
+        raise BadRequest(prompts.TOO_LONG)
+    return tokens
+
+
+async def prepare(fn: Any, *args: Any, **kwargs: Any) -> list[int]:
+    """Run a tokenizing function off the event loop."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(None, lambda: fn(*args, **kwargs))
+
+
+async def generate(runner: Runner, tokens: list[int], opts: RunOptions) -> AsyncIterator[Event]:
+    """Submit to the model's engine and yield its events; leaving early cancels the job."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Event] = asyncio.Queue()
+    job = Job(prompt=tokens, sampling=opts.sampling, num_predict=opts.num_predict, stop=opts.stop,
+              num_ctx=opts.num_ctx, num_batch=opts.num_batch,
+              emit=lambda event: loop.call_soon_threadsafe(queue.put_nowait, event))
+    runner.engine.submit(job)
+    try:
+        while True:
+            event = await queue.get()
+            yield event
+            if isinstance(event, (Finished, Failed)):
+                return
+    finally:
+        job.cancel()

@@ -1,0 +1,280 @@
+"""One engine thread per loaded model: continuous batching over sequence slots.
+
+Each step packs one token for every generating slot plus prompt chunks of newly admitted jobs
+into a single `llama_batch` and calls `llama_decode` once. A job goes to the free slot whose
+KV cache shares the longest prefix with its prompt, so a chat's next turn only evaluates the
+new messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+import llama_cpp
+
+from ollamalite.engine.jobs import Event, Failed, Finished, Job, TextChunk
+from ollamalite.engine.llama import LlamaModel
+from ollamalite.engine.sampling import SamplerChain
+from ollamalite.engine.text import TextAssembler
+
+log = logging.getLogger(__name__)
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+class Slot:
+    """One llama.cpp sequence: the tokens in its KV cache and the job it is serving."""
+
+    def __init__(self, seq_id: int) -> None:
+        self.seq_id = seq_id
+        self.cached: list[int] = []
+        self.last_used = 0.0
+        self.job: Job | None = None
+
+    def start(self, job: Job, n_keep: int, limit: int, sampler: SamplerChain,
+              now: float) -> None:
+        self.job = job
+        self.cached = self.cached[:n_keep]
+        self.pending = job.prompt[n_keep:]
+        self.prompt_eval_count = len(self.pending)
+        self.limit = limit
+        self.sampler = sampler
+        self.text = TextAssembler(job.stop)
+        self.generated: list[int] = []
+        self.next_token: int | None = None
+        self.logit_index = -1
+        self.unsent_tokens = 0
+        self.admitted_at = now
+        self.first_token_at: float | None = None
+
+    def release(self, now: float) -> None:
+        self.sampler.close()
+        self.job = None
+        self.last_used = now
+
+
+class Engine:
+    """Owns a llama.cpp context with `n_slots` sequences and the thread that decodes them."""
+
+    def __init__(self, model: LlamaModel, n_slots: int, slot_ctx: int, n_batch: int = 512,
+                 n_threads: int = 0) -> None:
+        self.model = model
+        self.n_slots = n_slots
+        self.slot_ctx = slot_ctx
+        self.n_batch = max(n_batch, n_slots)
+        self.ctx = _new_context(model, n_slots, slot_ctx, self.n_batch, n_threads)
+        self.mem = llama_cpp.llama_get_memory(self.ctx)
+        self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        self.slots = [Slot(i) for i in range(n_slots)]
+        self._queue: deque[Job] = deque()
+        self._cond = threading.Condition()
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name=f"engine:{Path(model.path).stem}",
+                                        daemon=True)
+        self._thread.start()
+
+    # -- called from any thread -------------------------------------------------------------
+
+    def submit(self, job: Job) -> None:
+        with self._cond:
+            if self._closing:
+                raise RuntimeError("engine is shutting down")
+            self._queue.append(job)
+            self._cond.notify()
+
+    def close(self) -> None:
+        """Stop the thread, fail whatever is still queued or running, free llama.cpp memory."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join()
+        now = time.perf_counter()
+        for slot in self.slots:
+            if slot.job is not None:
+                _emit(slot.job, Failed("model unloaded"))
+                slot.release(now)
+        for job in self._queue:
+            _emit(job, Failed("model unloaded"))
+        self._queue.clear()
+        llama_cpp.llama_batch_free(self.batch)
+        llama_cpp.llama_free(self.ctx)
+
+    # -- engine thread ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closing and not self._queue and not self._active():
+                    self._cond.wait()
+                if self._closing:
+                    return
+                self._admit_queued()
+            try:
+                self._step()
+            except Exception as exc:  # keep serving other models' requests and later jobs
+                log.exception("engine step failed")
+                self._fail_active(f"inference failed: {exc}")
+
+    def _active(self) -> list[Slot]:
+        return [s for s in self.slots if s.job is not None]
+
+    def _admit_queued(self) -> None:
+        while self._queue:
+            job = self._queue[0]
+            if job.cancelled:
+                self._queue.popleft()
+                continue
+            free = [s for s in self.slots if s.job is None]
+            if not free:
+                return
+            self._queue.popleft()
+            self._admit(job, free)
+
+    def _admit(self, job: Job, free: list[Slot]) -> None:
+        limit = min(job.num_ctx or self.slot_ctx, self.slot_ctx)
+        if not job.prompt or len(job.prompt) >= limit:
+            _emit(job, Failed(f"prompt of {len(job.prompt)} tokens does not fit the context "
+                              f"of {limit} tokens"))
+            return
+        slot = max(free, key=lambda s: (common_prefix(s.cached, job.prompt), -s.last_used))
+        n_keep = min(common_prefix(slot.cached, job.prompt), len(job.prompt) - 1)
+        if not llama_cpp.llama_memory_seq_rm(self.mem, slot.seq_id, n_keep, -1):
+            llama_cpp.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
+            n_keep = 0
+        sampler = SamplerChain(job.sampling, self.model.n_vocab)
+        slot.start(job, n_keep, limit, sampler, time.perf_counter())
+        log.debug("slot %d: %d prompt tokens, %d reused", slot.seq_id, len(job.prompt), n_keep)
+
+    def _step(self) -> None:
+        now = time.perf_counter()
+        for slot in self._active():
+            if slot.job.cancelled:
+                log.info("slot %d: client went away, generation cancelled", slot.seq_id)
+                self._finish(slot, "cancel", now)
+        active = self._active()
+        if not active:
+            return
+        n_tokens = self._fill_batch(active)
+        if n_tokens == 0:
+            return
+        rc = llama_cpp.llama_decode(self.ctx, self.batch)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode returned {rc}")
+        for slot in active:
+            if slot.logit_index >= 0:
+                self._on_logits(slot)
+
+    def _fill_batch(self, active: list[Slot]) -> int:
+        """Generating slots first (one token each), then prompt chunks within `n_batch`."""
+        n = 0
+        for slot in active:
+            slot.logit_index = -1
+            if slot.next_token is not None:
+                self._put(n, slot.next_token, len(slot.cached), slot.seq_id, True)
+                slot.cached.append(slot.next_token)
+                slot.next_token = None
+                slot.logit_index = n
+                n += 1
+        for slot in active:
+            if not slot.pending or n >= self.n_batch:
+                continue
+            take = min(self.n_batch - n, len(slot.pending), slot.job.num_batch or self.n_batch)
+            chunk, slot.pending = slot.pending[:take], slot.pending[take:]
+            for i, token in enumerate(chunk):
+                last = not slot.pending and i == take - 1
+                self._put(n, token, len(slot.cached), slot.seq_id, last)
+                slot.cached.append(token)
+                if last:
+                    slot.logit_index = n
+                n += 1
+        self.batch.n_tokens = n
+        return n
+
+    def _put(self, i: int, token: int, pos: int, seq_id: int, logits: bool) -> None:
+        b = self.batch
+        b.token[i] = token
+        b.pos[i] = pos
+        b.n_seq_id[i] = 1
+        b.seq_id[i][0] = seq_id
+        b.logits[i] = logits
+
+    def _on_logits(self, slot: Slot) -> None:
+        job = slot.job
+        now = time.perf_counter()
+        if slot.first_token_at is None:
+            slot.first_token_at = now
+        if job.num_predict == 0:
+            return self._finish(slot, "length", now)
+        token = slot.sampler.sample(self.ctx, slot.logit_index)
+        if self.model.is_eog(token):
+            return self._finish(slot, "stop", now)
+        slot.generated.append(token)
+        slot.unsent_tokens += 1
+        text = slot.text.push(self.model.piece(token))
+        if text:
+            _emit(job, TextChunk(text, slot.unsent_tokens))
+            slot.unsent_tokens = 0
+        if slot.text.stopped:
+            return self._finish(slot, "stop", now)
+        if 0 < job.num_predict <= len(slot.generated) or len(slot.cached) >= slot.limit:
+            return self._finish(slot, "length", now)
+        slot.next_token = token
+
+    def _finish(self, slot: Slot, reason: str, now: float) -> None:
+        job = slot.job
+        tail = slot.text.flush()
+        if tail:
+            _emit(job, TextChunk(tail, slot.unsent_tokens))
+        first = slot.first_token_at or now
+        _emit(job, Finished(
+            done_reason=reason,
+            prompt_tokens=len(job.prompt),
+            prompt_eval_count=slot.prompt_eval_count,
+            prompt_eval_duration=int((first - slot.admitted_at) * 1e9),
+            eval_count=len(slot.generated),
+            eval_duration=int((now - first) * 1e9),
+            tokens=tuple(job.prompt) + tuple(slot.generated),
+        ))
+        slot.release(now)
+
+    def _fail_active(self, message: str) -> None:
+        now = time.perf_counter()
+        for slot in self._active():
+            _emit(slot.job, Failed(message))
+            llama_cpp.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
+            slot.cached = []
+            slot.release(now)
+
+
+def _emit(job: Job, event: Event) -> None:
+    try:
+        job.emit(event)
+    except RuntimeError:  # the submitter's event loop is gone: nobody is listening
+        job.cancel()
+
+
+def _new_context(model: LlamaModel, n_slots: int, slot_ctx: int, n_batch: int,
+                 n_threads: int) -> llama_cpp.llama_context_p:
+    params = llama_cpp.llama_context_default_params()
+    params.n_ctx = slot_ctx * n_slots
+    params.n_batch = n_batch
+    params.n_ubatch = n_batch
+    params.n_seq_max = n_slots
+    params.kv_unified = True
+    params.n_threads = params.n_threads_batch = n_threads or (os.cpu_count() or 1)
+    params.no_perf = True
+    ctx = llama_cpp.llama_init_from_model(model.ptr, params)
+    if not ctx:
+        raise RuntimeError(f"llama.cpp could not create a context of {params.n_ctx} tokens")
+    return ctx

@@ -1,0 +1,119 @@
+"""A loaded GGUF model through llama-cpp-python's low-level C API: weights, vocabulary, text.
+
+The high-level `Llama` class is not used: it owns a single-sequence context, while the engine
+needs one context with several sequences that it builds itself.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from functools import lru_cache
+from pathlib import Path
+
+import llama_cpp
+
+log = logging.getLogger(__name__)
+_llama_log = logging.getLogger("llama.cpp")
+# ggml_log_level: 1 debug, 2 info, 3 warn, 4 error, 5 continuation of the previous line.
+_LEVELS = {3: logging.WARNING, 4: logging.ERROR}
+
+
+@llama_cpp.llama_log_callback
+def _log_callback(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
+    """llama.cpp's chatter goes to Python logging at DEBUG; warnings and errors stay visible."""
+    message = text.decode("utf-8", errors="replace").rstrip()
+    if message:
+        _llama_log.log(_LEVELS.get(level, logging.DEBUG), "%s", message)
+
+
+@lru_cache(maxsize=None)
+def init_backend() -> None:
+    """Once per process: route llama.cpp's log and initialise its backends."""
+    llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
+    llama_cpp.llama_backend_init()
+
+
+class ModelLoadError(RuntimeError):
+    pass
+
+
+class LlamaModel:
+    """Weights plus vocabulary. Thread-safe for reading; freed by `close()`."""
+
+    def __init__(self, path: Path, use_mmap: bool = True, use_mlock: bool = False) -> None:
+        init_backend()
+        params = llama_cpp.llama_model_default_params()
+        params.n_gpu_layers = 0
+        params.load_mode = _load_mode(use_mmap, use_mlock)
+        ptr = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+        if not ptr:
+            raise ModelLoadError(f"llama.cpp could not load {path}")
+        self.ptr = ptr
+        self.path = path
+        self.vocab = llama_cpp.llama_model_get_vocab(ptr)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+        self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(ptr)
+        self.size = llama_cpp.llama_model_size(ptr)
+        self._pieces: dict[int, bytes] = {}
+
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        """Special tokens written in the text (e.g. `<|im_start|>`) are parsed, as templates need."""
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        buf = (llama_cpp.llama_token * capacity)()
+        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special, True)
+        if n < 0:
+            capacity = -n
+            buf = (llama_cpp.llama_token * capacity)()
+            n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special,
+                                         True)
+        return list(buf[:n])
+
+    def piece(self, token: int) -> bytes:
+        """The bytes a generated token stands for; control tokens render as nothing."""
+        cached = self._pieces.get(token)
+        if cached is None:
+            cached = self._token_bytes(token, special=False)
+            self._pieces[token] = cached
+        return cached
+
+    def token_text(self, token: int) -> str:
+        """A special token's own spelling (for chat templates' `bos_token`/`eos_token`)."""
+        if token < 0:
+            return ""
+        return self._token_bytes(token, special=True).decode("utf-8", errors="replace")
+
+    def _token_bytes(self, token: int, special: bool) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        return buf.raw[:n]
+
+    def is_eog(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+
+    @property
+    def bos_text(self) -> str:
+        return self.token_text(llama_cpp.llama_vocab_bos(self.vocab))
+
+    @property
+    def eos_text(self) -> str:
+        return self.token_text(llama_cpp.llama_vocab_eos(self.vocab))
+
+    @property
+    def adds_bos(self) -> bool:
+        return bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
+
+    def close(self) -> None:
+        if self.ptr:
+            llama_cpp.llama_model_free(self.ptr)
+            self.ptr = None
+
+
+def _load_mode(use_mmap: bool, use_mlock: bool) -> int:
+    if use_mmap:
+        return llama_cpp.LLAMA_LOAD_MODE_MMAP_MLOCK if use_mlock else llama_cpp.LLAMA_LOAD_MODE_MMAP
+    return llama_cpp.LLAMA_LOAD_MODE_MLOCK if use_mlock else llama_cpp.LLAMA_LOAD_MODE_NONE

@@ -1,0 +1,65 @@
+"""Per-request llama.cpp sampler chains built from Ollama's sampling options."""
+
+from __future__ import annotations
+
+import ctypes
+
+import llama_cpp
+
+from ollamalite.options import SamplingParams
+
+
+def seed_value(seed: int) -> int:
+    """Ollama's -1 (random) is llama.cpp's LLAMA_DEFAULT_SEED; others wrap to 32 bits."""
+    return llama_cpp.LLAMA_DEFAULT_SEED if seed < 0 else seed & 0xFFFFFFFF
+
+
+class SamplerChain:
+    """Owns one `llama_sampler` chain; the order follows llama.cpp's common sampler."""
+
+    def __init__(self, params: SamplingParams, n_vocab: int) -> None:
+        chain_params = llama_cpp.llama_sampler_chain_default_params()
+        chain_params.no_perf = True
+        self.ptr = llama_cpp.llama_sampler_chain_init(chain_params)
+        for sampler in _stages(params, n_vocab):
+            llama_cpp.llama_sampler_chain_add(self.ptr, sampler)
+
+    def sample(self, ctx: llama_cpp.llama_context_p, index: int) -> int:
+        """Pick a token from the logits at batch position `index` (and record it)."""
+        return llama_cpp.llama_sampler_sample(self.ptr, ctx, index)
+
+    def close(self) -> None:
+        if self.ptr:
+            llama_cpp.llama_sampler_free(self.ptr)
+            self.ptr = None
+
+
+def _stages(p: SamplingParams, n_vocab: int) -> list[ctypes.c_void_p]:
+    seed = seed_value(p.seed)
+    stages = []
+    if p.repeat_last_n != 0 and (p.repeat_penalty != 1.0 or p.frequency_penalty or
+                                 p.presence_penalty):
+        last_n = n_vocab if p.repeat_last_n < 0 else p.repeat_last_n
+        stages.append(llama_cpp.llama_sampler_init_penalties(
+            n_vocab, last_n, p.repeat_penalty, p.frequency_penalty, p.presence_penalty))
+    if p.temperature <= 0:
+        return stages + [llama_cpp.llama_sampler_init_greedy()]
+    if p.mirostat == 1:
+        return stages + [llama_cpp.llama_sampler_init_temp(p.temperature),
+                         llama_cpp.llama_sampler_init_mirostat(
+                             n_vocab, seed, p.mirostat_tau, p.mirostat_eta, 100)]
+    if p.mirostat == 2:
+        return stages + [llama_cpp.llama_sampler_init_temp(p.temperature),
+                         llama_cpp.llama_sampler_init_mirostat_v2(seed, p.mirostat_tau,
+                                                                  p.mirostat_eta)]
+    if p.top_k > 0:
+        stages.append(llama_cpp.llama_sampler_init_top_k(p.top_k))
+    if p.typical_p < 1.0:
+        stages.append(llama_cpp.llama_sampler_init_typical(p.typical_p, 1))
+    if p.top_p < 1.0:
+        stages.append(llama_cpp.llama_sampler_init_top_p(p.top_p, 1))
+    if p.min_p > 0.0:
+        stages.append(llama_cpp.llama_sampler_init_min_p(p.min_p, 1))
+    stages.append(llama_cpp.llama_sampler_init_temp(p.temperature))
+    stages.append(llama_cpp.llama_sampler_init_dist(seed))
+    return stages

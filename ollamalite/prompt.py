@@ -1,0 +1,68 @@
+"""Prompt rendering: Ollama requests -> the text the model sees, through its chat template.
+
+Templates are Jinja2 chat templates (the GGUF's `tokenizer.chat_template`, or an override from
+models.yaml or the request's `template`), rendered with llama-cpp-python's Jinja2 formatter.
+Ollama's Go templates are not interpreted: one given is rejected with a clear error.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Any, Callable, Sequence
+
+import jinja2
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+from ollamalite.errors import BadRequest
+
+Message = dict[str, Any]
+_GO_TEMPLATE = re.compile(r"\{\{-?\s*(\.|if \.|range \.)")
+TOO_LONG = ("the prompt is longer than the context length currently available to the model; "
+            "shorten the prompt, adjust the context length in settings, or use a model with a "
+            "longer context length")
+
+
+@lru_cache(maxsize=32)
+def _formatter(template: str, bos: str, eos: str) -> Jinja2ChatFormatter:
+    if _GO_TEMPLATE.search(template):
+        raise BadRequest("Go templates are not supported: `template` must be a Jinja2 chat "
+                         "template (like a GGUF's tokenizer.chat_template)")
+    try:
+        return Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
+    except jinja2.TemplateError as exc:
+        raise BadRequest(f"template error: {exc}") from None
+
+
+def render_chat(template: str | None, messages: Sequence[Message], bos: str, eos: str) -> str:
+    """Messages -> prompt text ending with the assistant's turn opening."""
+    if template is None:
+        return "".join(str(m.get("content", "")) for m in messages)
+    try:
+        return _formatter(template, bos, eos)(messages=list(messages)).prompt
+    except (jinja2.TemplateError, ValueError, TypeError) as exc:
+        raise BadRequest(f"template error: {exc}") from None
+
+
+def with_system(messages: Sequence[Message], system: str | None) -> list[Message]:
+    """Prepend the model's system prompt unless the conversation brings its own."""
+    if not system or (messages and messages[0].get("role") == "system"):
+        return list(messages)
+    return [{"role": "system", "content": system}, *messages]
+
+
+def fit_messages(messages: list[Message], count: Callable[[list[Message]], int],
+                 limit: int) -> list[Message]:
+    """Drop the oldest turns (never the system prompt or the last message) until it fits.
+
+    Ollama truncates chat history the same way instead of failing a long conversation.
+    """
+    head = [m for m in messages[:1] if m.get("role") == "system"]
+    body = messages[len(head):]
+    while body:
+        if count(head + body) < limit:
+            return head + body
+        if len(body) == 1:
+            break
+        body = body[1:]
+    raise BadRequest(TOO_LONG)

@@ -1,0 +1,196 @@
+"""Which models are loaded: loading off the event loop, LRU eviction, keep-alive, num_ctx.
+
+Handlers ask for a model by name and get a `Runner` (model + engine) held for the duration of
+their request; the scheduler never formats HTTP and never touches tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+from ollamalite.config import ModelEntry, Registry
+from ollamalite.engine.engine import Engine
+from ollamalite.engine.llama import LlamaModel
+from ollamalite.errors import ModelNotFound
+from ollamalite.gguf_meta import GGUFInfo, read_header
+from ollamalite.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_NUM_CTX = 4096
+
+
+@dataclass(eq=False)
+class Runner:
+    """A loaded model and the engine thread serving it."""
+
+    entry: ModelEntry
+    info: GGUFInfo
+    model: LlamaModel
+    engine: Engine
+    num_ctx: int
+    keep_alive: float
+    refs: int = 0
+    expires_at: float = 0.0
+    _timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+
+    def close(self) -> None:
+        """Blocking: joins the engine thread and frees llama.cpp memory."""
+        self.engine.close()
+        self.model.close()
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A runner held by one request, and the seconds that request spent loading it."""
+
+    runner: Runner
+    load_duration: float
+
+
+class Scheduler:
+    def __init__(self, settings: Settings, registry: Registry) -> None:
+        self.settings = settings
+        self.registry = registry
+        self._loaded: OrderedDict[str, Runner] = OrderedDict()
+        self._lock = asyncio.Lock()
+        self._released = asyncio.Condition()
+
+    def entry(self, name: str) -> ModelEntry:
+        entry = self.registry.get(name)
+        if entry is None:
+            raise ModelNotFound(name)
+        return entry
+
+    @property
+    def loaded(self) -> list[Runner]:
+        return list(self._loaded.values())
+
+    @asynccontextmanager
+    async def use(self, name: str, num_ctx: int | None = None,
+                  keep_alive: float | None = None) -> AsyncIterator[Lease]:
+        """Hold a loaded model for one request; afterwards its keep-alive clock restarts."""
+        entry = self.entry(name)
+        started = time.perf_counter()
+        runner, fresh = await self._acquire(entry, num_ctx)
+        try:
+            yield Lease(runner, time.perf_counter() - started if fresh else 0.0)
+        finally:
+            await self._release(runner, keep_alive)
+
+    async def unload(self, name: str) -> None:
+        """Unload now if idle, otherwise as soon as the running requests finish."""
+        runner = self._loaded.get(self.entry(name).name.lower())
+        if runner is not None:
+            runner.keep_alive = 0.0
+            if runner.refs == 0:
+                await self._unload(runner)
+
+    async def close(self) -> None:
+        for runner in list(self._loaded.values()):
+            await self._unload(runner)
+
+    async def _acquire(self, entry: ModelEntry, num_ctx: int | None) -> tuple[Runner, bool]:
+        key = entry.name.lower()
+        async with self._lock:
+            runner = self._loaded.get(key)
+            if runner is not None and num_ctx is not None and num_ctx > runner.num_ctx:
+                log.info("%s: num_ctx %d > loaded %d, reloading", entry.name, num_ctx,
+                         runner.num_ctx)
+                await self._wait_idle(runner)
+                await self._unload(runner)
+                runner = None
+            fresh = runner is None
+            if runner is None:
+                await self._make_room()
+                runner = await self._load(entry, num_ctx)
+                self._loaded[key] = runner
+            self._loaded.move_to_end(key)
+            runner.refs += 1
+            _cancel_timer(runner)
+            return runner, fresh
+
+    async def _release(self, runner: Runner, keep_alive: float | None) -> None:
+        runner.refs -= 1
+        if keep_alive is not None:
+            runner.keep_alive = keep_alive
+        if runner.refs == 0:
+            self._arm_timer(runner)
+        async with self._released:
+            self._released.notify_all()
+
+    def _arm_timer(self, runner: Runner) -> None:
+        _cancel_timer(runner)
+        if runner.keep_alive == 0:
+            asyncio.get_running_loop().create_task(self._expire(runner))
+            return
+        runner.expires_at = time.time() + runner.keep_alive
+        if runner.keep_alive != float("inf"):
+            loop = asyncio.get_running_loop()
+            runner._timer = loop.call_later(
+                runner.keep_alive, lambda: loop.create_task(self._expire(runner)))
+
+    async def _expire(self, runner: Runner) -> None:
+        async with self._lock:
+            if runner.refs == 0 and self._loaded.get(runner.entry.name.lower()) is runner:
+                await self._unload(runner)
+
+    async def _make_room(self) -> None:
+        while len(self._loaded) >= self.settings.max_loaded_models:
+            idle = [r for r in self._loaded.values() if r.refs == 0]
+            if idle:
+                await self._unload(idle[0])
+                continue
+            async with self._released:
+                await self._released.wait()
+
+    async def _wait_idle(self, runner: Runner) -> None:
+        async with self._released:
+            await self._released.wait_for(lambda: runner.refs == 0)
+
+    async def _load(self, entry: ModelEntry, num_ctx: int | None) -> Runner:
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        info = await loop.run_in_executor(None, read_header, entry.path)
+        ctx = _context_size(entry, info, num_ctx)
+        slots = entry.num_parallel or self.settings.num_parallel
+        opts = entry.options
+        model = await loop.run_in_executor(
+            None, lambda: LlamaModel(entry.path, opts.get("use_mmap", True),
+                                     opts.get("use_mlock", False)))
+        try:
+            engine = await loop.run_in_executor(
+                None, lambda: Engine(model, slots, ctx, n_batch=opts.get("num_batch", 512),
+                                     n_threads=opts.get("num_thread", self.settings.num_threads)))
+        except Exception:
+            model.close()
+            raise
+        elapsed = time.perf_counter() - started
+        log.info("loaded %s (%d slots x %d tokens) in %.2fs", entry.name, slots, ctx, elapsed)
+        keep_alive = entry.keep_alive if entry.keep_alive is not None else self.settings.keep_alive
+        return Runner(entry=entry, info=info, model=model, engine=engine, num_ctx=ctx,
+                      keep_alive=keep_alive)
+
+    async def _unload(self, runner: Runner) -> None:
+        _cancel_timer(runner)
+        self._loaded.pop(runner.entry.name.lower(), None)
+        await asyncio.get_running_loop().run_in_executor(None, runner.close)
+        log.info("unloaded %s", runner.entry.name)
+
+
+def _context_size(entry: ModelEntry, info: GGUFInfo, requested: int | None) -> int:
+    wanted = requested or entry.num_ctx or entry.options.get("num_ctx") or DEFAULT_NUM_CTX
+    return max(16, min(wanted, info.context_length))
+
+
+def _cancel_timer(runner: Runner) -> None:
+    if runner._timer is not None:
+        runner._timer.cancel()
+        runner._timer = None
+

@@ -1,0 +1,170 @@
+"""Wire schemas (marshmallow): every request body is loaded and checked here.
+
+Unknown top-level fields are ignored, as Ollama does; wrong types are 400s naming the field.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load, validate, validates_schema
+
+from ollamalite.durations import keep_alive_seconds
+from ollamalite.errors import BadRequest
+from ollamalite.options import validate_options
+
+ROLES = ("system", "user", "assistant", "tool")
+
+
+class KeepAlive(fields.Field):
+    """A number of seconds or a Go duration string; negative means forever."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> float:
+        try:
+            return keep_alive_seconds(value)
+        except ValueError as exc:
+            raise ValidationError(str(exc)) from None
+
+
+class Options(fields.Dict):
+    """Ollama `options`, checked key by key (see options.py)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> dict:
+        raw = super()._deserialize(value, attr, data, **kwargs)
+        return validate_options(raw)
+
+
+class Format(fields.Field):
+    """`"json"`, a JSON-schema object, or empty. Structured output itself arrives later."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if value in (None, ""):
+            return None
+        if value == "json" or isinstance(value, dict):
+            return value
+        raise ValidationError(f'invalid format: {value!r}; expected "json" or a valid JSON '
+                              "Schema object")
+
+
+class Think(fields.Field):
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if isinstance(value, bool) or value in ("high", "medium", "low", "max"):
+            return value
+        raise ValidationError('must be a boolean or one of "high", "medium", "low", "max"')
+
+
+class Base64List(fields.List):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(fields.String(), **kwargs)
+
+
+class ModelRequest(Schema):
+    """Fields shared by every request that names a model."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    model = fields.String(load_default="")
+    keep_alive = KeepAlive(load_default=None, allow_none=True)
+    options = Options(load_default=dict, allow_none=True)
+
+    @pre_load
+    def _reject_non_object(self, data: Any, **kwargs: Any) -> Any:
+        if not isinstance(data, dict):
+            raise ValidationError("request body must be a JSON object")
+        return data
+
+
+class CompletionRequest(ModelRequest):
+    stream = fields.Boolean(load_default=True)
+    format = Format(load_default=None, allow_none=True)
+    think = Think(load_default=None, allow_none=True)
+    truncate = fields.Boolean(load_default=True)
+    shift = fields.Boolean(load_default=True)
+    logprobs = fields.Boolean(load_default=False)
+    top_logprobs = fields.Integer(load_default=0, validate=validate.Range(min=0, max=20))
+
+
+class GenerateRequest(CompletionRequest):
+    prompt = fields.String(load_default="")
+    suffix = fields.String(load_default="")
+    system = fields.String(load_default=None, allow_none=True)
+    template = fields.String(load_default=None, allow_none=True)
+    context = fields.List(fields.Integer(strict=True), load_default=None, allow_none=True)
+    raw = fields.Boolean(load_default=False)
+    images = Base64List(load_default=None, allow_none=True)
+
+    @validates_schema
+    def _raw_mode(self, data: dict, **kwargs: Any) -> None:
+        if data.get("raw") and (data.get("template") or data.get("system") or data.get("context")):
+            raise ValidationError("raw mode does not support template, system, or context")
+
+
+class Message(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    role = fields.String(required=True)
+    content = fields.String(load_default="", allow_none=True)
+    thinking = fields.String(load_default=None, allow_none=True)
+    images = Base64List(load_default=None, allow_none=True)
+    tool_calls = fields.List(fields.Dict(), load_default=None, allow_none=True)
+    tool_name = fields.String(load_default=None, allow_none=True)
+    tool_call_id = fields.String(load_default=None, allow_none=True)
+
+    @pre_load
+    def _lower_role(self, data: Any, **kwargs: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("role"), str):
+            data = {**data, "role": data["role"].lower()}
+        return data
+
+    @validates_schema
+    def _known_role(self, data: dict, **kwargs: Any) -> None:
+        if data["role"] not in ROLES:
+            raise ValidationError(f"role must be one of {', '.join(ROLES)}", "role")
+
+
+class ChatRequest(CompletionRequest):
+    messages = fields.List(fields.Nested(Message), load_default=list)
+    tools = fields.List(fields.Dict(), load_default=None, allow_none=True)
+
+
+class ShowRequest(ModelRequest):
+    name = fields.String(load_default="")
+    verbose = fields.Boolean(load_default=False)
+    system = fields.String(load_default=None, allow_none=True)
+
+
+class PullRequest(ShowRequest):
+    insecure = fields.Boolean(load_default=False)
+    stream = fields.Boolean(load_default=True)
+
+
+def load(schema: Schema, body: Any) -> dict[str, Any]:
+    """Validate a decoded JSON body; errors become one readable 400 message."""
+    try:
+        return schema.load(body)
+    except ValidationError as exc:
+        raise BadRequest(describe(exc.messages)) from None
+
+
+def describe(messages: Any, prefix: str = "") -> str:
+    """marshmallow's nested error dict -> `field.sub: message; other: message`."""
+    if isinstance(messages, dict):
+        parts = []
+        for key, value in messages.items():
+            path = prefix if key == "_schema" else (f"{prefix}.{key}" if prefix else str(key))
+            parts.append(describe(value, path))
+        return "; ".join(parts)
+    if isinstance(messages, list):
+        text = " ".join(str(m) for m in messages if not isinstance(m, (dict, list)))
+        nested = [describe(m, prefix) for m in messages if isinstance(m, (dict, list))]
+        head = f"{prefix}: {text}" if prefix and text else text
+        return "; ".join([p for p in [head, *nested] if p])
+    return f"{prefix}: {messages}" if prefix else str(messages)
+
+
+GENERATE = GenerateRequest()
+CHAT = ChatRequest()
+SHOW = ShowRequest()
+PULL = PullRequest()

@@ -1,0 +1,1 @@
+"""HTTP layer: the aiohttp app, its middleware, and the route handlers."""

@@ -1,0 +1,118 @@
+"""The aiohttp application: middleware (errors, CORS), routes, scheduler lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import logging
+from typing import AsyncIterator, Awaitable, Callable
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from ollamalite.config import Registry
+from ollamalite.errors import ApiError
+from ollamalite.gguf_meta import file_digest
+from ollamalite.scheduler import Scheduler
+from ollamalite.server import ollama
+from ollamalite.server.keys import SCHEDULER, SETTINGS
+from ollamalite.server.stream import json_response
+from ollamalite.settings import Settings
+
+log = logging.getLogger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+CORS_HEADERS = "ollamalite.cors_headers"
+
+_LOCAL_HOSTS = ("localhost", "127.0.0.1", "0.0.0.0")
+DEFAULT_ORIGINS = tuple(
+    f"{scheme}://{host}{port}" for host in _LOCAL_HOSTS for scheme in ("http", "https")
+    for port in ("", ":*")
+) + ("app://*", "file://*", "tauri://*", "vscode-webview://*", "vscode-file://*")
+ALLOW_HEADERS = ", ".join([
+    "Authorization", "Content-Type", "User-Agent", "Accept", "X-Requested-With", "OpenAI-Beta",
+    *(f"x-stainless-{h}" for h in ("arch", "async", "custom-poll-interval", "helper-method",
+                                   "lang", "os", "package-version", "poll-helper",
+                                   "retry-count", "runtime", "runtime-version", "timeout")),
+])
+ALLOW_METHODS = "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure leaves as Ollama's `{"error": ...}` (or its plain-text 404/405)."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return json_response({"error": exc.message}, status=exc.status)
+    except web.HTTPNotFound:
+        return web.Response(status=404, text="404 page not found")
+    except web.HTTPMethodNotAllowed:
+        return web.Response(status=405, text="405 method not allowed")
+    except web.HTTPException:
+        raise
+    except (asyncio.CancelledError, ConnectionResetError):
+        log.info("%s %s: client disconnected", request.method, request.path)
+        raise
+    except Exception as exc:
+        log.exception("%s %s failed", request.method, request.path)
+        return json_response({"error": f"internal error: {exc}"}, status=500)
+
+
+def origin_allowed(origin: str, allowed: tuple[str, ...]) -> bool:
+    return any(pattern == "*" or fnmatch.fnmatchcase(origin, pattern) for pattern in allowed)
+
+
+def _same_origin(request: web.Request, origin: str) -> bool:
+    parts = urlsplit(origin)
+    return parts.scheme in ("http", "https") and parts.netloc == request.host
+
+
+def cors_middleware(origins: tuple[str, ...]) -> Callable:
+    allowed = origins + DEFAULT_ORIGINS
+
+    @web.middleware
+    async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        if not origin or _same_origin(request, origin):
+            return await handler(request)
+        if not origin_allowed(origin, allowed):
+            return web.Response(status=403)
+        request[CORS_HEADERS] = {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            return web.Response(status=204, headers={
+                "Access-Control-Allow-Methods": ALLOW_METHODS,
+                "Access-Control-Allow-Headers": ALLOW_HEADERS, "Access-Control-Max-Age": "43200"})
+        return await handler(request)
+
+    return cors
+
+
+async def _add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Runs as every response (streamed ones too) is prepared, after the handler chose it."""
+    response.headers.update(request.get(CORS_HEADERS, {}))
+
+
+async def _warm_digests(registry: Registry) -> None:
+    """Hash model files in the background so the first /api/tags answers at once."""
+    loop = asyncio.get_running_loop()
+    for entry in registry.models.values():
+        await loop.run_in_executor(None, file_digest, entry.path)
+
+
+async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
+    scheduler = app[SCHEDULER]
+    warm = asyncio.create_task(_warm_digests(scheduler.registry))
+    yield
+    warm.cancel()
+    await scheduler.close()
+
+
+def create_app(settings: Settings, registry: Registry) -> web.Application:
+    app = web.Application(middlewares=[cors_middleware(settings.origins), errors_middleware],
+                          client_max_size=64 * 1024 * 1024)
+    app[SETTINGS] = settings
+    app[SCHEDULER] = Scheduler(settings, registry)
+    app.cleanup_ctx.append(_scheduler_ctx)
+    app.on_response_prepare.append(_add_cors_headers)
+    ollama.add_routes(app)
+    return app

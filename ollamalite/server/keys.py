@@ -1,0 +1,9 @@
+"""Typed keys for what the app holds."""
+
+from aiohttp import web
+
+from ollamalite.scheduler import Scheduler
+from ollamalite.settings import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+SCHEDULER = web.AppKey("scheduler", Scheduler)

@@ -1,0 +1,122 @@
+"""Server settings from flags and the OLLAMA_* / OLLAMALITE_* environment, read once.
+
+No other module reads `os.environ`: everything it needs arrives in one frozen `Settings`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+from urllib.parse import urlsplit
+
+from ollamalite.durations import keep_alive_seconds, parse_go_duration
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 11434
+DEFAULT_KEEP_ALIVE = 300.0
+DEFAULT_CONFIG = "models.yaml"
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    config_path: Path = Path(DEFAULT_CONFIG)
+    config_explicit: bool = False  # named by flag or env, so its absence is an error
+    origins: tuple[str, ...] = ()
+    keep_alive: float = DEFAULT_KEEP_ALIVE
+    max_loaded_models: int = 1
+    num_parallel: int = 4
+    max_queue: int = 512
+    num_threads: int = 0
+    debug: bool = False
+
+
+def env_var(env: Mapping[str, str], key: str) -> str:
+    """Ollama's `Var()`: trim white space, then one pair of surrounding quotes."""
+    return env.get(key, "").strip().strip("\"'").strip()
+
+
+def parse_host(value: str) -> tuple[str, int]:
+    """OLLAMA_HOST forms: `host`, `host:port`, `:port`, `[::1]`, `http(s)://host[:port]/path`."""
+    if not value:
+        return "127.0.0.1", DEFAULT_PORT
+    scheme, _, rest = value.rpartition("://")
+    default_port = {"http": 80, "https": 443}.get(scheme, DEFAULT_PORT)
+    netloc = urlsplit(f"//{rest}").netloc or rest.split("/", 1)[0]
+    host, port = _split_host_port(netloc, default_port)
+    return host or "0.0.0.0", port
+
+
+def _split_host_port(netloc: str, default_port: int) -> tuple[str, int]:
+    if netloc.startswith("["):
+        host, _, tail = netloc[1:].partition("]")
+        port_text = tail[1:] if tail.startswith(":") else ""
+    elif netloc.count(":") > 1:
+        return netloc, default_port
+    else:
+        host, _, port_text = netloc.partition(":")
+    try:
+        port = int(port_text) if port_text else default_port
+    except ValueError:
+        port = default_port
+    return host, port if 0 <= port <= 65535 else default_port
+
+
+def _uint(env: Mapping[str, str], key: str, default: int) -> int:
+    text = env_var(env, key)
+    if not text:
+        return default
+    try:
+        value = int(text)
+        if value < 0:
+            raise ValueError
+        return value
+    except ValueError:
+        log.warning("invalid %s=%r, using %d", key, text, default)
+        return default
+
+
+def _keep_alive(env: Mapping[str, str]) -> float:
+    text = env_var(env, "OLLAMA_KEEP_ALIVE")
+    if not text:
+        return DEFAULT_KEEP_ALIVE
+    try:
+        value: object = int(text) if text.lstrip("-").isdigit() else parse_go_duration(text)
+        return keep_alive_seconds(value)
+    except ValueError:
+        log.warning("invalid OLLAMA_KEEP_ALIVE=%r, using 5m", text)
+        return DEFAULT_KEEP_ALIVE
+
+
+def from_env(
+    env: Mapping[str, str],
+    host: str | None = None,
+    port: int | None = None,
+    config: str | None = None,
+) -> Settings:
+    """Flags win over the environment, which wins over the defaults."""
+    env_host, env_port = parse_host(env_var(env, "OLLAMA_HOST"))
+    config_text = config or env_var(env, "OLLAMALITE_CONFIG")
+    origins = tuple(o.strip() for o in env_var(env, "OLLAMA_ORIGINS").split(",") if o.strip())
+    return Settings(
+        host=host or env_host,
+        port=port if port is not None else env_port,
+        config_path=Path(config_text or DEFAULT_CONFIG),
+        config_explicit=bool(config_text),
+        origins=origins,
+        keep_alive=_keep_alive(env),
+        max_loaded_models=_uint(env, "OLLAMA_MAX_LOADED_MODELS", 0) or 1,
+        num_parallel=_uint(env, "OLLAMA_NUM_PARALLEL", 0) or 4,
+        max_queue=_uint(env, "OLLAMA_MAX_QUEUE", 512) or 512,
+        num_threads=_uint(env, "OLLAMALITE_NUM_THREADS", 0),
+        debug=env_var(env, "OLLAMA_DEBUG") not in ("", "0", "false", "False"),
+    )
+
+
+def current(**flags: object) -> Settings:
+    return from_env(os.environ, **flags)  # type: ignore[arg-type]
