@@ -271,7 +271,7 @@ def _new_context(model: LlamaModel, n_slots: int, slot_ctx: int, n_batch: int,
     params.n_batch = n_batch
     params.n_ubatch = n_batch
     params.n_seq_max = n_slots
-    params.kv_unified = True
+    params.kv_unified = False  # per-slot KV: a slot's numerics do not depend on its neighbours
     params.n_threads = params.n_threads_batch = n_threads or (os.cpu_count() or 1)
     params.no_perf = True
     ctx = llama_cpp.llama_init_from_model(model.ptr, params)

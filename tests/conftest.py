@@ -1,0 +1,100 @@
+"""Shared fixtures: a real ollamalite server on a free port, serving the bundled model."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL = "smollm2:135m"
+# A second name for the same GGUF with its own defaults, to test models.yaml settings.
+PIRATE = "pirate:latest"
+PIRATE_SYSTEM = "You are a pirate. Answer every question like a pirate."
+
+TEST_CONFIG = f"""\
+# models.yaml written by the test suite
+models:
+  {MODEL}:
+    path: bundled
+    num_ctx: 2048
+  pirate:
+    path: bundled
+    num_ctx: 1024
+    system: "{PIRATE_SYSTEM}"
+    options:
+      temperature: 0
+      num_predict: 8
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class LiveServer:
+    url: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_server(config: Path, log_path: Path, env: dict[str, str] | None = None,
+                 timeout: float = 60.0) -> LiveServer:
+    port = free_port()
+    full_env = {**os.environ, "OLLAMA_HOST": "", "OLLAMA_ORIGINS": "", **(env or {})}
+    log = open(log_path, "wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ollamalite", "serve", "--port", str(port), "--config",
+         str(config)], cwd=REPO, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n"
+                               f"{log_path.read_text(errors='replace')}")
+        try:
+            with urllib.request.urlopen(url + "/", timeout=1) as resp:
+                if resp.status == 200:
+                    return LiveServer(url, process, log_path)
+        except OSError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError("server did not start in time")
+
+
+def stop_server(server: LiveServer) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    folder = tmp_path_factory.mktemp("server")
+    config = folder / "models.yaml"
+    config.write_text(TEST_CONFIG)
+    live = start_server(config, folder / "server.log",
+                        env={"OLLAMA_ORIGINS": "https://allowed.example"})
+    yield live
+    stop_server(live)
+
+
+@pytest.fixture(scope="session")
+def base_url(server: LiveServer) -> str:
+    return server.url

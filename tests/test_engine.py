@@ -1,0 +1,176 @@
+"""The batched engine on the real bundled model, driven directly (no HTTP)."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Iterator
+
+import pytest
+
+from ollamalite.config import bundled_model_path
+from ollamalite.engine.engine import Engine
+from ollamalite.engine.jobs import Failed, Finished, Job, TextChunk
+from ollamalite.engine.llama import LlamaModel
+from ollamalite.gguf_meta import read_header
+from ollamalite.options import SamplingParams
+from ollamalite.prompt import render_chat
+
+SLOT_CTX = 512
+
+
+@pytest.fixture(scope="module")
+def model() -> Iterator[LlamaModel]:
+    m = LlamaModel(bundled_model_path())
+    yield m
+    m.close()
+
+
+@pytest.fixture(scope="module")
+def engine(model: LlamaModel) -> Iterator[Engine]:
+    e = Engine(model, n_slots=4, slot_ctx=SLOT_CTX, n_batch=64)
+    yield e
+    e.close()
+
+
+def chat_prompt(model: LlamaModel, text: str) -> list[int]:
+    template = read_header(bundled_model_path()).chat_template
+    rendered = render_chat(template, [{"role": "user", "content": text}], model.bos_text,
+                           model.eos_text)
+    return model.tokenize(rendered, add_special=False)
+
+
+class Run:
+    """Submits a job and collects its events from the engine thread."""
+
+    def __init__(self, engine: Engine, prompt: list[int], **kw: object) -> None:
+        self.events: queue.Queue = queue.Queue()
+        self.job = Job(prompt=prompt, emit=self.events.put,
+                       sampling=kw.pop("sampling", SamplingParams(temperature=0)), **kw)
+        engine.submit(self.job)
+
+    def chunks(self) -> Iterator[TextChunk]:
+        while True:
+            event = self.events.get(timeout=120)
+            if isinstance(event, TextChunk):
+                yield event
+            else:
+                self.final = event
+                return
+
+    def text(self) -> str:
+        return "".join(c.text for c in self.chunks())
+
+
+def test_generates_text_and_metrics(engine: Engine, model: LlamaModel) -> None:
+    prompt = chat_prompt(model, "Name three colours.")
+    run = Run(engine, prompt, num_predict=12)
+    text = run.text()
+    fin = run.final
+    assert isinstance(fin, Finished) and text.strip()
+    assert fin.done_reason in ("stop", "length") and 0 < fin.eval_count <= 12
+    assert fin.prompt_tokens == len(prompt)
+    assert fin.prompt_eval_duration > 0 and fin.eval_duration > 0
+    assert list(fin.tokens[:len(prompt)]) == prompt and len(fin.tokens) == len(prompt) + fin.eval_count
+
+
+def test_same_seed_same_text_alone_and_beside_others(engine: Engine, model: LlamaModel) -> None:
+    prompts = [chat_prompt(model, q) for q in ("Tell me a story about a cat.",
+                                               "Describe the moon.", "Write a poem about rain.",
+                                               "What is bread made of?")]
+    sampling = [SamplingParams(temperature=0.9, seed=100 + i) for i in range(4)]
+    solo = [Run(engine, p, sampling=s, num_predict=24).text() for p, s in zip(prompts, sampling)]
+    together = [Run(engine, p, sampling=s, num_predict=24) for p, s in zip(prompts, sampling)]
+    assert [r.text() for r in together] == solo
+    assert len(set(solo)) == 4
+
+
+def test_cancelling_one_stream_leaves_the_others_intact(engine: Engine,
+                                                        model: LlamaModel) -> None:
+    prompts = [chat_prompt(model, f"Count from {n} upwards, one number per line.")
+               for n in (1, 50, 100)]
+    expected = [Run(engine, p, num_predict=30).text() for p in prompts]
+    runs = [Run(engine, p, num_predict=30) for p in prompts]
+    victim = runs[1]
+    first = next(victim.chunks())
+    victim.job.cancel()
+    rest = list(victim.chunks())
+    assert isinstance(victim.final, Finished) and victim.final.done_reason == "cancel"
+    assert len(rest) <= 2 and first.text
+    assert runs[0].text() == expected[0] and runs[2].text() == expected[2]
+
+
+def test_long_prompt_admitted_mid_flight_does_not_corrupt_running_streams(
+        engine: Engine, model: LlamaModel) -> None:
+    short = chat_prompt(model, "List five fruits.")
+    expected = Run(engine, short, num_predict=40).text()
+    running = Run(engine, short, num_predict=40)
+    chunks = running.chunks()
+    head = next(chunks).text
+    long_prompt = chat_prompt(model, "Summarise this. " + "The quick brown fox jumps. " * 50)
+    assert len(long_prompt) > 3 * engine.n_batch  # admitted in several chunks
+    late = Run(engine, long_prompt, num_predict=5)
+    assert head + "".join(c.text for c in chunks) == expected
+    late.text()
+    assert isinstance(late.final, Finished)
+
+
+def test_second_turn_reuses_the_cached_prefix(engine: Engine, model: LlamaModel) -> None:
+    first = chat_prompt(model, "Tell me about owls in one sentence.")
+    run = Run(engine, first, num_predict=10)
+    run.text()
+    follow_up = list(run.final.tokens) + model.tokenize(
+        "<|im_end|>\n<|im_start|>user\nAnd about bats?<|im_end|>\n<|im_start|>assistant\n",
+        add_special=False)
+    second = Run(engine, follow_up, num_predict=5)
+    second.text()
+    assert second.final.prompt_eval_count < len(follow_up) - len(first)
+    assert second.final.prompt_tokens == len(follow_up)
+
+
+def test_generation_that_fills_the_context_ends_with_length(engine: Engine,
+                                                             model: LlamaModel) -> None:
+    prompt = chat_prompt(model, "Write a very long essay about the history of the world.")
+    run = Run(engine, prompt, num_ctx=len(prompt) + 6, num_predict=-1)
+    run.text()
+    assert run.final.done_reason == "length"
+    assert len(prompt) + run.final.eval_count <= len(prompt) + 7
+
+
+def test_overlong_prompt_fails_cleanly_and_engine_keeps_serving(engine: Engine,
+                                                                 model: LlamaModel) -> None:
+    run = Run(engine, [1] * (SLOT_CTX + 10), num_predict=3)
+    assert run.text() == "" and isinstance(run.final, Failed)
+    assert "does not fit" in run.final.message
+    ok = Run(engine, chat_prompt(model, "Hi"), num_predict=3)
+    ok.text()
+    assert isinstance(ok.final, Finished)
+
+
+def test_num_predict_zero_evaluates_prompt_only(engine: Engine, model: LlamaModel) -> None:
+    run = Run(engine, chat_prompt(model, "Hello there"), num_predict=0)
+    assert run.text() == ""
+    assert run.final.done_reason == "length" and run.final.eval_count == 0
+
+
+def test_stop_strings_end_generation_and_never_appear(engine: Engine, model: LlamaModel) -> None:
+    prompt = chat_prompt(model, "Count from 1 to 20 separated by commas.")
+    full = Run(engine, prompt, num_predict=40).text()
+    assert "5" in full
+    run = Run(engine, prompt, num_predict=40, stop=("5",))
+    text = run.text()
+    assert run.final.done_reason == "stop"
+    assert "5" not in text and full.startswith(text)
+
+
+def test_submit_from_many_threads(engine: Engine, model: LlamaModel) -> None:
+    prompt = chat_prompt(model, "Say hello.")
+    results: list[str] = []
+    threads = [threading.Thread(target=lambda: results.append(Run(engine, prompt,
+                                                                  num_predict=6).text()))
+               for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert len(results) == 6 and len(set(results)) == 1
