@@ -43,8 +43,9 @@ def load_registry(settings: Settings) -> config.Registry:
 async def serve(settings: Settings, registry: config.Registry) -> None:
     from ollamalite.server.app import create_app
 
+    # Streams still running at shutdown get 3 s, then their handlers are cancelled.
     runner = web.AppRunner(create_app(settings, registry), handler_cancellation=True,
-                           access_log=log if settings.debug else None)
+                           shutdown_timeout=3.0, access_log=log if settings.debug else None)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()

@@ -32,8 +32,10 @@ def _tokenize(runner: Runner, text: str, after: Sequence[int] = ()) -> list[int]
     return list(after) + model.tokenize(text, add_special=add_special)
 
 
-def chat_tokens(runner: Runner, messages: list[dict[str, Any]], opts: RunOptions) -> list[int]:
-    """Render a conversation, dropping its oldest turns if it does not fit (blocking: CPU)."""
+def chat_tokens(runner: Runner, messages: list[dict[str, Any]], opts: RunOptions,
+                truncate: bool = True) -> list[int]:
+    """Render a conversation; unless `truncate` is off, drop its oldest turns to fit it
+    (blocking: CPU)."""
     template = _template(runner, None)
     model = runner.model
     messages = prompts.with_system(messages, runner.entry.system)
@@ -42,8 +44,7 @@ def chat_tokens(runner: Runner, messages: list[dict[str, Any]], opts: RunOptions
         return _tokenize(runner, prompts.render_chat(template, msgs, model.bos_text,
                                                      model.eos_text))
 
-    fitted = prompts.fit_messages(messages, lambda m: len(render(m)), _limit(runner, opts))
-    return render(fitted)
+    return prompts.fit_chat(messages, render, _limit(runner, opts), truncate)
 
 
 def generate_tokens(runner: Runner, text: str, opts: RunOptions, *, system: str | None,

@@ -51,18 +51,17 @@ def with_system(messages: Sequence[Message], system: str | None) -> list[Message
     return [{"role": "system", "content": system}, *messages]
 
 
-def fit_messages(messages: list[Message], count: Callable[[list[Message]], int],
-                 limit: int) -> list[Message]:
-    """Drop the oldest turns (never the system prompt or the last message) until it fits.
-
-    Ollama truncates chat history the same way instead of failing a long conversation.
-    """
+def fit_chat(messages: list[Message], render: Callable[[list[Message]], list[int]],
+             limit: int, truncate: bool = True) -> list[int]:
+    """Tokens of the conversation, dropping its oldest turns (never the system prompt or the
+    last message) until it fits, as Ollama does; with `truncate` off, too long is an error."""
     head = [m for m in messages[:1] if m.get("role") == "system"]
     body = messages[len(head):]
     while body:
-        if count(head + body) < limit:
-            return head + body
-        if len(body) == 1:
+        tokens = render(head + body)
+        if len(tokens) < limit:
+            return tokens
+        if len(body) == 1 or not truncate:
             break
         body = body[1:]
     raise BadRequest(TOO_LONG)

@@ -86,17 +86,35 @@ class Scheduler:
 
     async def unload(self, name: str) -> None:
         """Unload now if idle, otherwise as soon as the running requests finish."""
-        runner = self._loaded.get(self.entry(name).name.lower())
-        if runner is not None:
-            runner.keep_alive = 0.0
-            if runner.refs == 0:
-                await self._unload(runner)
+        key = self.entry(name).name.lower()
+        async with self._lock:
+            runner = self._loaded.get(key)
+            if runner is not None:
+                runner.keep_alive = 0.0
+                if runner.refs == 0:
+                    await self._unload(runner)
 
     async def close(self) -> None:
         for runner in list(self._loaded.values()):
             await self._unload(runner)
 
     async def _acquire(self, entry: ModelEntry, num_ctx: int | None) -> tuple[Runner, bool]:
+        """Loading goes on if the requester disconnects (it holds the lock and a thread);
+        the reference it would have held is then released as soon as the load is done."""
+        task = asyncio.ensure_future(self._acquire_locked(entry, num_ctx))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(self._release_orphan)
+            raise
+
+    def _release_orphan(self, task: asyncio.Future) -> None:
+        if not task.cancelled() and task.exception() is None:
+            runner, _ = task.result()
+            asyncio.ensure_future(self._release(runner, None))
+
+    async def _acquire_locked(self, entry: ModelEntry,
+                              num_ctx: int | None) -> tuple[Runner, bool]:
         key = entry.name.lower()
         async with self._lock:
             runner = self._loaded.get(key)

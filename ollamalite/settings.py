@@ -31,7 +31,6 @@ class Settings:
     keep_alive: float = DEFAULT_KEEP_ALIVE
     max_loaded_models: int = 1
     num_parallel: int = 4
-    max_queue: int = 512
     num_threads: int = 0
     debug: bool = False
 
@@ -112,7 +111,6 @@ def from_env(
         keep_alive=_keep_alive(env),
         max_loaded_models=_uint(env, "OLLAMA_MAX_LOADED_MODELS", 0) or 1,
         num_parallel=_uint(env, "OLLAMA_NUM_PARALLEL", 0) or 4,
-        max_queue=_uint(env, "OLLAMA_MAX_QUEUE", 512) or 512,
         num_threads=_uint(env, "OLLAMALITE_NUM_THREADS", 0),
         debug=env_var(env, "OLLAMA_DEBUG") not in ("", "0", "false", "False"),
     )

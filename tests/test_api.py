@@ -250,6 +250,22 @@ def test_overlong_generate_prompt_is_a_400_but_chat_history_is_truncated(
     chat = http.post("/api/chat", json={"model": "pirate", "messages": history,
                                         "stream": False})
     assert chat.status_code == 200 and chat.json()["prompt_eval_count"] < 1024
+    strict = http.post("/api/chat", json={"model": "pirate", "messages": history,
+                                          "truncate": False})
+    assert strict.status_code == 400 and "longer than the context" in strict.json()["error"]
+
+
+def test_num_ctx_smaller_is_enforced_and_larger_reloads(http: httpx.Client) -> None:
+    small = http.post("/api/generate", json={"model": "pirate", "prompt": "Tell me a story.",
+                                             "options": {"num_ctx": 16}})
+    assert small.status_code == 400 and "longer than the context" in small.json()["error"]
+    assert {m["name"]: m["context_length"] for m in http.get("/api/ps").json()["models"]} == {
+        PIRATE: 1024}
+    bigger = http.post("/api/generate", json={"model": "pirate", "prompt": "Hi", "stream": False,
+                                              "options": {"num_ctx": 1500}}).json()
+    assert bigger["done"] is True and bigger["load_duration"] > 0
+    assert {m["name"]: m["context_length"] for m in http.get("/api/ps").json()["models"]} == {
+        PIRATE: 1500}
 
 
 # -- errors -------------------------------------------------------------------------------------

@@ -249,7 +249,8 @@ async def chat(request: web.Request) -> web.StreamResponse:
     opts = run_options(merge(entry.options, req["options"]))
     messages = [{"role": m["role"], "content": m["content"] or ""} for m in req["messages"]]
     async with scheduler.use(name, opts.num_ctx, req["keep_alive"]) as lease:
-        tokens = await completion.prepare(completion.chat_tokens, lease.runner, messages, opts)
+        tokens = await completion.prepare(completion.chat_tokens, lease.runner, messages, opts,
+                                          req["truncate"])
         events = completion.generate(lease.runner, tokens, opts)
         return await _respond(request, shape, events, req["stream"], started,
                               lease.load_duration)
