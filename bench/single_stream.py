@@ -215,7 +215,7 @@ def problems(results: dict[str, list[Run]], n: int) -> list[str]:
               for name, runs in results.items() if len({run.text for run in runs}) > 1]
     raw, server = results[RAW][0].text, results[SERVER][0].text
     if raw != server:
-        at = next((i for i, (a, b) in enumerate(zip(raw, server)) if a != b),
+        at = next((i for i, (a, b) in enumerate(zip(raw, server, strict=False)) if a != b),
                   min(len(raw), len(server)))
         notes.append(f"the texts differ from character {at} on: raw {raw[at:at + 24]!r}, "
                      f"server {server[at:at + 24]!r}")

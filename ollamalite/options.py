@@ -11,7 +11,8 @@ import logging
 from dataclasses import dataclass, fields, replace
 from typing import Any, Mapping
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields as mf, validate
+from marshmallow import EXCLUDE, Schema, ValidationError, validate
+from marshmallow import fields as mf
 
 log = logging.getLogger(__name__)
 

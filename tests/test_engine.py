@@ -71,7 +71,8 @@ def test_generates_text_and_metrics(engine: Engine, model: LlamaModel) -> None:
     assert fin.done_reason in ("stop", "length") and 0 < fin.eval_count <= 12
     assert fin.prompt_tokens == len(prompt)
     assert fin.prompt_eval_duration > 0 and fin.eval_duration > 0
-    assert list(fin.tokens[:len(prompt)]) == prompt and len(fin.tokens) == len(prompt) + fin.eval_count
+    assert list(fin.tokens[:len(prompt)]) == prompt
+    assert len(fin.tokens) == len(prompt) + fin.eval_count
 
 
 def test_same_seed_same_text_alone_and_beside_others(engine: Engine, model: LlamaModel) -> None:
@@ -79,8 +80,9 @@ def test_same_seed_same_text_alone_and_beside_others(engine: Engine, model: Llam
                                                "Describe the moon.", "Write a poem about rain.",
                                                "What is bread made of?")]
     sampling = [SamplingParams(temperature=0.9, seed=100 + i) for i in range(4)]
-    solo = [Run(engine, p, sampling=s, num_predict=24).text() for p, s in zip(prompts, sampling)]
-    together = [Run(engine, p, sampling=s, num_predict=24) for p, s in zip(prompts, sampling)]
+    pairs = list(zip(prompts, sampling, strict=True))
+    solo = [Run(engine, p, sampling=s, num_predict=24).text() for p, s in pairs]
+    together = [Run(engine, p, sampling=s, num_predict=24) for p, s in pairs]
     assert [r.text() for r in together] == solo
     assert len(set(solo)) == 4
 

@@ -58,7 +58,7 @@ class LlamaModel:
         self._pieces: dict[int, bytes] = {}
 
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
-        """Special tokens written in the text (e.g. `<|im_start|>`) are parsed, as templates need."""
+        """Special tokens written in the text (`<|im_start|>`) are parsed: templates need it."""
         data = text.encode("utf-8")
         capacity = len(data) + 8
         buf = (llama_cpp.llama_token * capacity)()

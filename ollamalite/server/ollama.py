@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import time
-from typing import Any, AsyncIterator, Protocol
+from typing import Any, AsyncIterator, Callable
 
 from aiohttp import web
 
@@ -15,11 +15,11 @@ from ollamalite.config import ModelEntry
 from ollamalite.engine.jobs import Event, Failed, Finished, TextChunk
 from ollamalite.errors import ApiError, BadRequest, NotFound
 from ollamalite.gguf_meta import file_digest, read_header
-from ollamalite.options import merge, run_options
-from ollamalite.scheduler import Scheduler
+from ollamalite.options import RunOptions, merge, run_options
+from ollamalite.scheduler import Runner, Scheduler
+from ollamalite.server import show as show_fmt
 from ollamalite.server.keys import SCHEDULER
 from ollamalite.server.stream import NdjsonStream, created_at, json_response, local_time
-from ollamalite.server import show as show_fmt
 
 log = logging.getLogger(__name__)
 
@@ -119,15 +119,9 @@ async def push(request: web.Request) -> web.Response:
 
 # -- generation ---------------------------------------------------------------------------------
 
-class Shape(Protocol):
-    """How one route spells a text chunk and its final object."""
-
-    def chunk(self, text: str) -> dict[str, Any]: ...
-
-    def final(self, text: str, reason: str) -> dict[str, Any]: ...
-
-
 class GenerateShape:
+    """How /api/generate spells a text chunk and its final object."""
+
     def __init__(self, model: str) -> None:
         self.model = model
 
@@ -137,8 +131,17 @@ class GenerateShape:
     def final(self, text: str, reason: str) -> dict[str, Any]:
         return {**self.chunk(text), "done": True, "done_reason": reason}
 
+    def returns_context(self, req: dict[str, Any]) -> bool:
+        """Token ids come back for templated generate calls, as in Ollama (not for raw)."""
+        return not req["raw"]
+
 
 class ChatShape(GenerateShape):
+    """The same for /api/chat: text goes into an assistant `message`."""
+
+    def returns_context(self, req: dict[str, Any]) -> bool:
+        return False
+
     def chunk(self, text: str) -> dict[str, Any]:
         return {"model": self.model, "created_at": created_at(),
                 "message": {"role": "assistant", "content": text}, "done": False}
@@ -155,7 +158,7 @@ def _metrics(fin: Finished, started: float, load_s: float) -> dict[str, int]:
     }
 
 
-def _final(shape: Shape, text: str, fin: Finished, started: float, load_s: float,
+def _final(shape: GenerateShape, text: str, fin: Finished, started: float, load_s: float,
            context: bool) -> dict[str, Any]:
     body = shape.final(text, fin.done_reason)
     if context:
@@ -164,7 +167,7 @@ def _final(shape: Shape, text: str, fin: Finished, started: float, load_s: float
     return body
 
 
-async def _respond(request: web.Request, shape: Shape, events: AsyncIterator[Event],
+async def _respond(request: web.Request, shape: GenerateShape, events: AsyncIterator[Event],
                    stream: bool, started: float, load_s: float,
                    context: bool = False) -> web.StreamResponse:
     if not stream:
@@ -205,7 +208,7 @@ def _check_capabilities(name: str, req: dict[str, Any]) -> None:
         raise BadRequest("logprobs are not supported yet")
 
 
-async def _load_or_unload(request: web.Request, shape: Shape, name: str,
+async def _load_or_unload(request: web.Request, shape: GenerateShape, name: str,
                           req: dict[str, Any]) -> web.Response:
     """An empty prompt loads the model, or unloads it with keep_alive 0 (one JSON object)."""
     scheduler = _scheduler(request)
@@ -216,44 +219,44 @@ async def _load_or_unload(request: web.Request, shape: Shape, name: str,
         return json_response(shape.final("", "load"))
 
 
-async def generate(request: web.Request) -> web.StreamResponse:
+def _generate_prompt(runner: Runner, req: dict[str, Any], opts: RunOptions) -> list[int]:
+    return completion.generate_tokens(runner, req["prompt"], opts, system=req["system"],
+                                      template=req["template"], raw=req["raw"],
+                                      context=req["context"])
+
+
+def _chat_prompt(runner: Runner, req: dict[str, Any], opts: RunOptions) -> list[int]:
+    messages = [{"role": m["role"], "content": m["content"] or ""} for m in req["messages"]]
+    return completion.chat_tokens(runner, messages, opts, req["truncate"])
+
+
+async def _complete(request: web.Request, schema: schemas.Schema, shape_type: type[GenerateShape],
+                    input_key: str, tokenize: Callable[[Runner, dict, RunOptions], list[int]],
+                    ) -> web.StreamResponse:
+    """The common body of /api/generate and /api/chat: validate, load, tokenize, stream."""
     started = time.perf_counter()
-    req = schemas.load(schemas.GENERATE, await read_body(request))
+    req = schemas.load(schema, await read_body(request))
     name = require_model(req)
     scheduler = _scheduler(request)
     entry = scheduler.entry(name)
     _check_capabilities(name, req)
-    shape = GenerateShape(name)
-    if not req["prompt"]:
+    shape = shape_type(name)
+    if not req[input_key]:
         return await _load_or_unload(request, shape, name, req)
     opts = run_options(merge(entry.options, req["options"]))
     async with scheduler.use(name, opts.num_ctx, req["keep_alive"]) as lease:
-        tokens = await completion.prepare(
-            completion.generate_tokens, lease.runner, req["prompt"], opts, system=req["system"],
-            template=req["template"], raw=req["raw"], context=req["context"])
+        tokens = await completion.prepare(tokenize, lease.runner, req, opts)
         events = completion.generate(lease.runner, tokens, opts)
         return await _respond(request, shape, events, req["stream"], started,
-                              lease.load_duration, context=not req["raw"])
+                              lease.load_duration, context=shape.returns_context(req))
+
+
+async def generate(request: web.Request) -> web.StreamResponse:
+    return await _complete(request, schemas.GENERATE, GenerateShape, "prompt", _generate_prompt)
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
-    started = time.perf_counter()
-    req = schemas.load(schemas.CHAT, await read_body(request))
-    name = require_model(req)
-    scheduler = _scheduler(request)
-    entry = scheduler.entry(name)
-    _check_capabilities(name, req)
-    shape = ChatShape(name)
-    if not req["messages"]:
-        return await _load_or_unload(request, shape, name, req)
-    opts = run_options(merge(entry.options, req["options"]))
-    messages = [{"role": m["role"], "content": m["content"] or ""} for m in req["messages"]]
-    async with scheduler.use(name, opts.num_ctx, req["keep_alive"]) as lease:
-        tokens = await completion.prepare(completion.chat_tokens, lease.runner, messages, opts,
-                                          req["truncate"])
-        events = completion.generate(lease.runner, tokens, opts)
-        return await _respond(request, shape, events, req["stream"], started,
-                              lease.load_duration)
+    return await _complete(request, schemas.CHAT, ChatShape, "messages", _chat_prompt)
 
 
 def add_routes(app: web.Application) -> None:
