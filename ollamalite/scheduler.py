@@ -185,7 +185,8 @@ class Scheduler:
         try:
             engine = await loop.run_in_executor(
                 None, lambda: Engine(model, slots, ctx, n_batch=opts.get("num_batch", 512),
-                                     n_threads=opts.get("num_thread", self.settings.num_threads)))
+                                     n_threads=opts.get("num_thread", self.settings.num_threads),
+                                     prefix_cache=self.settings.prefix_cache))
         except Exception:
             model.close()
             raise

@@ -32,6 +32,7 @@ class Settings:
     max_loaded_models: int = 1
     num_parallel: int = 4
     num_threads: int = 0
+    prefix_cache: bool = True
     debug: bool = False
 
 
@@ -80,6 +81,14 @@ def _uint(env: Mapping[str, str], key: str, default: int) -> int:
         return default
 
 
+def _bool(env: Mapping[str, str], key: str, default: bool) -> bool:
+    """Ollama's rule: unset is the default, and anything but a false word counts as true."""
+    text = env_var(env, key)
+    if not text:
+        return default
+    return text.lower() not in ("0", "f", "false", "no", "off")
+
+
 def _keep_alive(env: Mapping[str, str]) -> float:
     text = env_var(env, "OLLAMA_KEEP_ALIVE")
     if not text:
@@ -112,7 +121,8 @@ def from_env(
         max_loaded_models=_uint(env, "OLLAMA_MAX_LOADED_MODELS", 0) or 1,
         num_parallel=_uint(env, "OLLAMA_NUM_PARALLEL", 0) or 4,
         num_threads=_uint(env, "OLLAMALITE_NUM_THREADS", 0),
-        debug=env_var(env, "OLLAMA_DEBUG") not in ("", "0", "false", "False"),
+        prefix_cache=_bool(env, "OLLAMALITE_PREFIX_CACHE", True),
+        debug=_bool(env, "OLLAMA_DEBUG", False),
     )
 
 

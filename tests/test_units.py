@@ -91,6 +91,8 @@ def test_settings_defaults_and_bad_values() -> None:
     assert s.keep_alive == 300.0 and s.num_parallel == 4 and not s.config_explicit
     assert from_env({"OLLAMA_KEEP_ALIVE": "-1"}).keep_alive == math.inf
     assert from_env({"OLLAMA_KEEP_ALIVE": "0"}).keep_alive == 0.0
+    assert from_env({}).prefix_cache and not from_env({"OLLAMALITE_PREFIX_CACHE": "0"}).prefix_cache
+    assert from_env({"OLLAMA_DEBUG": "yes"}).debug and not from_env({}).debug
 
 
 def test_options_validate_types_and_aliases(caplog: pytest.LogCaptureFixture) -> None:

@@ -68,8 +68,9 @@ class Engine:
     """Owns a llama.cpp context with `n_slots` sequences and the thread that decodes them."""
 
     def __init__(self, model: LlamaModel, n_slots: int, slot_ctx: int, n_batch: int = 512,
-                 n_threads: int = 0) -> None:
+                 n_threads: int = 0, prefix_cache: bool = True) -> None:
         self.model = model
+        self.prefix_cache = prefix_cache
         self.n_slots = n_slots
         self.slot_ctx = slot_ctx
         self.n_batch = max(n_batch, n_slots)
@@ -147,14 +148,18 @@ class Engine:
             _emit(job, Failed(f"prompt of {len(job.prompt)} tokens does not fit the context "
                               f"of {limit} tokens"))
             return
-        slot = max(free, key=lambda s: (common_prefix(s.cached, job.prompt), -s.last_used))
-        n_keep = min(common_prefix(slot.cached, job.prompt), len(job.prompt) - 1)
+        slot = max(free, key=lambda s: (self._reusable(s, job), -s.last_used))
+        n_keep = min(self._reusable(slot, job), len(job.prompt) - 1)
         if not llama_cpp.llama_memory_seq_rm(self.mem, slot.seq_id, n_keep, -1):
             llama_cpp.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
             n_keep = 0
         sampler = SamplerChain(job.sampling, self.model.n_vocab)
         slot.start(job, n_keep, limit, sampler, time.perf_counter())
         log.debug("slot %d: %d prompt tokens, %d reused", slot.seq_id, len(job.prompt), n_keep)
+
+    def _reusable(self, slot: Slot, job: Job) -> int:
+        """Prompt tokens already in the slot's KV cache (none when reuse is switched off)."""
+        return common_prefix(slot.cached, job.prompt) if self.prefix_cache else 0
 
     def _step(self) -> None:
         now = time.perf_counter()
