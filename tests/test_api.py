@@ -182,6 +182,18 @@ def test_model_defaults_from_models_yaml(http: httpx.Client) -> None:
     assert longer["eval_count"] > 8 or longer["done_reason"] == "stop"
 
 
+def test_next_chat_turn_evaluates_only_the_new_messages(http: httpx.Client) -> None:
+    history = [{"role": "user", "content": "Describe a lighthouse in two sentences."}]
+    first = http.post("/api/chat", json={"model": MODEL, "messages": history, "stream": False,
+                                         "options": GREEDY}).json()
+    history += [first["message"], {"role": "user", "content": "And a harbour?"}]
+    second = http.post("/api/chat", json={"model": MODEL, "messages": history, "stream": False,
+                                          "options": GREEDY}).json()
+    new_tokens = second["prompt_eval_count"]
+    assert 0 < new_tokens < 20  # the new user turn and its template markers
+    assert new_tokens < first["prompt_eval_count"] + first["eval_count"]
+
+
 def test_same_seed_same_text(http: httpx.Client) -> None:
     body = {"model": MODEL, "prompt": "Invent a name for a cat.", "stream": False,
             "options": {"temperature": 1.0, "seed": 1234, "num_predict": 20}}

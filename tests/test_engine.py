@@ -130,6 +130,18 @@ def test_second_turn_reuses_the_cached_prefix(engine: Engine, model: LlamaModel)
     assert second.final.prompt_tokens == len(follow_up)
 
 
+def test_prefix_reuse_can_be_switched_off(model: LlamaModel) -> None:
+    engine = Engine(model, n_slots=1, slot_ctx=SLOT_CTX, prefix_cache=False)
+    try:
+        prompt = chat_prompt(model, "Hello again")
+        for _ in range(2):
+            run = Run(engine, prompt, num_predict=2)
+            run.text()
+            assert run.final.prompt_eval_count == len(prompt)
+    finally:
+        engine.close()
+
+
 def test_generation_that_fills_the_context_ends_with_length(engine: Engine,
                                                              model: LlamaModel) -> None:
     prompt = chat_prompt(model, "Write a very long essay about the history of the world.")

@@ -155,7 +155,8 @@ class Engine:
             n_keep = 0
         sampler = SamplerChain(job.sampling, self.model.n_vocab)
         slot.start(job, n_keep, limit, sampler, time.perf_counter())
-        log.debug("slot %d: %d prompt tokens, %d reused", slot.seq_id, len(job.prompt), n_keep)
+        log.info("slot %d: %d prompt tokens, %d reused from its cache", slot.seq_id,
+                 len(job.prompt), n_keep)
 
     def _reusable(self, slot: Slot, job: Job) -> int:
         """Prompt tokens already in the slot's KV cache (none when reuse is switched off)."""
