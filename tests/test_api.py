@@ -243,6 +243,19 @@ def test_load_and_unload_answer_one_object_even_when_streaming(http: httpx.Clien
         assert rfc3339(ps[MODEL]["expires_at"]) > rfc3339(load["created_at"])
 
 
+def test_keep_alive_expiry_unloads_and_lru_keeps_one_model(http: httpx.Client) -> None:
+    def loaded() -> list[str]:
+        return [m["name"] for m in http.get("/api/ps").json()["models"]]
+
+    http.post("/api/generate", json={"model": MODEL, "prompt": "", "keep_alive": "1h"})
+    http.post("/api/generate", json={"model": "pirate", "prompt": "", "keep_alive": 0.5})
+    assert loaded() == [PIRATE]  # OLLAMA_MAX_LOADED_MODELS=1: the idle one made room
+    deadline = time.monotonic() + 10
+    while loaded() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert loaded() == []
+
+
 def test_load_duration_is_reported_when_the_request_loaded_the_model(http: httpx.Client) -> None:
     http.post("/api/generate", json={"model": MODEL, "prompt": "", "keep_alive": 0})
     cold = http.post("/api/generate", json={"model": MODEL, "prompt": "Hi", "stream": False,

@@ -1,0 +1,200 @@
+"""What the benchmarks share: the model and settings, the prompts, a timed stream, server processes.
+
+Every benchmark runs the bundled SmolLM2-135M with the same thread count and greedy sampling,
+so differences between systems come from the serving path, not from the settings. Servers are
+real subprocesses on free loopback ports, each in its own process group, stopped however the
+benchmark ends.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Iterator
+
+import llama_cpp
+
+from ollamalite.config import bundled_model_path
+
+REPO = Path(__file__).resolve().parent.parent
+
+MODEL = "smollm2:135m"  # the bundled model's name in models.yaml
+THREADS = 2
+N_CTX = 4096  # context tokens per sequence (slot), in every system
+HOST = "127.0.0.1"
+STARTUP_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 10.0
+
+# Story openings that SmolLM2-135M continues past 128 tokens without an end-of-sequence at
+# temperature 0 (run.py checks and says so if one stops early). They differ from the first
+# word, so concurrent clients never share a prompt prefix beyond the start-of-text token.
+PROMPTS = (
+    "Once upon a time, in a small village at the edge of a great forest, there lived an "
+    "old clockmaker named Elias. Every morning he",
+    "The storm had been raging for three days when the lighthouse keeper finally saw a small "
+    "boat struggling against the waves. She",
+    "Deep beneath the city, in tunnels forgotten for a hundred years, a young engineer named "
+    "Mara found a door that",
+    "When the last train left the station that winter evening, the old conductor noticed a "
+    "suitcase that nobody had claimed. Inside it",
+    "My grandmother kept a garden behind her house where nothing ever grew in straight lines. "
+    "Every spring she would",
+    "Captain Reyes had sailed the northern sea for twenty years, but she had never seen the "
+    "water turn silver at night. That evening",
+    "In the mountain town of Kestrel, the baker rose before dawn to light his ovens. One cold "
+    "morning he discovered that",
+    "Professor Adaeze Okafor opened the envelope from the museum and read the letter twice. "
+    "The ancient map it described",
+)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One streamed completion, timed at the client (`time.perf_counter` seconds)."""
+
+    started: float
+    arrivals: list[float]  # when each text-bearing chunk arrived (one token each, normally)
+    tokens: int  # tokens generated, as the system counts them
+    finish_reason: str  # "length" when the token budget was reached, "stop" at end-of-sequence
+    text: str = ""
+    eval_count: int | None = None  # ollamalite's own counters, from its final line
+    eval_duration_ns: int | None = None
+
+    @property
+    def decode_tps(self) -> float:
+        """Decode speed: tokens after the first over the time between first and last."""
+        if len(self.arrivals) < 2:
+            return float("nan")
+        return (self.tokens - 1) / (self.arrivals[-1] - self.arrivals[0])
+
+    @property
+    def ttft_ms(self) -> float:
+        return (self.arrivals[0] - self.started) * 1e3 if self.arrivals else float("nan")
+
+
+# -- llama-cpp-python's high-level API, in process ----------------------------------------------
+
+def load_llama() -> llama_cpp.Llama:
+    """`Llama` as a user would create it (flash attention stays off, its default)."""
+    return llama_cpp.Llama(model_path=str(bundled_model_path()), n_ctx=N_CTX,
+                           n_threads=THREADS, n_threads_batch=THREADS, verbose=False)
+
+
+def run_llama(llm: llama_cpp.Llama, prompt: str, n: int) -> Run:
+    """Every chunk before the final one carries one token's text (no stop strings are set)."""
+    arrivals: list[float] = []
+    parts: list[str] = []
+    finish = ""
+    started = time.perf_counter()
+    for chunk in llm.create_completion(prompt, max_tokens=n, temperature=0, stream=True):
+        now = time.perf_counter()
+        choice = chunk["choices"][0]
+        if choice["finish_reason"] is None:
+            arrivals.append(now)
+            parts.append(choice["text"])
+        else:
+            finish = choice["finish_reason"]
+    return Run(started, arrivals, len(arrivals), finish, "".join(parts))
+
+
+# -- server subprocesses ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Server:
+    """A running server subprocess and where it listens."""
+
+    name: str
+    port: int
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def rss_mb(self) -> float:
+        return rss_mb(self.proc.pid)
+
+
+def rss_mb(pid: int) -> float:
+    """A process's resident memory now, from /proc/<pid>/status (VmRSS, in kB)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    line = next(line for line in status.splitlines() if line.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def answers(port: int, path: str) -> bool:
+    conn = http.client.HTTPConnection(HOST, port, timeout=2)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
+def wait_until_ready(name: str, proc: subprocess.Popen[bytes], port: int, path: str,
+                     log: IO[bytes]) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while not answers(port, path):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            log.seek(0)
+            raise RuntimeError(f"{name} did not come up on port {port}:\n"
+                               + log.read().decode(errors="replace")[-4000:])
+        time.sleep(0.1)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the process group the server leads, SIGKILL if it lingers."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=STOP_TIMEOUT_S)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    proc.wait()
+
+
+@contextmanager
+def serving(name: str, cmd: list[str], port: int, ready_path: str,
+            env: dict[str, str] | None = None) -> Iterator[Server]:
+    """Start `cmd` in a new process group, wait until `GET ready_path` answers 200, yield it;
+    stop the whole group however the block exits. Its output goes to a temp file, shown if it
+    fails to start."""
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            wait_until_ready(name, proc, port, ready_path, log)
+            yield Server(name, port, proc)
+        finally:
+            stop(proc)
+
+
+def ollamalite_server(name: str, config: Path,
+                      env: dict[str, str] | None = None) -> AbstractContextManager[Server]:
+    """`python -m ollamalite serve` with `THREADS` threads, plus any extra environment."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "ollamalite", "serve", "--host", HOST, "--port", str(port),
+           "--config", str(config)]
+    full_env = {**os.environ, "OLLAMALITE_NUM_THREADS": str(THREADS), **(env or {})}
+    return serving(name, cmd, port, "/", full_env)

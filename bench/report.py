@@ -1,0 +1,176 @@
+"""What the measured runs mean: the metrics, the markdown tables, the target ratios, the plot.
+
+Every system's numbers come from the same definitions (see bench/README.md):
+
+- aggregate tok/s: all tokens of a trial's streams / (last token's arrival in any stream -
+  earliest request start), so it includes prompt evaluation, queueing for a slot and the time
+  the slowest stream takes;
+- per-stream tok/s: the mean over streams of (tokens - 1) / (last arrival - first arrival),
+  decode only;
+- TTFT: first token's arrival - that stream's request start; p50/p95 over the trial's streams
+  (linear interpolation between ranks).
+
+A trial is one configuration's streams in one round; each configuration keeps its best round
+(highest aggregate tok/s; for the chat, lowest total time to first token over the turns).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+import numpy as np  # noqa: E402
+
+from common import Run  # noqa: E402
+
+LIMIT = "limit: bare llama.cpp loop"
+LLAMA = "llama-cpp-python Llama"
+OLLAMALITE_1 = "ollamalite NUM_PARALLEL=1"
+OLLAMALITE_4 = "ollamalite NUM_PARALLEL=4"
+LLAMA_SERVER_1 = "llama-server -np 1"
+LLAMA_SERVER_4 = "llama-server -np 4"
+
+REUSE = "ollamalite, reuse on"
+NO_REUSE = "ollamalite, reuse off"
+LLAMA_SERVER_CHAT = "llama-server -np 4"
+CHAT_COLUMNS = (REUSE, NO_REUSE, LLAMA_SERVER_CHAT)
+
+Key = tuple[str, int]  # (system, clients) or (chat column, conversations)
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One configuration's concurrent streams in one round."""
+
+    runs: list[Run]
+
+    @property
+    def aggregate_tps(self) -> float:
+        end = max(r.arrivals[-1] for r in self.runs if r.arrivals)
+        return sum(r.tokens for r in self.runs) / (end - min(r.started for r in self.runs))
+
+    @property
+    def per_stream_tps(self) -> float:
+        return float(np.mean([r.decode_tps for r in self.runs]))
+
+    def ttft_ms(self, percentile: float) -> float:
+        return float(np.percentile([r.ttft_ms for r in self.runs], percentile))
+
+
+def best_trial(trials: list[Trial]) -> Trial:
+    return max(trials, key=lambda t: t.aggregate_tps)
+
+
+def best_chat(rounds: list[list[float]]) -> list[float]:
+    return min(rounds, key=sum)
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "–" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def generation_table(best: dict[Key, Trial], rss_mb: dict[str, float]) -> str:
+    lines = ["| system | clients | aggregate tok/s | per-stream tok/s | TTFT p50 ms | "
+             "TTFT p95 ms | RSS MB |", "|---|---|---|---|---|---|---|"]
+    for (system, clients), trial in best.items():
+        lines.append(f"| {system} | {clients} | {_fmt(trial.aggregate_tps)} | "
+                     f"{_fmt(trial.per_stream_tps)} | {_fmt(trial.ttft_ms(50))} | "
+                     f"{_fmt(trial.ttft_ms(95))} | {_fmt(rss_mb.get(system), 0)} |")
+    return "\n".join(lines)
+
+
+def chat_table(best: dict[Key, list[float]], conversations: int) -> str:
+    columns = [c for c in CHAT_COLUMNS if (c, conversations) in best]
+    lines = ["| turn | " + " | ".join(f"TTFT ms, {c}" for c in columns) + " |",
+             "|---" * (len(columns) + 1) + "|"]
+    turns = len(best[columns[0], conversations])
+    for turn in range(turns):
+        cells = " | ".join(_fmt(best[c, conversations][turn]) for c in columns)
+        lines.append(f"| {turn + 1} | {cells} |")
+    return "\n".join(lines)
+
+
+def _ratio(label: str, a_name: str, a: float | None, b_name: str, b: float | None,
+           unit: str) -> str:
+    if a is None or b is None:
+        return f"- {label}: n/a (not measured in this run)"
+    return (f"- {label}: {a_name} {a:.1f} {unit} / {b_name} {b:.1f} {unit} = "
+            f"**{a / b:.2f}**")
+
+
+def ratio_lines(best: dict[Key, Trial], chat: dict[Key, list[float]]) -> str:
+    def metric(key: Key, name: str) -> float | None:
+        trial = best.get(key)
+        if trial is None:
+            return None
+        return trial.ttft_ms(50) if name == "ttft" else getattr(trial, name)
+
+    def last_turn(column: str, conversations: int) -> float | None:
+        ttfts = chat.get((column, conversations))
+        return ttfts[-1] if ttfts else None
+
+    turns = len(next(iter(chat.values()), []))
+    lines = [
+        _ratio("single stream over HTTP, decode", OLLAMALITE_1,
+               metric((OLLAMALITE_1, 1), "per_stream_tps"), LLAMA_SERVER_1,
+               metric((LLAMA_SERVER_1, 1), "per_stream_tps"), "tok/s"),
+        _ratio("4 clients, aggregate vs the bare 4-sequence loop", OLLAMALITE_4,
+               metric((OLLAMALITE_4, 4), "aggregate_tps"), LIMIT,
+               metric((LIMIT, 4), "aggregate_tps"), "tok/s"),
+        _ratio("4 clients, aggregate vs llama-server", OLLAMALITE_4,
+               metric((OLLAMALITE_4, 4), "aggregate_tps"), LLAMA_SERVER_4,
+               metric((LLAMA_SERVER_4, 4), "aggregate_tps"), "tok/s"),
+        _ratio("short-prompt TTFT p50, 1 client (lower is better)", OLLAMALITE_1,
+               metric((OLLAMALITE_1, 1), "ttft"), LLAMA_SERVER_1,
+               metric((LLAMA_SERVER_1, 1), "ttft"), "ms"),
+        _ratio("short-prompt TTFT p50, 1 client, 4 slots (lower is better)", OLLAMALITE_4,
+               metric((OLLAMALITE_4, 1), "ttft"), LLAMA_SERVER_4,
+               metric((LLAMA_SERVER_4, 1), "ttft"), "ms"),
+    ]
+    for conversations, label in ((1, "one conversation"), (3, "3 alternating conversations")):
+        lines.append(_ratio(f"chat turn {turns} TTFT, {label}, speed-up from reuse", "reuse off",
+                            last_turn(NO_REUSE, conversations), "reuse on",
+                            last_turn(REUSE, conversations), "ms"))
+    return "\n".join(lines)
+
+
+def plot(best: dict[Key, Trial], path: Path, title: str) -> None:
+    """Aggregate tok/s against clients, one line per system."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for system in dict.fromkeys(system for system, _ in best):
+        points = sorted((c, t.aggregate_tps) for (s, c), t in best.items() if s == system)
+        xs, ys = zip(*points, strict=True)
+        ax.plot(xs, ys, marker="o", linestyle="-" if len(xs) > 1 else "none", label=system)
+    clients = sorted({c for _, c in best})
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(clients, [str(c) for c in clients])
+    ax.set_xlabel("concurrent clients (sequences for the bare loop)")
+    ax.set_ylabel("aggregate tokens/s")
+    ax.set_ylim(bottom=0)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def notes(trials: dict[Key, list[Trial]], n: int) -> list[str]:
+    """Streams that did not decode exactly `n` tokens, or whose tokens arrived merged."""
+    found = []
+    for (system, clients), rounds in trials.items():
+        for i, trial in enumerate(rounds, 1):
+            for k, run in enumerate(trial.runs, 1):
+                where = f"{system}, {clients} clients, round {i}, stream {k}"
+                if run.tokens != n or run.finish_reason != "length":
+                    found.append(f"{where}: {run.tokens} tokens (finish: {run.finish_reason}), "
+                                 f"not {n}")
+                elif len(run.arrivals) != run.tokens:
+                    found.append(f"{where}: {run.tokens} tokens arrived in "
+                                 f"{len(run.arrivals)} chunks")
+    return found
