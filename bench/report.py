@@ -20,13 +20,10 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure  # no pyplot: a PNG is rendered with Agg, no display needed
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
-import numpy as np  # noqa: E402
-
-from common import Run  # noqa: E402
+from common import Run
 
 LIMIT = "limit: bare llama.cpp loop"
 LLAMA = "llama-cpp-python Llama"
@@ -34,6 +31,8 @@ OLLAMALITE_1 = "ollamalite NUM_PARALLEL=1"
 OLLAMALITE_4 = "ollamalite NUM_PARALLEL=4"
 LLAMA_SERVER_1 = "llama-server -np 1"
 LLAMA_SERVER_4 = "llama-server -np 4"
+SYSTEM_ORDER = (LIMIT, LLAMA, OLLAMALITE_1, OLLAMALITE_4, LLAMA_SERVER_1, LLAMA_SERVER_4)
+IN_PROCESS = "harness process"  # where the bare loops and `Llama` run
 
 REUSE = "ollamalite, reuse on"
 NO_REUSE = "ollamalite, reuse off"
@@ -62,12 +61,15 @@ class Trial:
         return float(np.percentile([r.ttft_ms for r in self.runs], percentile))
 
 
-def best_trial(trials: list[Trial]) -> Trial:
-    return max(trials, key=lambda t: t.aggregate_tps)
+def best_trials(trials: dict[Key, list[Trial]]) -> dict[Key, Trial]:
+    """Each configuration's round with the highest aggregate tok/s, in table order."""
+    keys = sorted(trials, key=lambda key: (SYSTEM_ORDER.index(key[0]), key[1]))
+    return {key: max(trials[key], key=lambda t: t.aggregate_tps) for key in keys}
 
 
-def best_chat(rounds: list[list[float]]) -> list[float]:
-    return min(rounds, key=sum)
+def best_chats(rounds: dict[Key, list[list[float]]]) -> dict[Key, list[float]]:
+    """Each chat configuration's round with the lowest total time to first token."""
+    return {key: min(ttfts, key=sum) for key, ttfts in rounds.items()}
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
@@ -139,9 +141,11 @@ def ratio_lines(best: dict[Key, Trial], chat: dict[Key, list[float]]) -> str:
     return "\n".join(lines)
 
 
-def plot(best: dict[Key, Trial], path: Path, title: str) -> None:
-    """Aggregate tok/s against clients, one line per system."""
-    fig, ax = plt.subplots(figsize=(8, 5))
+def plot(trials: dict[Key, list[Trial]], path: Path, title: str) -> None:
+    """Aggregate tok/s (best round) against clients, one line per system."""
+    best = best_trials(trials)
+    fig = Figure(figsize=(8, 5))
+    ax = fig.subplots()
     for system in dict.fromkeys(system for system, _ in best):
         points = sorted((c, t.aggregate_tps) for (s, c), t in best.items() if s == system)
         xs, ys = zip(*points, strict=True)
@@ -157,7 +161,6 @@ def plot(best: dict[Key, Trial], path: Path, title: str) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def notes(trials: dict[Key, list[Trial]], n: int) -> list[str]:
@@ -174,3 +177,31 @@ def notes(trials: dict[Key, list[Trial]], n: int) -> list[str]:
                     found.append(f"{where}: {run.tokens} tokens arrived in "
                                  f"{len(run.arrivals)} chunks")
     return found
+
+
+def markdown(header: str, trials: dict[Key, list[Trial]], chat_rounds: dict[Key, list[list[float]]],
+             rss_mb: dict[str, float], n: int, plot_name: str) -> str:
+    """The whole report: header, both tables, the target ratios, notes, the plot."""
+    best = best_trials(trials)
+    chat = best_chats(chat_rounds)
+    found = notes(trials, n) or [f"every stream decoded exactly {n} tokens, one per chunk"]
+    return "\n".join([
+        header, "",
+        f"## Generation: {n} tokens per stream", "",
+        generation_table(best, rss_mb), "",
+        f"The bare loop and `Llama` run inside the harness process (RSS "
+        f"{rss_mb[IN_PROCESS]:.0f} MB with both, and the HTTP client). Server RSS is read "
+        f"after all runs.", "",
+        "## Chat: time to first token per turn", "",
+        "One conversation:", "",
+        chat_table(chat, 1), "",
+        "Three conversations taking turns (mean of the three at each turn):", "",
+        chat_table(chat, 3), "",
+        f"ollamalite with reuse off runs as a third server (NUM_PARALLEL=4, "
+        f"OLLAMALITE_PREFIX_CACHE=0): RSS {rss_mb[NO_REUSE]:.0f} MB.", "",
+        "## Targets", "",
+        ratio_lines(best, chat), "",
+        "## Notes", "",
+        *[f"- {note}" for note in found], "",
+        f"![aggregate tokens/s against clients]({plot_name})",
+    ])

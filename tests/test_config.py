@@ -82,3 +82,23 @@ def test_serve_reports_config_errors_without_traceback(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert f"{path}:4: model 'a': unknown key 'colour'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_tags_skips_a_model_whose_file_disappeared(tmp_path: Path) -> None:
+    import shutil
+
+    import httpx
+
+    from tests.conftest import start_server, stop_server
+
+    gguf = tmp_path / "copy.gguf"
+    shutil.copy(config.bundled_model_path(), gguf)
+    path = write(tmp_path, "models:\n  smollm2:135m: bundled\n  copy: copy.gguf\n")
+    server = start_server(path, tmp_path / "server.log")
+    try:
+        gguf.unlink()
+        names = [m["name"] for m in httpx.get(server.url + "/api/tags").json()["models"]]
+        assert names == ["smollm2:135m"]
+        assert "copy:latest: cannot read" in server.log()
+    finally:
+        stop_server(server)

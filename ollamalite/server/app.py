@@ -96,7 +96,10 @@ async def _warm_digests(registry: Registry) -> None:
     """Hash model files in the background so the first /api/tags answers at once."""
     loop = asyncio.get_running_loop()
     for entry in registry.models.values():
-        await loop.run_in_executor(None, file_digest, entry.path)
+        try:
+            await loop.run_in_executor(None, file_digest, entry.path)
+        except OSError as exc:  # /api/tags reports it when asked
+            log.warning("%s: cannot hash %s: %s", entry.name, entry.path, exc)
 
 
 async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -14,7 +14,7 @@ from ollamalite import completion, schemas
 from ollamalite.config import ModelEntry
 from ollamalite.engine.jobs import Event, Failed, Finished, TextChunk
 from ollamalite.errors import ApiError, BadRequest, NotFound
-from ollamalite.gguf_meta import file_digest, read_header
+from ollamalite.gguf_meta import GGUFError, file_digest, read_header
 from ollamalite.options import RunOptions, merge, run_options
 from ollamalite.scheduler import Runner, Scheduler
 from ollamalite.server import show as show_fmt
@@ -71,8 +71,17 @@ async def model_summary(entry: ModelEntry) -> dict[str, Any]:
 
 
 async def tags(request: web.Request) -> web.Response:
-    entries = _scheduler(request).registry.models.values()
-    rows = await asyncio.gather(*(model_summary(e) for e in entries))
+    """Models whose file went missing or broke since start-up are left out (and logged)."""
+    entries = list(_scheduler(request).registry.models.values())
+    results = await asyncio.gather(*(model_summary(e) for e in entries), return_exceptions=True)
+    rows = []
+    for entry, result in zip(entries, results, strict=True):
+        if isinstance(result, (OSError, GGUFError)):
+            log.warning("%s: cannot read %s: %s", entry.name, entry.path, result)
+        elif isinstance(result, BaseException):
+            raise result
+        else:
+            rows.append(result)
     rows.sort(key=lambda r: r["modified_at"], reverse=True)
     return json_response({"models": rows})
 

@@ -1,0 +1,329 @@
+"""ollamalite beside its limit and its peers, side by side in one run, on the bundled model.
+
+Systems, all with the bundled SmolLM2-135M, `THREADS` threads, greedy decoding, the same prompts:
+
+- the limit: a bare decode loop through llama-cpp-python's low-level API (bare_loop.py), one
+  sequence, and four decoded together in one batch, with ollamalite's context settings;
+- llama-cpp-python's high-level `Llama.create_completion(stream=True)`, one stream, in process;
+- llama.cpp's own `llama-server` (`-np 1` and `-np 4`), streaming `/completion`, built from the
+  llama.cpp sources our bindings were compiled from (build_llama_server.sh), if it can be built;
+- ollamalite with `OLLAMA_NUM_PARALLEL=1` and `=4`, streaming `/api/generate` with `raw: true`.
+
+The HTTP servers get 1, 2, 4, 8 concurrent clients, each with a different prompt (a different
+story opening), so no system gains from a prompt shared between clients. Then a chat test: time
+to first token per turn of a conversation whose history (~1,500 tokens) grows each turn, on
+ollamalite with prefix reuse on and off and on llama-server; once alone, once as three
+conversations taking turns (fewer than the four slots, so each can keep its own).
+
+Why it measures this way:
+
+- Everything is started first; then rounds interleave the systems (limit, Llama, then each
+  client count on every server) after one warm-up round, and each configuration keeps its best
+  round: a shared machine's speed drifts, and interleaving spreads the drift over all systems.
+- Times are taken at the client as each token's bytes arrive (clients.py), so the numbers
+  include everything a client sees; metrics are defined once for all systems (report.py).
+- After the warm-up every system already holds a configuration's prompts in its KV cache (the
+  servers' prompt caches, `Llama`'s prefix match, and the bare loop, which keeps its prompts
+  the same way), so short-prompt TTFT is per-request overhead, the same for all.
+- Each chat conversation is new to the server (conversation.py), so its first turn evaluates
+  the whole history and later turns show what prefix reuse saves.
+- Every server is a subprocess in its own process group, stopped when the run ends, however
+  it ends; memory (RSS) is read from /proc after all runs.
+
+Run: python bench/run.py [--tokens 128] [--rounds 3] [--clients 1,2,4,8] [--chat-turns 8]
+                         [--skip-llama-server] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from contextlib import AbstractContextManager, ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Awaitable, Callable
+
+import aiohttp
+import llama_cpp
+
+import report
+from bare_loop import BareLoop, BareModel
+from clients import (LLAMA_SERVER_COMPLETION, OLLAMA_CHAT, OLLAMA_GENERATE, OPENAI_CHAT, Api,
+                     chat, concurrent, new_session)
+from common import (HOST, MODEL, N_CTX, PROMPTS, REPO, THREADS, Run, Server, free_port,
+                    load_llama, ollamalite_server, rss_mb, run_llama, serving)
+from conversation import opening, questions
+from ollamalite.config import bundled_model_path
+from report import (LIMIT, LLAMA, LLAMA_SERVER_1, LLAMA_SERVER_4, LLAMA_SERVER_CHAT, NO_REUSE,
+                    OLLAMALITE_1, OLLAMALITE_4, REUSE, Key, Trial)
+
+BENCH = Path(__file__).resolve().parent
+RESULTS = BENCH / "results"
+BUILD_SCRIPT = BENCH / "build_llama_server.sh"
+CHAT_ANSWER_TOKENS = 32
+DEFAULTS = {"tokens": 128, "rounds": 3, "clients": "1,2,4,8", "chat_turns": 8}
+QUICK = {"tokens": 32, "rounds": 1, "clients": "1,4", "chat_turns": 3}
+MODELS_YAML = f"""models:
+  {MODEL}:
+    path: bundled
+    num_ctx: {N_CTX}
+    keep_alive: -1
+"""
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, help="tokens per stream (default 128)")
+    parser.add_argument("--rounds", type=int, help="measured rounds after a warm-up (default 3)")
+    parser.add_argument("--clients", help="concurrent HTTP clients, comma-separated "
+                                          "(default 1,2,4,8)")
+    parser.add_argument("--chat-turns", type=int, help="turns of the chat test (default 8)")
+    parser.add_argument("--skip-llama-server", action="store_true",
+                        help="measure without llama-server (no build attempt)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 1 round, 32 tokens, "
+                        "clients 1,4, 3 chat turns (explicit flags still win)")
+    args = parser.parse_args()
+    preset = QUICK if args.quick else DEFAULTS
+    for name, value in preset.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    args.clients = sorted({int(c) for c in args.clients.split(",")})
+    if args.tokens < 2 or args.rounds < 1 or args.chat_turns < 1:
+        parser.error("--tokens must be at least 2, --rounds and --chat-turns at least 1")
+    if not 1 <= args.clients[0] <= args.clients[-1] <= len(PROMPTS):
+        parser.error(f"--clients must be between 1 and {len(PROMPTS)} (one prompt each)")
+    return args
+
+
+# -- the systems --------------------------------------------------------------------------------
+
+def llama_server_binary(skip: bool) -> tuple[str | None, str]:
+    """The cached llama-server binary (built on first use), or None and why not."""
+    if skip:
+        return None, "llama-server skipped (--skip-llama-server)"
+    if not BUILD_SCRIPT.exists():
+        return None, f"llama-server skipped: {BUILD_SCRIPT.relative_to(REPO)} is missing"
+    print("llama-server: asking build_llama_server.sh (the first build takes minutes)",
+          file=sys.stderr)
+    done = subprocess.run(["bash", str(BUILD_SCRIPT)], stdout=subprocess.PIPE, text=True,
+                          check=False)
+    if done.returncode != 0:
+        return None, (f"llama-server skipped: {BUILD_SCRIPT.name} exited {done.returncode} "
+                      "(its reason is on stderr above)")
+    binary = done.stdout.strip().splitlines()[-1]
+    version = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False)
+    first = (version.stdout + version.stderr).strip().splitlines()
+    return binary, f"llama-server: {binary} ({first[0] if first else 'version unknown'})"
+
+
+def llama_server(name: str, binary: str, n_parallel: int) -> AbstractContextManager[Server]:
+    """`-c` is llama-server's total context, split evenly over its `-np` slots."""
+    port = free_port()
+    cmd = [binary, "-m", str(bundled_model_path()), "--host", HOST, "--port", str(port),
+           "-np", str(n_parallel), "-t", str(THREADS), "-tb", str(THREADS),
+           "-c", str(N_CTX * n_parallel)]
+    return serving(name, cmd, port, "/health")
+
+
+@dataclass(frozen=True)
+class Systems:
+    """Everything under test, started: in-process engines and server subprocesses."""
+
+    model: BareModel
+    loops: dict[int, BareLoop]  # bare loops by number of sequences
+    llm: llama_cpp.Llama
+    servers: dict[str, Server]  # by system name; the reuse-off server under NO_REUSE
+
+
+def start_systems(stack: ExitStack, binary: str | None, folder: Path) -> Systems:
+    """Start every system; `stack` stops and frees them all when it closes."""
+    config = folder / "models.yaml"
+    config.write_text(MODELS_YAML)
+    model = BareModel(bundled_model_path())
+    stack.callback(model.close)
+    loops = {n: BareLoop(model, n) for n in (1, 4)}
+    for loop in loops.values():
+        stack.callback(loop.close)
+    ollamalites: dict[str, dict[str, str]] = {
+        OLLAMALITE_1: {"OLLAMA_NUM_PARALLEL": "1", "OLLAMALITE_PREFIX_CACHE": "1"},
+        OLLAMALITE_4: {"OLLAMA_NUM_PARALLEL": "4", "OLLAMALITE_PREFIX_CACHE": "1"},
+        NO_REUSE: {"OLLAMA_NUM_PARALLEL": "4", "OLLAMALITE_PREFIX_CACHE": "0"},
+    }
+    starting = [ollamalite_server(name, config, env) for name, env in ollamalites.items()]
+    if binary is not None:
+        starting += [llama_server(name, binary, n)
+                     for name, n in ((LLAMA_SERVER_1, 1), (LLAMA_SERVER_4, 4))]
+    servers = {}
+    for server_cm in starting:
+        server = stack.enter_context(server_cm)
+        print(f"started {server.name} on port {server.port} (pid {server.proc.pid})",
+              file=sys.stderr)
+        servers[server.name] = server
+    return Systems(model, loops, load_llama(), servers)
+
+
+async def load_ollamalite_models(session: aiohttp.ClientSession, systems: Systems) -> None:
+    """ollamalite loads a model on its first request: an empty prompt loads it, untimed."""
+    for name in (OLLAMALITE_1, OLLAMALITE_4, NO_REUSE):
+        async with session.post(systems.servers[name].url + "/api/generate",
+                                json={"model": MODEL, "prompt": ""}) as resp:
+            resp.raise_for_status()
+
+
+# -- configurations -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GenConfig:
+    """One system at one number of clients: `run` makes one trial."""
+
+    system: str
+    clients: int
+    run: Callable[[], Awaitable[list[Run]]]
+
+
+@dataclass(frozen=True)
+class ChatConfig:
+    """One chat column with one or several conversations: `run(round)` gives TTFT per turn."""
+
+    column: str
+    conversations: int
+    run: Callable[[int], Awaitable[list[float]]]
+
+
+def generation_configs(systems: Systems, session: aiohttp.ClientSession, tokens: int,
+                       clients: list[int]) -> list[GenConfig]:
+    """In-process systems first, then every server at each client count, in the order a round
+    runs them (servers side by side for each client count)."""
+    prompt_ids = [systems.model.tokenize(p) for p in PROMPTS]
+
+    def bare(n_seq: int) -> Callable[[], Awaitable[list[Run]]]:
+        return lambda: asyncio.to_thread(systems.loops[n_seq].run, prompt_ids[:n_seq], tokens)
+
+    def http(url: str, api: Api, n_clients: int) -> Callable[[], Awaitable[list[Run]]]:
+        return lambda: concurrent(session, url, api, list(PROMPTS[:n_clients]), tokens)
+
+    configs = [GenConfig(LIMIT, 1, bare(1)), GenConfig(LIMIT, 4, bare(4)),
+               GenConfig(LLAMA, 1, lambda: asyncio.to_thread(
+                   lambda: [run_llama(systems.llm, PROMPTS[0], tokens)]))]
+    apis = {OLLAMALITE_1: OLLAMA_GENERATE, OLLAMALITE_4: OLLAMA_GENERATE,
+            LLAMA_SERVER_1: LLAMA_SERVER_COMPLETION, LLAMA_SERVER_4: LLAMA_SERVER_COMPLETION}
+    for n_clients in clients:
+        configs += [GenConfig(name, n_clients, http(systems.servers[name].url, api, n_clients))
+                    for name, api in apis.items() if name in systems.servers]
+    return configs
+
+
+def chat_configs(systems: Systems, session: aiohttp.ClientSession,
+                 turns: int) -> list[ChatConfig]:
+    """One conversation, then three taking turns, on each chat column that is running."""
+    columns = {REUSE: (OLLAMALITE_4, OLLAMA_CHAT), NO_REUSE: (NO_REUSE, OLLAMA_CHAT),
+               LLAMA_SERVER_CHAT: (LLAMA_SERVER_4, OPENAI_CHAT)}
+
+    def conversations(url: str, api: Api, count: int) -> Callable[[int], Awaitable[list[float]]]:
+        def run(round_: int) -> Awaitable[list[float]]:
+            histories = [opening(f"{round_}.{count}.{k}", systems.model.tokenize)
+                         for k in range(count)]
+            return chat(session, url, api, histories, questions(turns), CHAT_ANSWER_TOKENS)
+        return run
+
+    return [ChatConfig(column, count, conversations(systems.servers[server].url, api, count))
+            for count in (1, 3) for column, (server, api) in columns.items()
+            if server in systems.servers]
+
+
+# -- rounds -------------------------------------------------------------------------------------
+
+async def measure(gen: list[GenConfig], chats: list[ChatConfig], rounds: int
+                  ) -> tuple[dict[Key, list[Trial]], dict[Key, list[list[float]]]]:
+    """A warm-up round of the generation configurations (not kept), then `rounds` rounds of
+    everything, interleaved."""
+    trials: dict[Key, list[Trial]] = {(c.system, c.clients): [] for c in gen}
+    chat_rounds: dict[Key, list[list[float]]] = {(c.column, c.conversations): [] for c in chats}
+    for round_ in range(rounds + 1):
+        label = f"round {round_}" if round_ else "warm-up"
+        for config in gen:
+            trial = Trial(await config.run())
+            print(f"{label}: {config.system} x{config.clients}: "
+                  f"{trial.aggregate_tps:.1f} tok/s aggregate, "
+                  f"TTFT p50 {trial.ttft_ms(50):.0f} ms", file=sys.stderr)
+            if round_:
+                trials[config.system, config.clients].append(trial)
+        for chat_config in chats if round_ else []:
+            ttfts = await chat_config.run(round_)
+            print(f"{label}: chat {chat_config.column} x{chat_config.conversations}: TTFT ms "
+                  + ", ".join(f"{t:.0f}" for t in ttfts), file=sys.stderr)
+            chat_rounds[chat_config.column, chat_config.conversations].append(ttfts)
+    return trials, chat_rounds
+
+
+async def run_all(systems: Systems, args: argparse.Namespace
+                  ) -> tuple[dict[Key, list[Trial]], dict[Key, list[list[float]]]]:
+    async with new_session() as session:
+        await load_ollamalite_models(session, systems)
+        gen = generation_configs(systems, session, args.tokens, args.clients)
+        chats = chat_configs(systems, session, args.chat_turns)
+        return await measure(gen, chats, args.rounds)
+
+
+# -- report -------------------------------------------------------------------------------------
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+def header(args: argparse.Namespace, now: datetime.datetime, server_note: str,
+           prompt_lengths: list[int], history_tokens: int) -> str:
+    return "\n".join([
+        f"# ollamalite benchmark, {now:%Y-%m-%d %H:%M}, {socket.gethostname()}",
+        "",
+        f"- CPU: {cpu_model()}, {os.cpu_count()} cores; {THREADS} threads in every system",
+        f"- llama-cpp-python {llama_cpp.__version__}; model: bundled "
+        f"{bundled_model_path().name}; {N_CTX} context tokens per sequence (slot)",
+        f"- {args.tokens} tokens per stream, greedy; {args.rounds} round(s) after a warm-up, "
+        f"best kept; clients {', '.join(map(str, args.clients))}, each with its own story "
+        f"opening ({min(prompt_lengths)}-{max(prompt_lengths)} tokens)",
+        f"- chat: {args.chat_turns} turns; a {history_tokens}-token logbook as the system "
+        f"message, answers of up to {CHAT_ANSWER_TOKENS} tokens",
+        f"- {server_note}",
+    ])
+
+
+def main() -> None:
+    args = parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the servers get stopped too
+    binary, server_note = llama_server_binary(args.skip_llama_server)
+    if binary is None:
+        print(f"note: {server_note}", file=sys.stderr)
+    now = datetime.datetime.now()
+    with ExitStack() as stack:
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-")))
+        systems = start_systems(stack, binary, folder)
+        trials, chat_rounds = asyncio.run(run_all(systems, args))
+        rss = {name: server.rss_mb() for name, server in systems.servers.items()}
+        rss[report.IN_PROCESS] = rss_mb(os.getpid())
+        tokenize = systems.model.tokenize
+        prompt_lengths = [len(tokenize(p)) for p in PROMPTS]
+        history_tokens = len(tokenize(opening("0", tokenize)[0]["content"]))
+    RESULTS.mkdir(exist_ok=True)
+    stem = RESULTS / f"{now:%Y-%m-%d}-{socket.gethostname()}"
+    text = report.markdown(header(args, now, server_note, prompt_lengths, history_tokens),
+                           trials, chat_rounds, rss, args.tokens, stem.with_suffix(".png").name)
+    report.plot(trials, stem.with_suffix(".png"),
+                f"SmolLM2-135M, {THREADS} threads, {args.tokens} tokens per stream")
+    stem.with_suffix(".md").write_text(text + "\n")
+    print(text)
+    print(f"\nwritten: {stem.with_suffix('.md')} and {stem.with_suffix('.png')}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
