@@ -11,9 +11,10 @@
 # Usage: bench/build_llama_server.sh
 #   stdout: only the absolute path of the binary (exit 0), e.g.
 #           ~/.cache/ollamalite/bench/llama-server-<ver>/llama-server
-#   stderr: progress; on failure a one-line reason as the last line, and exit 3 (callers then
-#           skip llama-server). The first run compiles (~8 minutes on 2 cores, at nice 10);
-#           later runs return at once if the cached binary answers `--version`.
+#   stderr: progress; on failure the build log's tail, then a one-line reason as the last line,
+#           and exit 3 (callers then skip llama-server). The first run compiles (~8 minutes on
+#           2 cores at nice 10, longer on a busy machine); later runs return at once if the
+#           cached binary answers `--version`.
 #   env:    OLLAMALITE_BENCH_CACHE  cache folder (default ~/.cache/ollamalite/bench)
 #           OLLAMALITE_BENCH_JOBS   parallel compile jobs (default 2)
 #
@@ -178,7 +179,7 @@ cmake -S "$src" -B "$tmp/build" "${generator[@]}" \
     -DGGML_BUILD_EXAMPLES=OFF \
     >>"$build_log" 2>&1 || die "cmake configure failed"
 
-log "compiling llama-server with $jobs jobs (about 8 minutes on 2 cores)"
+log "compiling llama-server with $jobs jobs (8 minutes or more on 2 cores, longer on a busy machine)"
 start=$(date +%s)
 "${nice_cmd[@]}" cmake --build "$tmp/build" --target llama-server -j "$jobs" \
     >>"$build_log" 2>&1 || die "cmake --build --target llama-server failed"
