@@ -130,6 +130,37 @@ def test_second_turn_reuses_the_cached_prefix(engine: Engine, model: LlamaModel)
     assert second.final.prompt_tokens == len(follow_up)
 
 
+def test_conversations_sharing_a_system_prompt_keep_their_own_caches(
+        model: LlamaModel) -> None:
+    """Two chats with one long system prompt alternate on two slots: the second copies the
+    shared prefix instead of cutting the first's history, and copied KV gives the same text."""
+    system = "You are a ship's logbook. " + "Wind north, sea calm, all well. " * 20
+
+    def prompt(*turns: str) -> list[int]:
+        text = f"<|im_start|>system\n{system}<|im_end|>\n"
+        for turn in turns:
+            text += f"<|im_start|>user\n{turn}<|im_end|>\n<|im_start|>assistant\n"
+        return model.tokenize(text, add_special=False)
+
+    fresh = Engine(model, n_slots=1, slot_ctx=SLOT_CTX, prefix_cache=False)
+    cached = Engine(model, n_slots=2, slot_ctx=SLOT_CTX)
+    try:
+        a1 = Run(cached, prompt("What happened on Monday?"), num_predict=40)
+        a1_text = a1.text()
+        b1 = Run(cached, prompt("What happened on Tuesday?"), num_predict=8)
+        b1_text = b1.text()
+        assert b1.final.prompt_eval_count < 20  # the shared system prompt was copied
+        assert b1_text == Run(fresh, prompt("What happened on Tuesday?"), num_predict=8).text()
+        a2_prompt = list(a1.final.tokens) + prompt("x")[-1:]  # continue conversation A
+        a2 = Run(cached, a2_prompt, num_predict=4)
+        a2.text()
+        assert a2.final.prompt_eval_count == 1  # A's history was still in its slot
+        assert a1_text
+    finally:
+        fresh.close()
+        cached.close()
+
+
 def test_prefix_reuse_can_be_switched_off(model: LlamaModel) -> None:
     engine = Engine(model, n_slots=1, slot_ctx=SLOT_CTX, prefix_cache=False)
     try:

@@ -24,6 +24,12 @@ from ollamalite.engine.text import TextAssembler
 
 log = logging.getLogger(__name__)
 
+# A cached tail longer than this is worth keeping (shorter ones are re-tokenizing noise): a
+# new prompt sharing only the start of a slot's tokens gets a copy of that start elsewhere.
+KEEP_TAIL = 8
+# Fewer shared tokens than this are cheaper to evaluate again than to copy a slot's cache.
+MIN_COPY = 64
+
 
 def common_prefix(a: list[int], b: list[int]) -> int:
     n = min(len(a), len(b))
@@ -148,7 +154,7 @@ class Engine:
             _emit(job, Failed(f"prompt of {len(job.prompt)} tokens does not fit the context "
                               f"of {limit} tokens"))
             return
-        slot = max(free, key=lambda s: (self._reusable(s, job), -s.last_used))
+        slot = self._place(job, free)
         n_keep = min(self._reusable(slot, job), len(job.prompt) - 1)
         if not llama_cpp.llama_memory_seq_rm(self.mem, slot.seq_id, n_keep, -1):
             llama_cpp.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
@@ -157,6 +163,25 @@ class Engine:
         slot.start(job, n_keep, limit, sampler, time.perf_counter())
         log.info("slot %d: %d prompt tokens, %d reused from its cache", slot.seq_id,
                  len(job.prompt), n_keep)
+
+    def _place(self, job: Job, free: list[Slot]) -> Slot:
+        """The free slot with the longest shared prefix; but when taking it would cut off a
+        cached conversation (several chats share a system prompt), copy the shared prefix
+        into the least recently used other slot instead, so both conversations keep theirs."""
+        best = max(free, key=lambda s: (self._reusable(s, job), -s.last_used))
+        shared = self._reusable(best, job)
+        others = [s for s in free if s is not best]
+        if len(best.cached) - shared <= KEEP_TAIL or shared <= MIN_COPY or not others:
+            return best
+        spare = min(others, key=lambda s: s.last_used)
+        if self._reusable(spare, job) >= shared:
+            return spare
+        llama_cpp.llama_memory_seq_rm(self.mem, spare.seq_id, -1, -1)
+        llama_cpp.llama_memory_seq_cp(self.mem, best.seq_id, spare.seq_id, -1, -1)
+        spare.cached = list(best.cached)
+        log.debug("slot %d: copied %d shared tokens from slot %d", spare.seq_id, shared,
+                  best.seq_id)
+        return spare
 
     def _reusable(self, slot: Slot, job: Job) -> int:
         """Prompt tokens already in the slot's KV cache (none when reuse is switched off)."""
