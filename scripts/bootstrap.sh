@@ -9,7 +9,9 @@ cd "$(dirname "$0")/.."
 
 python=${PYTHON:-python3}
 pyver=$("$python" -c 'import sys; print("py%d%d" % sys.version_info[:2])')
-key=$(cat requirements/*.txt | sha256sum | cut -c1-16)
+# Keyed on what the venv holds (bench.txt is installed on demand, outside the key).
+key=$(cat requirements/model.txt requirements/runtime.txt requirements/test.txt \
+    | sha256sum | cut -c1-16)
 venv="${OLLAMALITE_VENV_CACHE:-$HOME/.cache/ollamalite/venvs}/$pyver-$key"
 
 if [ ! -f "$venv/.complete" ]; then
