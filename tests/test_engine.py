@@ -161,6 +161,31 @@ def test_conversations_sharing_a_system_prompt_keep_their_own_caches(
         cached.close()
 
 
+def test_alternating_conversations_each_keep_their_slot(model: LlamaModel) -> None:
+    """Different system prompts share only the template's opening tokens: a new conversation
+    must take an unused slot, not the other conversation's."""
+    engine = Engine(model, n_slots=3, slot_ctx=SLOT_CTX)
+
+    def prompt(session: str, *turns: str) -> list[int]:
+        text = f"<|im_start|>system\nSession {session}. " + "Keep notes. " * 40 + "<|im_end|>\n"
+        text += "".join(f"<|im_start|>user\n{t}<|im_end|>\n<|im_start|>assistant\n"
+                        for t in turns)
+        return model.tokenize(text, add_special=False)
+
+    try:
+        first = {}
+        for s in ("A", "B", "C"):  # one after the other: every slot but one is free each time
+            first[s] = Run(engine, prompt(s, "Hi"), num_predict=4)
+            first[s].text()
+        for s, run in first.items():
+            follow = list(run.final.tokens) + prompt(s, "Hi", "More")[len(prompt(s, "Hi")):]
+            again = Run(engine, follow, num_predict=2)
+            again.text()
+            assert again.final.prompt_eval_count < 20, s
+    finally:
+        engine.close()
+
+
 def test_prefix_reuse_can_be_switched_off(model: LlamaModel) -> None:
     engine = Engine(model, n_slots=1, slot_ctx=SLOT_CTX, prefix_cache=False)
     try:

@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 # A cached tail longer than this is worth keeping (shorter ones are re-tokenizing noise): a
 # new prompt sharing only the start of a slot's tokens gets a copy of that start elsewhere.
 KEEP_TAIL = 8
-# Fewer shared tokens than this are cheaper to evaluate again than to copy a slot's cache.
+# Fewer shared tokens than this are cheaper to evaluate again than to copy a slot's cache
+# (a chat template's opening, shared by every conversation, is far shorter).
 MIN_COPY = 64
 
 
@@ -165,16 +166,17 @@ class Engine:
                  len(job.prompt), n_keep)
 
     def _place(self, job: Job, free: list[Slot]) -> Slot:
-        """The free slot with the longest shared prefix; but when taking it would cut off a
-        cached conversation (several chats share a system prompt), copy the shared prefix
-        into the least recently used other slot instead, so both conversations keep theirs."""
+        """The free slot whose cache the prompt continues; otherwise the least recently used
+        one, so a new conversation never cuts off another's cached history. When the prompt
+        shares a long start with another slot (chats with one system prompt), that start is
+        copied over rather than evaluated again."""
         best = max(free, key=lambda s: (self._reusable(s, job), -s.last_used))
         shared = self._reusable(best, job)
         others = [s for s in free if s is not best]
-        if len(best.cached) - shared <= KEEP_TAIL or shared <= MIN_COPY or not others:
+        if len(best.cached) - shared <= KEEP_TAIL or not others:
             return best
         spare = min(others, key=lambda s: s.last_used)
-        if self._reusable(spare, job) >= shared:
+        if shared < MIN_COPY or self._reusable(spare, job) >= shared:
             return spare
         llama_cpp.llama_memory_seq_rm(self.mem, spare.seq_id, -1, -1)
         llama_cpp.llama_memory_seq_cp(self.mem, best.seq_id, spare.seq_id, -1, -1)
