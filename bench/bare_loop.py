@@ -12,8 +12,8 @@ KV cache per sequence (`kv_unified=False`), llama.cpp's default flash-attention 
 between this loop and the server is the serving path, not a different attention kernel or
 cache layout.
 
-Like the servers it is compared with (which all cache prompts), a run with the prompts the
-previous run used keeps them in the KV cache and evaluates only their last token again.
+Each run starts from an empty KV cache (`llama_memory_clear`) and evaluates its prompts in one
+batch, so its time to first token is that of a prompt no cache has seen, as in every system.
 """
 
 from __future__ import annotations
@@ -79,7 +79,6 @@ class BareLoop:
             raise RuntimeError(f"llama.cpp could not create a context of {params.n_ctx} tokens")
         self.mem = llama_cpp.llama_get_memory(self.ctx)
         self.batch = llama_cpp.llama_batch_init(N_BATCH, 0, 1)
-        self.cached: list[list[int]] = []  # the prompts whose KV the sequences hold
 
     def run(self, prompts: list[list[int]], n: int) -> list[Run]:
         """Greedy-decode `n` tokens for each prompt (one per sequence), all in one batch.
@@ -87,8 +86,9 @@ class BareLoop:
         A sequence that produces an end-of-generation token stops there."""
         if len(prompts) != self.n_seq or sum(map(len, prompts)) > N_BATCH:
             raise ValueError(f"need {self.n_seq} prompts of {N_BATCH} tokens in all")
-        pending = self._reuse_prompts(prompts)
-        positions = [len(p) - len(todo) for p, todo in zip(prompts, pending, strict=True)]
+        llama_cpp.llama_memory_clear(self.mem, True)
+        pending = [list(p) for p in prompts]
+        positions = [0] * self.n_seq
         arrivals: list[list[float]] = [[] for _ in prompts]
         finish = ["length"] * self.n_seq
         active = list(range(self.n_seq))
@@ -107,18 +107,8 @@ class BareLoop:
                     pending[seq] = [token]
             active = [seq for seq in active
                       if finish[seq] == "length" and len(arrivals[seq]) < n]
-        self.cached = [list(p) for p in prompts]
         return [Run(started, times, len(times), reason)
                 for times, reason in zip(arrivals, finish, strict=True)]
-
-    def _reuse_prompts(self, prompts: list[list[int]]) -> list[list[int]]:
-        """Tokens each sequence still has to evaluate; drops what the last run generated."""
-        if prompts != self.cached:
-            llama_cpp.llama_memory_clear(self.mem, True)
-            return [list(p) for p in prompts]
-        for seq, prompt in enumerate(prompts):
-            llama_cpp.llama_memory_seq_rm(self.mem, seq, len(prompt) - 1, -1)
-        return [prompt[-1:] for prompt in prompts]
 
     def _fill(self, active: list[int], pending: list[list[int]],
               positions: list[int]) -> dict[int, int]:

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from matplotlib.figure import Figure  # no pyplot: a PNG is rendered with Agg, no display needed
@@ -105,35 +107,37 @@ def _ratio(label: str, a_name: str, a: float | None, b_name: str, b: float | Non
             f"**{a / b:.2f}**")
 
 
+def _ttft_p50(trial: Trial) -> float:
+    return trial.ttft_ms(50)
+
+
+# (label, metric, unit, ollamalite's configuration, the one it is compared with)
+TARGETS: tuple[tuple[str, Callable[[Trial], float], str, Key, Key], ...] = (
+    ("single stream over HTTP, decode", attrgetter("per_stream_tps"), "tok/s",
+     (OLLAMALITE_1, 1), (LLAMA_SERVER_1, 1)),
+    ("4 clients, aggregate vs the bare 4-sequence loop", attrgetter("aggregate_tps"), "tok/s",
+     (OLLAMALITE_4, 4), (LIMIT, 4)),
+    ("4 clients, aggregate vs llama-server", attrgetter("aggregate_tps"), "tok/s",
+     (OLLAMALITE_4, 4), (LLAMA_SERVER_4, 4)),
+    ("short-prompt TTFT p50, 1 client, 1 slot (lower is better)", _ttft_p50, "ms",
+     (OLLAMALITE_1, 1), (LLAMA_SERVER_1, 1)),
+    ("short-prompt TTFT p50, 1 client, 4 slots (lower is better)", _ttft_p50, "ms",
+     (OLLAMALITE_4, 1), (LLAMA_SERVER_4, 1)),
+)
+
+
 def ratio_lines(best: dict[Key, Trial], chat: dict[Key, list[float]]) -> str:
-    def metric(key: Key, name: str) -> float | None:
-        trial = best.get(key)
-        if trial is None:
-            return None
-        return trial.ttft_ms(50) if name == "ttft" else getattr(trial, name)
+    """The target ratios; n/a where a configuration was not measured (skipped, other clients)."""
+    def value(key: Key, metric: Callable[[Trial], float]) -> float | None:
+        return metric(best[key]) if key in best else None
 
     def last_turn(column: str, conversations: int) -> float | None:
         ttfts = chat.get((column, conversations))
         return ttfts[-1] if ttfts else None
 
+    lines = [_ratio(label, a[0], value(a, metric), b[0], value(b, metric), unit)
+             for label, metric, unit, a, b in TARGETS]
     turns = len(next(iter(chat.values()), []))
-    lines = [
-        _ratio("single stream over HTTP, decode", OLLAMALITE_1,
-               metric((OLLAMALITE_1, 1), "per_stream_tps"), LLAMA_SERVER_1,
-               metric((LLAMA_SERVER_1, 1), "per_stream_tps"), "tok/s"),
-        _ratio("4 clients, aggregate vs the bare 4-sequence loop", OLLAMALITE_4,
-               metric((OLLAMALITE_4, 4), "aggregate_tps"), LIMIT,
-               metric((LIMIT, 4), "aggregate_tps"), "tok/s"),
-        _ratio("4 clients, aggregate vs llama-server", OLLAMALITE_4,
-               metric((OLLAMALITE_4, 4), "aggregate_tps"), LLAMA_SERVER_4,
-               metric((LLAMA_SERVER_4, 4), "aggregate_tps"), "tok/s"),
-        _ratio("short-prompt TTFT p50, 1 client (lower is better)", OLLAMALITE_1,
-               metric((OLLAMALITE_1, 1), "ttft"), LLAMA_SERVER_1,
-               metric((LLAMA_SERVER_1, 1), "ttft"), "ms"),
-        _ratio("short-prompt TTFT p50, 1 client, 4 slots (lower is better)", OLLAMALITE_4,
-               metric((OLLAMALITE_4, 1), "ttft"), LLAMA_SERVER_4,
-               metric((LLAMA_SERVER_4, 1), "ttft"), "ms"),
-    ]
     for conversations, label in ((1, "one conversation"), (3, "3 alternating conversations")):
         lines.append(_ratio(f"chat turn {turns} TTFT, {label}, speed-up from reuse", "reuse off",
                             last_turn(NO_REUSE, conversations), "reuse on",
@@ -149,7 +153,8 @@ def plot(trials: dict[Key, list[Trial]], path: Path, title: str) -> None:
     for system in dict.fromkeys(system for system, _ in best):
         points = sorted((c, t.aggregate_tps) for (s, c), t in best.items() if s == system)
         xs, ys = zip(*points, strict=True)
-        ax.plot(xs, ys, marker="o", linestyle="-" if len(xs) > 1 else "none", label=system)
+        style = "--" if system == LIMIT else "-" if len(xs) > 1 else "none"
+        ax.plot(xs, ys, marker="o", linestyle=style, label=system)
     clients = sorted({c for _, c in best})
     ax.set_xscale("log", base=2)
     ax.set_xticks(clients, [str(c) for c in clients])

@@ -114,10 +114,10 @@ def llama_server_binary(skip: bool) -> tuple[str | None, str]:
           file=sys.stderr)
     done = subprocess.run(["bash", str(BUILD_SCRIPT)], stdout=subprocess.PIPE, text=True,
                           check=False)
-    if done.returncode != 0:
+    binary = done.stdout.strip()
+    if done.returncode != 0 or not binary:
         return None, (f"llama-server skipped: {BUILD_SCRIPT.name} exited {done.returncode} "
                       "(its reason is on stderr above)")
-    binary = done.stdout.strip().splitlines()[-1]
     version = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False)
     first = (version.stdout + version.stderr).strip().splitlines()
     return binary, f"llama-server: {binary} ({first[0] if first else 'version unknown'})"
@@ -166,7 +166,9 @@ def start_systems(stack: ExitStack, binary: str | None, folder: Path) -> Systems
         print(f"started {server.name} on port {server.port} (pid {server.proc.pid})",
               file=sys.stderr)
         servers[server.name] = server
-    return Systems(model, loops, load_llama(), servers)
+    llm = load_llama()
+    stack.callback(llm.close)
+    return Systems(model, loops, llm, servers)
 
 
 async def load_ollamalite_models(session: aiohttp.ClientSession, systems: Systems) -> None:
@@ -197,6 +199,16 @@ class ChatConfig:
     run: Callable[[int], Awaitable[list[float]]]
 
 
+def on_this_thread(run: Callable[[], list[Run]]) -> Callable[[], Awaitable[list[Run]]]:
+    """An in-process system runs on the event loop's own thread, which has nothing else to do
+    meanwhile. Not in a worker thread: once llama.cpp (an OpenMP build) has computed from two
+    threads of one process, decoding stays ~2.5x slower on either (libgomp keeps a thread team
+    per calling thread; with more OpenMP threads than cores its barriers stop spinning)."""
+    async def in_process() -> list[Run]:
+        return run()
+    return in_process
+
+
 def generation_configs(systems: Systems, session: aiohttp.ClientSession, tokens: int,
                        clients: list[int]) -> list[GenConfig]:
     """In-process systems first, then every server at each client count, in the order a round
@@ -204,13 +216,13 @@ def generation_configs(systems: Systems, session: aiohttp.ClientSession, tokens:
     prompt_ids = [systems.model.tokenize(p) for p in PROMPTS]
 
     def bare(n_seq: int) -> Callable[[], Awaitable[list[Run]]]:
-        return lambda: asyncio.to_thread(systems.loops[n_seq].run, prompt_ids[:n_seq], tokens)
+        return on_this_thread(lambda: systems.loops[n_seq].run(prompt_ids[:n_seq], tokens))
 
     def http(url: str, api: Api, n_clients: int) -> Callable[[], Awaitable[list[Run]]]:
         return lambda: concurrent(session, url, api, list(PROMPTS[:n_clients]), tokens)
 
     configs = [GenConfig(LIMIT, 1, bare(1)), GenConfig(LIMIT, 4, bare(4)),
-               GenConfig(LLAMA, 1, lambda: asyncio.to_thread(
+               GenConfig(LLAMA, 1, on_this_thread(
                    lambda: [run_llama(systems.llm, PROMPTS[0], tokens)]))]
     apis = {OLLAMALITE_1: OLLAMA_GENERATE, OLLAMALITE_4: OLLAMA_GENERATE,
             LLAMA_SERVER_1: LLAMA_SERVER_COMPLETION, LLAMA_SERVER_4: LLAMA_SERVER_COMPLETION}
@@ -255,7 +267,9 @@ async def measure(gen: list[GenConfig], chats: list[ChatConfig], rounds: int
                   f"TTFT p50 {trial.ttft_ms(50):.0f} ms", file=sys.stderr)
             if round_:
                 trials[config.system, config.clients].append(trial)
-        for chat_config in chats if round_ else []:
+        if not round_:
+            continue
+        for chat_config in chats:
             ttfts = await chat_config.run(round_)
             print(f"{label}: chat {chat_config.column} x{chat_config.conversations}: TTFT ms "
                   + ", ".join(f"{t:.0f}" for t in ttfts), file=sys.stderr)

@@ -24,128 +24,15 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
-import socket
-import subprocess
 import sys
-import tempfile
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import Any, Callable, Iterator
 
-import llama_cpp
+from common import (HOST, MODEL, PROMPTS, REPO, THREADS, Run, load_llama, ollamalite_server,
+                    run_llama)
 
-from ollamalite.config import bundled_model_path
-
-REPO = Path(__file__).resolve().parent.parent
-
-MODEL = "smollm2:135m"
 RAW, SERVER = "raw llama-cpp-python", "ollamalite"
-THREADS = 2
-N_CTX = 4096
-HOST = "127.0.0.1"
-STARTUP_TIMEOUT_S = 120.0
-PROMPT = ("Once upon a time, in a small village at the edge of a great forest, there lived an "
-          "old clockmaker named Elias. Every morning he")
-
-
-@dataclass(frozen=True)
-class Run:
-    """One streamed completion, timed at the client (`time.perf_counter` seconds)."""
-
-    started: float
-    arrivals: list[float]  # when each token-bearing chunk arrived
-    tokens: int
-    finish_reason: str
-    text: str
-    eval_count: int | None = None  # the server's own counters (ollamalite runs only)
-    eval_duration_ns: int | None = None
-
-    @property
-    def decode_tps(self) -> float:
-        if len(self.arrivals) < 2:
-            return float("nan")
-        return (self.tokens - 1) / (self.arrivals[-1] - self.arrivals[0])
-
-    @property
-    def ttft_ms(self) -> float:
-        return (self.arrivals[0] - self.started) * 1e3 if self.arrivals else float("nan")
-
-
-# -- raw llama-cpp-python -----------------------------------------------------------------------
-
-def load_llama() -> llama_cpp.Llama:
-    return llama_cpp.Llama(model_path=str(bundled_model_path()), n_ctx=N_CTX,
-                           n_threads=THREADS, verbose=False)
-
-
-def run_raw(llm: llama_cpp.Llama, prompt: str, n: int) -> Run:
-    """Every chunk before the final one carries one token's text (no stop strings are set)."""
-    arrivals: list[float] = []
-    parts: list[str] = []
-    finish = ""
-    started = time.perf_counter()
-    for chunk in llm.create_completion(prompt, max_tokens=n, temperature=0, stream=True):
-        now = time.perf_counter()
-        choice = chunk["choices"][0]
-        if choice["finish_reason"] is None:
-            arrivals.append(now)
-            parts.append(choice["text"])
-        else:
-            finish = choice["finish_reason"]
-    return Run(started, arrivals, len(arrivals), finish, "".join(parts))
-
-
-# -- ollamalite over HTTP -----------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
-def answers(port: int) -> bool:
-    conn = http.client.HTTPConnection(HOST, port, timeout=2)
-    try:
-        conn.request("GET", "/")
-        return conn.getresponse().status == 200
-    except OSError:
-        return False
-    finally:
-        conn.close()
-
-
-def wait_until_up(proc: subprocess.Popen[bytes], port: int, log: IO[bytes]) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while not answers(port):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            log.seek(0)
-            raise RuntimeError(f"ollamalite did not come up on port {port}:\n"
-                               + log.read().decode(errors="replace"))
-        time.sleep(0.1)
-
-
-@contextmanager
-def running_server() -> Iterator[int]:
-    """Start `ollamalite serve` on a free loopback port; stop it however the block exits."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "ollamalite", "serve", "--host", HOST, "--port", str(port),
-           "--config", str(REPO / "models.yaml")]
-    env = {**os.environ, "OLLAMALITE_NUM_THREADS": str(THREADS)}
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            wait_until_up(proc, port, log)
-            yield port
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+PROMPT = PROMPTS[0]
 
 
 def ndjson_lines(resp: http.client.HTTPResponse) -> Iterator[tuple[float, dict[str, Any]]]:
@@ -248,10 +135,10 @@ def main() -> None:
     if args.tokens < 2 or args.rounds < 1:
         parser.error("--tokens must be at least 2 and --rounds at least 1")
     llm = load_llama()
-    with running_server() as port:
+    with ollamalite_server(SERVER, REPO / "models.yaml") as server:
         results = measure({
-            RAW: lambda: run_raw(llm, PROMPT, args.tokens),
-            SERVER: lambda: run_server(port, PROMPT, args.tokens),
+            RAW: lambda: run_llama(llm, PROMPT, args.tokens),
+            SERVER: lambda: run_server(server.port, PROMPT, args.tokens),
         }, args.rounds)
     print(f"{args.tokens} tokens, {args.rounds} rounds, {THREADS} threads, prompt: {PROMPT!r}\n")
     print(report(results, args.tokens))
