@@ -35,8 +35,8 @@ STARTUP_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 10.0
 
 # Story openings that SmolLM2-135M continues past 128 tokens without an end-of-sequence at
-# temperature 0 (run.py checks and says so if one stops early). They differ from the first
-# word, so concurrent clients never share a prompt prefix beyond the start-of-text token.
+# temperature 0, also under run.py's "(14) " numbering (it checks, and notes a stream that
+# stops early). They differ from the first word, so concurrent clients share no prompt prefix.
 PROMPTS = (
     "Once upon a time, in a small village at the edge of a great forest, there lived an "
     "old clockmaker named Elias. Every morning he",

@@ -22,9 +22,10 @@ Why it measures this way:
   round: a shared machine's speed drifts, and interleaving spreads the drift over all systems.
 - Times are taken at the client as each token's bytes arrive (clients.py), so the numbers
   include everything a client sees; metrics are defined once for all systems (report.py).
-- After the warm-up every system already holds a configuration's prompts in its KV cache (the
-  servers' prompt caches, `Llama`'s prefix match, and the bare loop, which keeps its prompts
-  the same way), so short-prompt TTFT is per-request overhead, the same for all.
+- No generation prompt is ever sent twice (each trial numbers its story openings), so no
+  system finds one in a cache: TTFT is the evaluation of a short new prompt plus per-request
+  overhead, the same work in every system whatever its slot and cache policy. (single_stream.py
+  measures TTFT with the prompt cached instead.)
 - Each chat conversation is new to the server (conversation.py), so its first turn evaluates
   the whole history and later turns show what prefix reuse saves.
 - Every server is a subprocess in its own process group, stopped when the run ends, however
@@ -183,11 +184,11 @@ async def load_ollamalite_models(session: aiohttp.ClientSession, systems: System
 
 @dataclass(frozen=True)
 class GenConfig:
-    """One system at one number of clients: `run` makes one trial."""
+    """One system at one number of clients: `run(round)` makes one trial."""
 
     system: str
     clients: int
-    run: Callable[[], Awaitable[list[Run]]]
+    run: Callable[[int], Awaitable[list[Run]]]
 
 
 @dataclass(frozen=True)
@@ -199,13 +200,21 @@ class ChatConfig:
     run: Callable[[int], Awaitable[list[float]]]
 
 
-def on_this_thread(run: Callable[[], list[Run]]) -> Callable[[], Awaitable[list[Run]]]:
+def trial_prompts(round_: int, clients: int) -> list[str]:
+    """Client k's prompt: story opening k, numbered so that no earlier trial sent the same
+    text (clients <= 8). No cache holds it, so every system evaluates the whole short prompt:
+    TTFT is the same work everywhere, whatever a server's slot and cache policy."""
+    return [f"({round_ * 10 + clients}) {p}" for p in PROMPTS[:clients]]
+
+
+def on_this_thread(run: Callable[[list[str]], list[Run]], clients: int
+                   ) -> Callable[[int], Awaitable[list[Run]]]:
     """An in-process system runs on the event loop's own thread, which has nothing else to do
     meanwhile. Not in a worker thread: once llama.cpp (an OpenMP build) has computed from two
     threads of one process, decoding stays ~2.5x slower on either (libgomp keeps a thread team
     per calling thread; with more OpenMP threads than cores its barriers stop spinning)."""
-    async def in_process() -> list[Run]:
-        return run()
+    async def in_process(round_: int) -> list[Run]:
+        return run(trial_prompts(round_, clients))
     return in_process
 
 
@@ -213,17 +222,18 @@ def generation_configs(systems: Systems, session: aiohttp.ClientSession, tokens:
                        clients: list[int]) -> list[GenConfig]:
     """In-process systems first, then every server at each client count, in the order a round
     runs them (servers side by side for each client count)."""
-    prompt_ids = [systems.model.tokenize(p) for p in PROMPTS]
+    def bare(n_seq: int) -> Callable[[int], Awaitable[list[Run]]]:
+        loop, tokenize = systems.loops[n_seq], systems.model.tokenize
+        return on_this_thread(lambda prompts: loop.run([tokenize(p) for p in prompts], tokens),
+                              n_seq)
 
-    def bare(n_seq: int) -> Callable[[], Awaitable[list[Run]]]:
-        return on_this_thread(lambda: systems.loops[n_seq].run(prompt_ids[:n_seq], tokens))
-
-    def http(url: str, api: Api, n_clients: int) -> Callable[[], Awaitable[list[Run]]]:
-        return lambda: concurrent(session, url, api, list(PROMPTS[:n_clients]), tokens)
+    def http(url: str, api: Api, n_clients: int) -> Callable[[int], Awaitable[list[Run]]]:
+        return lambda round_: concurrent(session, url, api, trial_prompts(round_, n_clients),
+                                         tokens)
 
     configs = [GenConfig(LIMIT, 1, bare(1)), GenConfig(LIMIT, 4, bare(4)),
                GenConfig(LLAMA, 1, on_this_thread(
-                   lambda: [run_llama(systems.llm, PROMPTS[0], tokens)]))]
+                   lambda prompts: [run_llama(systems.llm, prompts[0], tokens)], 1))]
     apis = {OLLAMALITE_1: OLLAMA_GENERATE, OLLAMALITE_4: OLLAMA_GENERATE,
             LLAMA_SERVER_1: LLAMA_SERVER_COMPLETION, LLAMA_SERVER_4: LLAMA_SERVER_COMPLETION}
     for n_clients in clients:
@@ -261,7 +271,7 @@ async def measure(gen: list[GenConfig], chats: list[ChatConfig], rounds: int
     for round_ in range(rounds + 1):
         label = f"round {round_}" if round_ else "warm-up"
         for config in gen:
-            trial = Trial(await config.run())
+            trial = Trial(await config.run(round_))
             print(f"{label}: {config.system} x{config.clients}: "
                   f"{trial.aggregate_tps:.1f} tok/s aggregate, "
                   f"TTFT p50 {trial.ttft_ms(50):.0f} ms", file=sys.stderr)
@@ -305,7 +315,8 @@ def header(args: argparse.Namespace, now: datetime.datetime, server_note: str,
         f"{bundled_model_path().name}; {N_CTX} context tokens per sequence (slot)",
         f"- {args.tokens} tokens per stream, greedy; {args.rounds} round(s) after a warm-up, "
         f"best kept; clients {', '.join(map(str, args.clients))}, each with its own story "
-        f"opening ({min(prompt_lengths)}-{max(prompt_lengths)} tokens)",
+        f"opening, numbered per trial so that no cache holds it "
+        f"({min(prompt_lengths)}-{max(prompt_lengths)} tokens)",
         f"- chat: {args.chat_turns} turns; a {history_tokens}-token logbook as the system "
         f"message, answers of up to {CHAT_ANSWER_TOKENS} tokens",
         f"- {server_note}",
@@ -326,7 +337,7 @@ def main() -> None:
         rss = {name: server.rss_mb() for name, server in systems.servers.items()}
         rss[report.IN_PROCESS] = rss_mb(os.getpid())
         tokenize = systems.model.tokenize
-        prompt_lengths = [len(tokenize(p)) for p in PROMPTS]
+        prompt_lengths = [len(tokenize(p)) for p in trial_prompts(1, len(PROMPTS))]
         history_tokens = len(tokenize(opening("0", tokenize)[0]["content"]))
     RESULTS.mkdir(exist_ok=True)
     stem = RESULTS / f"{now:%Y-%m-%d}-{socket.gethostname()}"
