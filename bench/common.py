@@ -190,6 +190,14 @@ def serving(name: str, cmd: list[str], port: int, ready_path: str,
             stop(proc)
 
 
+def write_config(folder: Path) -> Path:
+    """A models.yaml with the bundled model at `N_CTX` per slot, never unloaded."""
+    config = folder / "models.yaml"
+    config.write_text(f"models:\n  {MODEL}:\n    path: bundled\n    num_ctx: {N_CTX}\n"
+                      "    keep_alive: -1\n")
+    return config
+
+
 def ollamalite_server(name: str, config: Path,
                       env: dict[str, str] | None = None) -> AbstractContextManager[Server]:
     """`python -m ollamalite serve` with `THREADS` threads, plus any extra environment."""

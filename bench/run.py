@@ -59,7 +59,7 @@ from bare_loop import BareLoop, BareModel
 from clients import (LLAMA_SERVER_COMPLETION, OLLAMA_CHAT, OLLAMA_GENERATE, OPENAI_CHAT, Api,
                      chat, concurrent, new_session)
 from common import (HOST, MODEL, N_CTX, PROMPTS, REPO, THREADS, Run, Server, free_port,
-                    load_llama, ollamalite_server, rss_mb, run_llama, serving)
+                    load_llama, ollamalite_server, rss_mb, run_llama, serving, write_config)
 from conversation import opening, questions
 from ollamalite.config import bundled_model_path
 from report import (LIMIT, LLAMA, LLAMA_SERVER_1, LLAMA_SERVER_4, LLAMA_SERVER_CHAT, NO_REUSE,
@@ -71,14 +71,6 @@ BUILD_SCRIPT = BENCH / "build_llama_server.sh"
 CHAT_ANSWER_TOKENS = 32
 DEFAULTS = {"tokens": 128, "rounds": 3, "clients": "1,2,4,8", "chat_turns": 8}
 QUICK = {"tokens": 32, "rounds": 1, "clients": "1,4", "chat_turns": 3}
-MODELS_YAML = f"""models:
-  {MODEL}:
-    path: bundled
-    num_ctx: {N_CTX}
-    keep_alive: -1
-"""
-
-
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, help="tokens per stream (default 128)")
@@ -145,8 +137,7 @@ class Systems:
 
 def start_systems(stack: ExitStack, binary: str | None, folder: Path) -> Systems:
     """Start every system; `stack` stops and frees them all when it closes."""
-    config = folder / "models.yaml"
-    config.write_text(MODELS_YAML)
+    config = write_config(folder)
     model = BareModel(bundled_model_path())
     stack.callback(model.close)
     loops = {n: BareLoop(model, n) for n in (1, 4)}

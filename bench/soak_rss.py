@@ -19,7 +19,7 @@ from pathlib import Path
 
 import aiohttp
 
-from common import MODEL, PROMPTS, ollamalite_server
+from common import MODEL, PROMPTS, ollamalite_server, write_config
 
 CHECKPOINTS = (50, 250, 500, 750, 1000)
 TIME_LIMIT_S = 1800
@@ -84,12 +84,6 @@ async def soak(url: str, total: int, concurrency: int, rss) -> list[tuple[int, f
         await asyncio.wait_for(asyncio.gather(*(worker(session) for _ in range(concurrency))),
                                TIME_LIMIT_S)
     return samples
-
-
-def write_config(folder: Path) -> Path:
-    config = folder / "models.yaml"
-    config.write_text(f"models:\n  {MODEL}:\n    path: bundled\n    num_ctx: 2048\n")
-    return config
 
 
 def main() -> int:
