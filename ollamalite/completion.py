@@ -33,32 +33,39 @@ def _tokenize(runner: Runner, text: str, after: Sequence[int] = ()) -> list[int]
 
 
 def chat_tokens(runner: Runner, messages: list[dict[str, Any]], opts: RunOptions,
-                truncate: bool = True) -> list[int]:
-    """Render a conversation; unless `truncate` is off, drop its oldest turns to fit it
-    (blocking: CPU)."""
+                truncate: bool = True, variables: dict[str, Any] | None = None) -> list[int]:
+    """Render a conversation (with extra template `variables`); unless `truncate` is off, drop
+    its oldest turns to fit it (blocking: CPU)."""
     template = _template(runner, None)
     model = runner.model
     messages = prompts.with_system(messages, runner.entry.system)
 
     def render(msgs: list[dict[str, Any]]) -> list[int]:
         return _tokenize(runner, prompts.render_chat(template, msgs, model.bos_text,
-                                                     model.eos_text))
+                                                     model.eos_text, variables))
 
     return prompts.fit_chat(messages, render, _limit(runner, opts), truncate)
 
 
 def generate_tokens(runner: Runner, text: str, opts: RunOptions, *, system: str | None,
-                    template: str | None, raw: bool, context: Sequence[int] | None) -> list[int]:
+                    template: str | None, raw: bool, context: Sequence[int] | None,
+                    variables: dict[str, Any] | None = None) -> list[int]:
     """`/api/generate`'s prompt: templated as one user turn unless `raw` (blocking: CPU)."""
     if not raw:
         messages = prompts.with_system([{"role": "user", "content": text}],
                                        system or runner.entry.system)
         text = prompts.render_chat(_template(runner, template), messages, runner.model.bos_text,
-                                   runner.model.eos_text)
+                                   runner.model.eos_text, variables)
     tokens = _tokenize(runner, text, context or ())
     if len(tokens) >= _limit(runner, opts):
         raise BadRequest(prompts.TOO_LONG)
     return tokens
+
+
+def prompt_tail(runner: Runner, tokens: Sequence[int], n: int = 16) -> str:
+    """The last tokens of a prompt as text, special tokens spelled out: what a reply continues
+    (e.g. a template that already opened `<think>`)."""
+    return "".join(runner.model.token_text(t) for t in tokens[-n:])
 
 
 async def prepare(fn: Any, *args: Any, **kwargs: Any) -> list[int]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jinja2
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -34,14 +34,39 @@ def _formatter(template: str, bos: str, eos: str) -> Jinja2ChatFormatter:
         raise BadRequest(f"template error: {exc}") from None
 
 
-def render_chat(template: str | None, messages: Sequence[Message], bos: str, eos: str) -> str:
-    """Messages -> prompt text ending with the assistant's turn opening."""
+def render_chat(template: str | None, messages: Sequence[Message], bos: str, eos: str,
+                variables: Mapping[str, Any] | None = None) -> str:
+    """Messages -> prompt text ending with the assistant's turn opening; `variables` are extra
+    template variables (`tools`, `enable_thinking`, …)."""
     if template is None:
         return "".join(str(m.get("content", "")) for m in messages)
     try:
-        return _formatter(template, bos, eos)(messages=list(messages)).prompt
+        return _formatter(template, bos, eos)(messages=list(messages), **(variables or {})).prompt
     except (jinja2.TemplateError, ValueError, TypeError) as exc:
         raise BadRequest(f"template error: {exc}") from None
+
+
+def template_messages(messages: Sequence[Message]) -> list[Message]:
+    """Request messages as chat templates read them (Hugging Face conventions): only the fields
+    that are set; tool calls as `{"type": "function", "function": {"name", "arguments": {…}}}`;
+    `thinking` also as `reasoning_content`; a tool result's `tool_name` also as `name`, found
+    from its `tool_call_id` when only that is given (OpenAI style)."""
+    called: dict[str, str] = {}
+    out = []
+    for m in messages:
+        t: Message = {"role": m["role"], "content": m.get("content") or ""}
+        if m.get("thinking"):
+            t["thinking"] = t["reasoning_content"] = m["thinking"]
+        if m.get("tool_calls"):
+            t["tool_calls"] = [{"type": "function", **c} for c in m["tool_calls"]]
+            called.update((c["id"], c["function"]["name"]) for c in m["tool_calls"] if "id" in c)
+        if m.get("tool_call_id"):
+            t["tool_call_id"] = m["tool_call_id"]
+        name = m.get("tool_name") or called.get(m.get("tool_call_id") or "")
+        if name and m["role"] == "tool":
+            t["tool_name"] = t["name"] = name
+        out.append(t)
+    return out
 
 
 def with_system(messages: Sequence[Message], system: str | None) -> list[Message]:

@@ -9,6 +9,7 @@ from typing import Any
 
 from marshmallow import (
     EXCLUDE,
+    INCLUDE,
     Schema,
     ValidationError,
     fields,
@@ -108,6 +109,41 @@ class GenerateRequest(CompletionRequest):
             raise ValidationError("raw mode does not support template, system, or context")
 
 
+class FunctionCall(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    name = fields.String(required=True)
+    arguments = fields.Dict(load_default=dict)
+
+
+class ToolCall(Schema):
+    """An assistant's earlier call, sent back in the conversation (arguments an object)."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    id = fields.String()
+    function = fields.Nested(FunctionCall, required=True)
+
+
+class FunctionDef(Schema):
+    """A tool's function; everything besides the name goes to the template as sent."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    name = fields.String(required=True)
+
+
+class Tool(Schema):
+    class Meta:
+        unknown = INCLUDE
+
+    type = fields.String(load_default="function")
+    function = fields.Nested(FunctionDef, required=True)
+
+
 class Message(Schema):
     class Meta:
         unknown = EXCLUDE
@@ -116,7 +152,7 @@ class Message(Schema):
     content = fields.String(load_default="", allow_none=True)
     thinking = fields.String(load_default=None, allow_none=True)
     images = Base64List(load_default=None, allow_none=True)
-    tool_calls = fields.List(fields.Dict(), load_default=None, allow_none=True)
+    tool_calls = fields.List(fields.Nested(ToolCall), load_default=None, allow_none=True)
     tool_name = fields.String(load_default=None, allow_none=True)
     tool_call_id = fields.String(load_default=None, allow_none=True)
 
@@ -134,7 +170,7 @@ class Message(Schema):
 
 class ChatRequest(CompletionRequest):
     messages = fields.List(fields.Nested(Message), load_default=list)
-    tools = fields.List(fields.Dict(), load_default=None, allow_none=True)
+    tools = fields.List(fields.Nested(Tool), load_default=None, allow_none=True)
 
 
 class ShowRequest(ModelRequest):

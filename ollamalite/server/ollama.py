@@ -10,12 +10,13 @@ from typing import Any, AsyncIterator, Callable
 
 from aiohttp import web
 
-from ollamalite import completion, schemas
+from ollamalite import completion, prompt, schemas, template_info
 from ollamalite.config import ModelEntry
 from ollamalite.engine.jobs import Event, Failed, Finished, TextChunk
 from ollamalite.errors import ApiError, BadRequest, NotFound
 from ollamalite.gguf_meta import GGUFError, file_digest, read_header
 from ollamalite.options import RunOptions, merge, run_options
+from ollamalite.output import Delta, ReplyParser
 from ollamalite.scheduler import Runner, Scheduler
 from ollamalite.server import show as show_fmt
 from ollamalite.server.keys import SCHEDULER
@@ -103,8 +104,9 @@ async def show(request: web.Request) -> web.Response:
     entry = _scheduler(request).entry(require_model(req))
     info = await _in_thread(read_header, entry.path)
     stat = await _in_thread(entry.path.stat)
+    features = await _in_thread(template_info.features, show_fmt.active_template(entry, info))
     return json_response(show_fmt.show_body(entry, info, stat.st_mtime, req["verbose"],
-                                            req.get("system")))
+                                            req.get("system"), features.capabilities()))
 
 
 async def pull(request: web.Request) -> web.StreamResponse:
@@ -134,11 +136,14 @@ class GenerateShape:
     def __init__(self, model: str) -> None:
         self.model = model
 
-    def chunk(self, text: str) -> dict[str, Any]:
-        return {"model": self.model, "created_at": created_at(), "response": text, "done": False}
+    def chunk(self, delta: Delta) -> dict[str, Any]:
+        body = {"model": self.model, "created_at": created_at(), "response": delta.content}
+        if delta.thinking:
+            body["thinking"] = delta.thinking
+        return {**body, "done": False}
 
-    def final(self, text: str, reason: str) -> dict[str, Any]:
-        return {**self.chunk(text), "done": True, "done_reason": reason}
+    def final(self, delta: Delta, reason: str) -> dict[str, Any]:
+        return {**self.chunk(delta), "done": True, "done_reason": reason}
 
     def returns_context(self, req: dict[str, Any]) -> bool:
         """Token ids come back for templated generate calls, as in Ollama (not for raw)."""
@@ -151,9 +156,14 @@ class ChatShape(GenerateShape):
     def returns_context(self, req: dict[str, Any]) -> bool:
         return False
 
-    def chunk(self, text: str) -> dict[str, Any]:
-        return {"model": self.model, "created_at": created_at(),
-                "message": {"role": "assistant", "content": text}, "done": False}
+    def chunk(self, delta: Delta) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": delta.content}
+        if delta.thinking:
+            message["thinking"] = delta.thinking
+        if delta.tool_calls:
+            message["tool_calls"] = delta.tool_calls
+        return {"model": self.model, "created_at": created_at(), "message": message,
+                "done": False}
 
 
 def _metrics(fin: Finished, started: float, load_s: float) -> dict[str, int]:
@@ -167,9 +177,9 @@ def _metrics(fin: Finished, started: float, load_s: float) -> dict[str, int]:
     }
 
 
-def _final(shape: GenerateShape, text: str, fin: Finished, started: float, load_s: float,
+def _final(shape: GenerateShape, delta: Delta, fin: Finished, started: float, load_s: float,
            context: bool) -> dict[str, Any]:
-    body = shape.final(text, fin.done_reason)
+    body = shape.final(delta, fin.done_reason)
     if context:
         body["context"] = list(fin.tokens)
     body.update(_metrics(fin, started, load_s))
@@ -177,28 +187,35 @@ def _final(shape: GenerateShape, text: str, fin: Finished, started: float, load_
 
 
 async def _respond(request: web.Request, shape: GenerateShape, events: AsyncIterator[Event],
-                   stream: bool, started: float, load_s: float,
+                   parser: ReplyParser, stream: bool, started: float, load_s: float,
                    context: bool = False) -> web.StreamResponse:
+    """Engine events -> the reply parser -> one JSON object or NDJSON lines (a line only when
+    the parser has something to say: a tool call is held back until complete)."""
     if not stream:
-        parts: list[str] = []
+        whole = Delta()
         async for event in events:
             if isinstance(event, TextChunk):
-                parts.append(event.text)
+                for delta in parser.feed(event.text):
+                    whole.add(delta)
             elif isinstance(event, Failed):
                 raise ApiError(event.message)
             else:
-                return json_response(_final(shape, "".join(parts), event, started, load_s,
-                                            context))
+                for delta in parser.finish():
+                    whole.add(delta)
+                return json_response(_final(shape, whole, event, started, load_s, context))
     out = NdjsonStream(request)
     async for event in events:
         if isinstance(event, TextChunk):
-            await out.send(shape.chunk(event.text))
+            for delta in parser.feed(event.text):
+                await out.send(shape.chunk(delta))
         elif isinstance(event, Failed):
             if not out.started:
                 raise ApiError(event.message)
             await out.send({"error": event.message})
         else:
-            await out.send(_final(shape, "", event, started, load_s, context))
+            for delta in parser.finish():
+                await out.send(shape.chunk(delta))
+            await out.send(_final(shape, Delta(), event, started, load_s, context))
     return await out.close()
 
 
@@ -206,8 +223,7 @@ def _check_capabilities(name: str, req: dict[str, Any]) -> None:
     """What this model (or this server, for now) cannot do is a 400, never silently ignored."""
     images = req.get("images") or [i for m in req.get("messages", []) for i in (m.get("images")
                                                                                  or [])]
-    unsupported = [("images", bool(images)), ("insert", bool(req.get("suffix"))),
-                   ("thinking", bool(req.get("think"))), ("tools", bool(req.get("tools")))]
+    unsupported = [("images", bool(images)), ("insert", bool(req.get("suffix")))]
     for capability, asked in unsupported:
         if asked:
             raise BadRequest(f'"{name}" does not support {capability}')
@@ -223,20 +239,32 @@ async def _load_or_unload(request: web.Request, shape: GenerateShape, name: str,
     scheduler = _scheduler(request)
     if req["keep_alive"] == 0:
         await scheduler.unload(name)
-        return json_response(shape.final("", "unload"))
+        return json_response(shape.final(Delta(), "unload"))
     async with scheduler.use(name, keep_alive=req["keep_alive"]):
-        return json_response(shape.final("", "load"))
+        return json_response(shape.final(Delta(), "load"))
 
 
 def _generate_prompt(runner: Runner, req: dict[str, Any], opts: RunOptions) -> list[int]:
     return completion.generate_tokens(runner, req["prompt"], opts, system=req["system"],
                                       template=req["template"], raw=req["raw"],
-                                      context=req["context"])
+                                      context=req["context"],
+                                      variables=template_info.variables(None, req["think"]))
 
 
 def _chat_prompt(runner: Runner, req: dict[str, Any], opts: RunOptions) -> list[int]:
-    messages = [{"role": m["role"], "content": m["content"] or ""} for m in req["messages"]]
-    return completion.chat_tokens(runner, messages, opts, req["truncate"])
+    messages = prompt.template_messages(req["messages"])
+    return completion.chat_tokens(runner, messages, opts, req["truncate"],
+                                  template_info.variables(req["tools"], req["think"]))
+
+
+def _features(entry: ModelEntry, override: str | None) -> template_info.TemplateFeatures:
+    """What the template this request will use can do (blocking: header read, template
+    probe). A model file that cannot be read fails later, when it loads."""
+    try:
+        template = override or entry.template or read_header(entry.path).chat_template
+    except (OSError, GGUFError):
+        template = override or entry.template
+    return template_info.features(template)
 
 
 async def _complete(request: web.Request, schema: schemas.Schema, shape_type: type[GenerateShape],
@@ -249,14 +277,18 @@ async def _complete(request: web.Request, schema: schemas.Schema, shape_type: ty
     scheduler = _scheduler(request)
     entry = scheduler.entry(name)
     _check_capabilities(name, req)
+    features = await _in_thread(_features, entry, req.get("template"))
+    req["think"] = template_info.check_request(name, features, req.get("tools"), req["think"])
     shape = shape_type(name)
     if not req[input_key]:
         return await _load_or_unload(request, shape, name, req)
     opts = run_options(merge(entry.options, req["options"]))
     async with scheduler.use(name, opts.num_ctx, req["keep_alive"]) as lease:
         tokens = await completion.prepare(tokenize, lease.runner, req, opts)
+        parser = template_info.reply_parser(features, req.get("tools"), req["think"],
+                                            completion.prompt_tail(lease.runner, tokens))
         events = completion.generate(lease.runner, tokens, opts)
-        return await _respond(request, shape, events, req["stream"], started,
+        return await _respond(request, shape, events, parser, req["stream"], started,
                               lease.load_duration, context=shape.returns_context(req))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from typing import Any, Sequence
 
 from ollamalite.config import ModelEntry
 from ollamalite.gguf_meta import GGUFInfo
@@ -56,9 +56,17 @@ def modelfile(entry: ModelEntry, template: str | None, system: str | None) -> st
     return "\n".join(lines) + "\n"
 
 
+def active_template(entry: ModelEntry, info: GGUFInfo) -> str | None:
+    """The chat template in use: models.yaml's override, else the GGUF's own."""
+    return entry.template or info.chat_template
+
+
 def show_body(entry: ModelEntry, info: GGUFInfo, mtime: float, verbose: bool,
-              system_override: str | None = None) -> dict[str, Any]:
-    template = entry.template or info.chat_template
+              system_override: str | None = None,
+              template_capabilities: Sequence[str] = ()) -> dict[str, Any]:
+    """`template_capabilities`: what the template adds (`tools`, `thinking`), see
+    template_info."""
+    template = active_template(entry, info)
     system = system_override or entry.system
     body: dict[str, Any] = {}
     license_text = info.metadata.get("general.license")
@@ -71,6 +79,6 @@ def show_body(entry: ModelEntry, info: GGUFInfo, mtime: float, verbose: bool,
         body["system"] = system
     body["details"] = info.details()
     body["model_info"] = info.model_info(verbose)
-    body["capabilities"] = info.capabilities()
+    body["capabilities"] = info.capabilities() + list(template_capabilities)
     body["modified_at"] = local_time(mtime)
     return body

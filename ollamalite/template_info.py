@@ -1,0 +1,174 @@
+"""What a chat template can do (tools, thinking) and how it tells the model to spell them.
+
+Ollama reads this from the structure of its Go templates; for Jinja2 chat templates we ask the
+template itself. Rules (documented in docs/api.md):
+- tools: the template uses the `tools` variable (jinja2's undeclared variables).
+- tool-call format: a probe conversation whose assistant turn holds one tool call is rendered
+  next to the same turn holding plain text; what the template writes around the call's JSON
+  is the opening tag (`<tool_call>`, `[TOOL_CALLS]`) and closing tag (`</tool_call>`) the
+  model is expected to emit. No tag (the call is bare JSON, as Llama 3.x templates write it)
+  or a template that cannot render the probe means bare JSON.
+- thinking: an assistant turn with reasoning renders it between tags (`<think>…</think>`), or
+  the template text contains both `<think>` and `</think>` (Ollama's rule for GGUF templates).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Sequence
+
+import jinja2
+import jinja2.ext
+import jinja2.meta
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+from ollamalite import prompt
+from ollamalite.errors import BadRequest
+from ollamalite.output import ReplyParser, ThinkingSplitter, ToolCallParser, call_of, json_end
+
+_TOOL = "zqx_probe_tool"
+_ARGS = {"zqx_key": "zqx_value"}
+_TEXT = "Zqx9 answer"
+_REASONING = "Zqx9 reasoning"
+_USER = {"role": "user", "content": "Zqx9 question"}
+_TOOLS = [{"type": "function", "function": {
+    "name": _TOOL, "description": "probe",
+    "parameters": {"type": "object", "properties": {"zqx_key": {"type": "string"}},
+                   "required": ["zqx_key"]}}}]
+_TAG_AROUND = re.compile(r"(<[^<>\s]+>)\s*" + re.escape(_REASONING) + r"\s*(<[^<>\s]+>)")
+
+
+@dataclass(frozen=True)
+class TemplateFeatures:
+    tools: bool = False
+    tool_open: str = ""  # "" means bare JSON at the start of the reply
+    tool_close: str = ""
+    think_tags: tuple[str, str] | None = None
+
+    @property
+    def thinking(self) -> bool:
+        return self.think_tags is not None
+
+    def capabilities(self) -> list[str]:
+        """The template's part of /api/show `capabilities`, in Ollama's order."""
+        return [name for name, has in (("tools", self.tools), ("thinking", self.thinking))
+                if has]
+
+
+@lru_cache(maxsize=32)
+def features(template: str | None) -> TemplateFeatures:
+    """Inspect a template (CPU: a parse and three renders; cached, call off the event loop)."""
+    if not template:
+        return TemplateFeatures()
+    try:
+        names = _variables(template)
+    except jinja2.TemplateError:
+        return TemplateFeatures()
+    has_tools = "tools" in names
+    opening, closing = _tool_tags(template) if has_tools else ("", "")
+    return TemplateFeatures(has_tools, opening, closing, _think_tags(template))
+
+
+def _variables(template: str) -> set[str]:
+    env = jinja2.Environment(extensions=[Jinja2ChatFormatter.IgnoreGenerationTags,
+                                         jinja2.ext.loopcontrols])
+    return jinja2.meta.find_undeclared_variables(env.parse(template))
+
+
+def _render(template: str, messages: list[dict[str, Any]], **variables: Any) -> str | None:
+    try:
+        return prompt.render_chat(template, messages, "", "", variables)
+    except BadRequest:
+        return None
+
+
+def _tool_tags(template: str) -> tuple[str, str]:
+    call = {"type": "function", "function": {"name": _TOOL, "arguments": _ARGS}}
+    with_call = _render(template, [_USER, {"role": "assistant", "content": "",
+                                           "tool_calls": [call]}], tools=_TOOLS)
+    with_text = _render(template, [_USER, {"role": "assistant", "content": _TEXT}],
+                        tools=_TOOLS)
+    if not with_call or not with_text or _TOOL not in with_call:
+        return "", ""
+    body = _difference(with_call, with_text)
+    for start in (i for i, c in enumerate(body) if c in "{["):
+        end = json_end(body, start)
+        if end is not None and _is_probe_call(body[start:end]):
+            return body[:start].strip(), body[end:].strip()
+    return "", ""
+
+
+def _difference(a: str, b: str) -> str:
+    """`a` without the beginning and end it shares with `b`."""
+    head = 0
+    while head < min(len(a), len(b)) and a[head] == b[head]:
+        head += 1
+    tail = 0
+    while tail < min(len(a), len(b)) - head and a[-1 - tail] == b[-1 - tail]:
+        tail += 1
+    return a[head:len(a) - tail]
+
+
+def _is_probe_call(text: str) -> bool:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    values = value if isinstance(value, list) else [value]
+    return any(call_of(v, {_TOOL}) for v in values)
+
+
+def _think_tags(template: str) -> tuple[str, str] | None:
+    turn = {"role": "assistant", "content": _TEXT, "thinking": _REASONING,
+            "reasoning_content": _REASONING}
+    text = _render(template, [_USER, turn], enable_thinking=True)
+    found = _TAG_AROUND.search(text or "")
+    if found and found.group(1) != found.group(2):
+        return found.group(1), found.group(2)
+    if "<think>" in template and "</think>" in template:
+        return "<think>", "</think>"
+    return None
+
+
+def check_request(name: str, found: TemplateFeatures, tools: Sequence[Any] | None,
+                  think: bool | str | None) -> bool | str | None:
+    """400 for what the model's template cannot do; returns the `think` to use: on by default
+    for a model that can think (as Ollama since 0.12.4), None for one that cannot."""
+    if tools and not found.tools:
+        raise BadRequest(f'"{name}" does not support tools')
+    if not found.thinking:
+        if think:
+            raise BadRequest(f'"{name}" does not support thinking')
+        return None
+    return True if think is None else think
+
+
+def variables(tools: Sequence[Any] | None, think: bool | str | None) -> dict[str, Any]:
+    """Template variables for a request: `tools`, `enable_thinking` (Qwen3 and others) and, for
+    a level (`"high"`…), `reasoning_effort` (gpt-oss)."""
+    found: dict[str, Any] = {}
+    if tools:
+        found["tools"] = list(tools)
+    if think is not None:
+        found["enable_thinking"] = bool(think)
+        if isinstance(think, str):
+            found["reasoning_effort"] = think
+    return found
+
+
+def reply_parser(found: TemplateFeatures, tools: Sequence[dict[str, Any]] | None,
+                 think: bool | str | None, prompt_tail: str) -> ReplyParser:
+    """The parser for one reply; `prompt_tail` (the prompt's last characters) tells whether the
+    template already opened the thinking block."""
+    thinking = None
+    if think and found.think_tags:
+        opening, closing = found.think_tags
+        thinking = ThinkingSplitter(opening, closing, prompt_tail.rstrip().endswith(opening))
+    calls = None
+    if tools:
+        names = [t["function"]["name"] for t in tools]
+        calls = ToolCallParser(found.tool_open, found.tool_close, names)
+    return ReplyParser(thinking, calls)
