@@ -355,7 +355,8 @@ def test_chat_rejects_bad_messages(http: httpx.Client, messages: Any, fragment: 
 
 
 def test_chat_with_tools_is_refused_for_this_model(http: httpx.Client) -> None:
-    resp = http.post("/api/chat", json={"model": MODEL, "tools": [{"type": "function"}],
+    tool = {"type": "function", "function": {"name": "get_time", "parameters": {}}}
+    resp = http.post("/api/chat", json={"model": MODEL, "tools": [tool],
                                         "messages": [{"role": "user", "content": "x"}]})
     assert resp.json() == {"error": '"smollm2:135m" does not support tools'}
 

@@ -1,0 +1,109 @@
+"""Template probing (tools, tool-call format, thinking tags), request checks and how tool
+conversations render, on the test templates and the bundled model's own template."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ollamalite import prompt, template_info
+from ollamalite.config import bundled_model_path
+from ollamalite.errors import BadRequest
+from ollamalite.gguf_meta import read_header
+from ollamalite.template_info import TemplateFeatures
+from tests import chat_templates as ct
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                   "required": ["city"]}}}
+
+
+@pytest.mark.parametrize(("template", "expected"), [
+    (ct.QWEN_TOOLS, TemplateFeatures(True, "<tool_call>", "</tool_call>")),
+    (ct.LLAMA_TOOLS, TemplateFeatures(True, "", "")),
+    (ct.MISTRAL_TOOLS, TemplateFeatures(True, "[TOOL_CALLS]", "")),
+    (ct.THINKING, TemplateFeatures(think_tags=("<think>", "</think>"))),
+    (ct.THINKING.replace("think>", "reasoning>"),
+     TemplateFeatures(think_tags=("<reasoning>", "</reasoning>"))),
+    (None, TemplateFeatures()),
+    ("{{ .Prompt }}", TemplateFeatures()),  # a Go template: nothing to probe
+])
+def test_features(template: str | None, expected: TemplateFeatures) -> None:
+    assert template_info.features(template) == expected
+
+
+def test_bundled_template_has_neither() -> None:
+    found = template_info.features(read_header(bundled_model_path()).chat_template)
+    assert found == TemplateFeatures() and found.capabilities() == []
+
+
+def test_capabilities_order() -> None:
+    both = TemplateFeatures(True, "<tool_call>", "</tool_call>", ("<think>", "</think>"))
+    assert both.capabilities() == ["tools", "thinking"]
+
+
+def test_check_request() -> None:
+    plain, thinker = TemplateFeatures(), template_info.features(ct.THINKING)
+    with pytest.raises(BadRequest, match='^"m" does not support tools$'):
+        template_info.check_request("m", plain, [WEATHER], None)
+    with pytest.raises(BadRequest, match='^"m" does not support thinking$'):
+        template_info.check_request("m", plain, None, True)
+    with pytest.raises(BadRequest, match="thinking"):
+        template_info.check_request("m", plain, None, "high")
+    assert template_info.check_request("m", plain, None, False) is None
+    assert template_info.check_request("m", thinker, None, None) is True  # on by default
+    assert template_info.check_request("m", thinker, None, False) is False
+    assert template_info.check_request("m", thinker, None, "low") == "low"
+
+
+def test_variables() -> None:
+    assert template_info.variables(None, None) == {}
+    assert template_info.variables([WEATHER], False) == {"tools": [WEATHER],
+                                                          "enable_thinking": False}
+    assert template_info.variables(None, "high") == {"enable_thinking": True,
+                                                     "reasoning_effort": "high"}
+
+
+def test_thinking_flag_reaches_the_template() -> None:
+    msgs = [{"role": "user", "content": "Hi"}]
+    on = prompt.render_chat(ct.THINKING, msgs, "", "", template_info.variables(None, True))
+    off = prompt.render_chat(ct.THINKING, msgs, "", "", template_info.variables(None, False))
+    assert on.endswith("<|im_start|>assistant\n<think>\n")
+    assert off.endswith("<think>\n\n</think>\n\n")
+
+
+def test_tool_conversation_renders() -> None:
+    """Tools in the system turn, the earlier call with its arguments as a JSON object, and the
+    tool's answer (an OpenAI-style result naming only its call id gets the tool's name)."""
+    messages = prompt.template_messages([
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"id": "call_abc", "function": {"name": "get_weather",
+                                            "arguments": {"city": "Paris"}}}]},
+        {"role": "tool", "content": "18 degrees", "tool_call_id": "call_abc"},
+    ])
+    assert messages[2]["name"] == messages[2]["tool_name"] == "get_weather"
+    assert messages[1]["tool_calls"][0]["type"] == "function"
+    text = prompt.render_chat(ct.QWEN_TOOLS, messages, "", "",
+                              template_info.variables([WEATHER], None))
+    assert json.dumps(WEATHER) in text
+    assert ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n'
+            '</tool_call><|im_end|>') in text
+    assert "<tool_response>\n18 degrees\n</tool_response>" in text
+    assert text.endswith("<|im_start|>assistant\n")
+
+
+def test_template_messages_keep_only_what_is_set() -> None:
+    [m] = prompt.template_messages([{"role": "assistant", "content": None, "thinking": "hmm",
+                                     "tool_calls": None, "tool_name": None}])
+    assert m == {"role": "assistant", "content": "", "thinking": "hmm",
+                 "reasoning_content": "hmm"}
+
+
+def test_reply_parser_knows_a_pre_opened_block() -> None:
+    thinker = template_info.features(ct.THINKING)
+    parser = template_info.reply_parser(thinker, None, True, "<|im_start|>assistant\n<think>\n")
+    assert [d.thinking for d in parser.feed("Easy.</think>4")] == ["Easy."]
+    assert template_info.reply_parser(thinker, None, False, "").thinking is None
