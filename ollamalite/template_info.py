@@ -8,8 +8,9 @@ template itself. Rules (documented in docs/api.md):
   is the opening tag (`<tool_call>`, `[TOOL_CALLS]`) and closing tag (`</tool_call>`) the
   model is expected to emit. No tag (the call is bare JSON, as Llama 3.x templates write it)
   or a template that cannot render the probe means bare JSON.
-- thinking: an assistant turn with reasoning renders it between tags (`<think>…</think>`), or
-  the template text contains both `<think>` and `</think>` (Ollama's rule for GGUF templates).
+- thinking: an assistant turn with reasoning renders it between a pair of tags (`<x>…</x>`,
+  usually `<think>…</think>`), or the template text contains both `<think>` and `</think>`
+  (Ollama's rule for GGUF templates).
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ def _think_tags(template: str) -> tuple[str, str] | None:
             "reasoning_content": _REASONING}
     text = _render(template, [_USER, turn], enable_thinking=True)
     found = _TAG_AROUND.search(text or "")
-    if found and found.group(1) != found.group(2):
+    if found and found.group(2) == "</" + found.group(1)[1:]:
         return found.group(1), found.group(2)
     if "<think>" in template and "</think>" in template:
         return "<think>", "</think>"
