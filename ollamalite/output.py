@@ -167,20 +167,22 @@ class ToolCallParser:
     """Finds tool calls in reply text, in the format the template asked for.
 
     `open_tag` (e.g. `<tool_call>`) starts a call anywhere in the text and `close_tag` (may be
-    empty) ends it; between them one JSON object or a list of them. With no `open_tag` the
-    template wants bare JSON: only a reply (or what follows a call) that starts with `{` or `[`
-    is tried. A call that does not parse or names a tool that was not offered stays text.
+    empty) ends it; between them one JSON object or a list of them. A reply, or what follows a
+    call, that starts with such JSON is tried as a call too, without tags: templates like Llama
+    3.x ask for bare JSON (no `open_tag`), and some tags are control tokens that never reach
+    the text. A call that does not parse or names a tool that was not offered stays text.
     """
 
-    _SCAN, _CALL, _TEXT = range(3)
+    _START, _SCAN, _CALL, _TEXT = range(4)
 
     def __init__(self, open_tag: str, close_tag: str, names: Collection[str]) -> None:
         self.open_tag, self.close_tag = open_tag, close_tag
         self.names = frozenset(names)
-        self._state = self._SCAN
+        self._state = self._START
+        self._bare = False  # the call being read came without tags
+        self._after_call = False
         self._buf = ""
         self._index = 0
-        self._after_call = False
 
     def feed(self, text: str) -> list[Delta]:
         self._buf += text
@@ -189,6 +191,9 @@ class ToolCallParser:
             if self._state == self._TEXT:
                 out.append(Delta(content=self._buf))
                 self._buf = ""
+            elif self._state == self._START:
+                if not self._start():
+                    break
             elif self._state == self._SCAN:
                 if not self._scan(out):
                     break
@@ -200,25 +205,28 @@ class ToolCallParser:
         out: list[Delta] = []
         if self._state == self._CALL:
             self._parse_call(out, final=True)
-        if self._buf:
+        if self._buf and not (self._after_call and self._state == self._START):
             out.append(Delta(content=self._buf))
-            self._buf = ""
+        self._buf = ""
         return out
 
-    def _scan(self, out: list[Delta]) -> bool:
-        """Text up to the next opening tag; False when the rest must wait for more text.
+    def _start(self) -> bool:
+        """At the start of the reply or after a call: JSON there is tried as a bare call.
         Whitespace right after a call is dropped."""
-        if self._after_call:
-            self._buf = self._buf.lstrip()
-            if not self._buf:
-                return False
-            self._after_call = False
-        if not self.open_tag:
-            head = self._buf.lstrip()
-            if not head:
-                return False
-            self._state = self._CALL if head[0] in "{[" else self._TEXT
-            return True
+        head = self._buf.lstrip()
+        if not head:
+            return False
+        if head[0] in "{[":
+            self._state, self._bare = self._CALL, True
+        else:
+            self._state = self._SCAN if self.open_tag else self._TEXT
+            if self._after_call:
+                self._buf = head
+        self._after_call = False
+        return True
+
+    def _scan(self, out: list[Delta]) -> bool:
+        """Text up to the next opening tag; False when the rest must wait for more text."""
         at = self._buf.find(self.open_tag)
         if at < 0:
             keep = _partial_suffix(self._buf, self.open_tag)
@@ -229,12 +237,12 @@ class ToolCallParser:
         if at:
             out.append(Delta(content=self._buf[:at]))
         self._buf = self._buf[at + len(self.open_tag):]
-        self._state = self._CALL
+        self._state, self._bare = self._CALL, False
         return True
 
     def _parse_call(self, out: list[Delta], final: bool) -> bool:
-        """The JSON after an opening tag (and the closing tag): a call, not yet known (False),
-        or not a call, given back as text."""
+        """The JSON of a call (and its closing tag): a call, not known yet (False), or not a
+        call, given back as text."""
         head = self._buf.lstrip()
         if not head:
             if final:
@@ -252,12 +260,13 @@ class ToolCallParser:
             return True
         rest = self._buf[end:]
         tail = rest.lstrip()
-        if self.close_tag and tail.startswith(self.close_tag):
-            rest = tail[len(self.close_tag):]
-        elif self.close_tag and self.close_tag.startswith(tail) and not final:
-            return False  # the closing tag may still be coming
+        if self.close_tag and not self._bare:
+            if tail.startswith(self.close_tag):
+                rest = tail[len(self.close_tag):]
+            elif self.close_tag.startswith(tail) and not final:
+                return False  # the closing tag may still be coming
         out.append(Delta(tool_calls=[self._numbered(name, args) for name, args in calls]))
-        self._buf, self._state, self._after_call = rest, self._SCAN, True
+        self._buf, self._state, self._after_call = rest, self._START, True
         return True
 
     def _calls(self, text: str) -> list[tuple[str, dict[str, Any]]] | None:
@@ -276,13 +285,11 @@ class ToolCallParser:
                 "function": {"index": self._index - 1, "name": name, "arguments": args}}
 
     def _not_a_call(self, out: list[Delta]) -> None:
-        """Give the tag back as text and scan on after it; with bare JSON the rest of the
-        reply is plain text."""
-        if self.open_tag:
+        """Give the text back: after a tag, the tag is text and scanning goes on after it;
+        untagged JSON is scanned as text."""
+        if not self._bare:
             out.append(Delta(content=self.open_tag))
-            self._state = self._SCAN
-        else:
-            self._state = self._TEXT
+        self._state = self._SCAN if self.open_tag else self._TEXT
 
 
 class ReplyParser:

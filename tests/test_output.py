@@ -192,3 +192,24 @@ def test_thinking_then_call() -> None:
         assert total(deltas).thinking == "I need the weather."
         assert total(deltas).content == ""
         assert calls_of(deltas) == [("get_weather", {"city": "Paris", "unit": "celsius"})]
+
+
+@pytest.mark.parametrize("fmt", [QWEN, MISTRAL])
+def test_untagged_json_call_at_the_start(fmt: tuple[str, str]) -> None:
+    """Mistral's [TOOL_CALLS] is a control token the engine does not print: the reply then
+    starts with the bare list, still a call."""
+    reply = '[{"name": "get_weather", "arguments": {"city": "Paris"}}]\n'
+    for chunks in splits(reply)[::5]:
+        deltas = run(tools_parser(fmt), chunks)
+        assert calls_of(deltas) == [("get_weather", {"city": "Paris"})]
+        assert total(deltas).content == ""
+
+
+def test_json_that_is_not_a_call_then_a_tagged_call() -> None:
+    reply = '{"a": 1} then ' + QWEN_CALL + "\nDone."
+    for chunks in splits(reply)[::9]:
+        deltas = run(tools_parser(QWEN), chunks)
+        assert calls_of(deltas) == [("get_weather", {"city": "Paris", "unit": "celsius"})]
+        assert total(deltas).content == '{"a": 1} then Done.'
+        call_at = next(i for i, d in enumerate(deltas) if d.tool_calls)
+        assert "".join(d.content for d in deltas[call_at:]) == "Done."  # in order
