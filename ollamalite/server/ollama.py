@@ -187,10 +187,12 @@ def _final(shape: GenerateShape, delta: Delta, fin: Finished, started: float, lo
 
 
 async def _respond(request: web.Request, shape: GenerateShape, events: AsyncIterator[Event],
-                   parser: ReplyParser, stream: bool, started: float, load_s: float,
-                   context: bool = False) -> web.StreamResponse:
+                   stream: bool, started: float, load_s: float, context: bool = False,
+                   parser: ReplyParser | None = None) -> web.StreamResponse:
     """Engine events -> the reply parser -> one JSON object or NDJSON lines (a line only when
-    the parser has something to say: a tool call is held back until complete)."""
+    the parser has something to say: a tool call is held back until complete). Without a
+    parser the text is all content."""
+    parser = parser or ReplyParser()
     if not stream:
         whole = Delta()
         async for event in events:
@@ -288,8 +290,9 @@ async def _complete(request: web.Request, schema: schemas.Schema, shape_type: ty
         parser = template_info.reply_parser(features, req.get("tools"), req["think"],
                                             completion.prompt_tail(lease.runner, tokens))
         events = completion.generate(lease.runner, tokens, opts)
-        return await _respond(request, shape, events, parser, req["stream"], started,
-                              lease.load_duration, context=shape.returns_context(req))
+        return await _respond(request, shape, events, req["stream"], started,
+                              lease.load_duration, context=shape.returns_context(req),
+                              parser=parser)
 
 
 async def generate(request: web.Request) -> web.StreamResponse:
