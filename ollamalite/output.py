@@ -2,7 +2,8 @@
 
 The engine streams plain text. A reply may open with reasoning between thinking tags
 (`<think>…</think>`) and may contain tool calls spelled the way the chat template taught the
-model (`<tool_call>{json}</tool_call>`, `[TOOL_CALLS][…]`, or a bare JSON object). `ReplyParser`
+model (`<tool_call>{json}</tool_call>`, `[TOOL_CALLS][…]`, a bare JSON object, or Qwen3-Coder's
+`<tool_call><function=…><parameter=…>` XML). `ReplyParser`
 is fed each text chunk and returns `Delta`s ready to send: thinking and content stream as they
 come, a tool call is held back until it is complete and arrives whole, and text that only looks
 like the start of a tag is released as soon as it proves not to be one. Nothing here knows about
@@ -12,13 +13,16 @@ HTTP or a particular route.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import string
 from dataclasses import dataclass, field
-from typing import Any, Collection
+from typing import Any, Collection, Mapping
 
 ToolCall = dict[str, Any]
 _ID_ALPHABET = string.ascii_lowercase + string.digits
+_XML_FUNCTION = re.compile(r"\s*<function=([^>\s]+)>(.*)</function>\s*", re.S)
+_XML_PARAMETER = re.compile(r"<parameter=([^>\s]+)>\n?(.*?)\n?</parameter>", re.S)
 
 
 @dataclass
@@ -158,6 +162,30 @@ def call_of(obj: Any, names: Collection[str]) -> tuple[str, dict[str, Any]] | No
     return name, args
 
 
+def xml_call(text: str, tools: Mapping[str, Mapping[str, Any]]
+             ) -> tuple[str, dict[str, Any]] | None:
+    """`<function=NAME><parameter=KEY>value</parameter>…</function>` (Qwen3-Coder, Qwen3.5).
+    Values are text; a parameter whose schema type is not `string` is read as JSON when it
+    parses (`42`, `true`, `[1, 2]`), as the tool's schema says it should be."""
+    found = _XML_FUNCTION.fullmatch(text)
+    if not found or found.group(1) not in tools:
+        return None
+    properties = tools[found.group(1)]
+    args = {}
+    for key, raw in _XML_PARAMETER.findall(found.group(2)):
+        kind = (properties.get(key) or {}).get("type", "string")
+        args[key] = raw if "string" in (kind if isinstance(kind, list) else [kind]) else (
+            _json_or_text(raw))
+    return found.group(1), args
+
+
+def _json_or_text(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
 def new_call_id() -> str:
     """`call_` and 8 random lowercase letters/digits, as Ollama spells tool call ids."""
     return "call_" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(8))
@@ -167,7 +195,9 @@ class ToolCallParser:
     """Finds tool calls in reply text, in the format the template asked for.
 
     `open_tag` (e.g. `<tool_call>`) starts a call anywhere in the text and `close_tag` (may be
-    empty) ends it; between them one JSON object or a list of them. A reply, or what follows a
+    empty) ends it; between them one JSON object or a list of them, or with `xml` one
+    `<function=…>` block. `tools` maps each offered tool to its parameters' `properties` (the
+    XML syntax needs their types). A reply, or what follows a
     call, that starts with such JSON is tried as a call too, without tags: templates like Llama
     3.x ask for bare JSON (no `open_tag`), and some tags are control tokens that never reach
     the text. A call that does not parse or names a tool that was not offered stays text.
@@ -175,9 +205,11 @@ class ToolCallParser:
 
     _START, _SCAN, _CALL, _TEXT = range(4)
 
-    def __init__(self, open_tag: str, close_tag: str, names: Collection[str]) -> None:
+    def __init__(self, open_tag: str, close_tag: str, tools: Mapping[str, Mapping[str, Any]],
+                 xml: bool = False) -> None:
         self.open_tag, self.close_tag = open_tag, close_tag
-        self.names = frozenset(names)
+        self.tools = tools
+        self.xml = xml and bool(close_tag)
         self._state = self._START
         self._bare = False  # the call being read came without tags
         self._after_call = False
@@ -243,6 +275,8 @@ class ToolCallParser:
     def _parse_call(self, out: list[Delta], final: bool) -> bool:
         """The JSON of a call (and its closing tag): a call, not known yet (False), or not a
         call, given back as text."""
+        if self.xml and not self._bare:
+            return self._parse_xml_call(out, final)
         head = self._buf.lstrip()
         if not head:
             if final:
@@ -265,16 +299,32 @@ class ToolCallParser:
                 rest = tail[len(self.close_tag):]
             elif self.close_tag.startswith(tail) and not final:
                 return False  # the closing tag may still be coming
+        self._emit(out, calls, rest)
+        return True
+
+    def _parse_xml_call(self, out: list[Delta], final: bool) -> bool:
+        end = self._buf.find(self.close_tag)
+        if end < 0:
+            if final:
+                self._not_a_call(out)
+            return False
+        call = xml_call(self._buf[:end], self.tools)
+        if call is None:
+            self._not_a_call(out)
+        else:
+            self._emit(out, [call], self._buf[end + len(self.close_tag):])
+        return True
+
+    def _emit(self, out: list[Delta], calls: list[tuple[str, dict[str, Any]]], rest: str) -> None:
         out.append(Delta(tool_calls=[self._numbered(name, args) for name, args in calls]))
         self._buf, self._state, self._after_call = rest, self._START, True
-        return True
 
     def _calls(self, text: str) -> list[tuple[str, dict[str, Any]]] | None:
         try:
             value = json.loads(text)
         except json.JSONDecodeError:
             return None
-        found = [call_of(v, self.names) for v in (value if isinstance(value, list) else [value])]
+        found = [call_of(v, self.tools) for v in (value if isinstance(value, list) else [value])]
         calls = [f for f in found if f is not None]
         return calls if calls and len(calls) == len(found) else None
 

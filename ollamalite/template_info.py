@@ -6,8 +6,9 @@ template itself. Rules (documented in docs/api.md):
 - tool-call format: a probe conversation whose assistant turn holds one tool call is rendered
   next to the same turn holding plain text; what the template writes around the call's JSON
   is the opening tag (`<tool_call>`, `[TOOL_CALLS]`) and closing tag (`</tool_call>`) the
-  model is expected to emit. No tag (the call is bare JSON, as Llama 3.x templates write it)
-  or a template that cannot render the probe means bare JSON.
+  model is expected to emit; a call written as `<function=…><parameter=…>` XML inside them
+  (Qwen3-Coder, Qwen3.5) selects that syntax instead of JSON. No tag (the call is bare JSON,
+  as Llama 3.x templates write it) or a template that cannot render the probe means bare JSON.
 - thinking: an assistant turn with reasoning renders it between a pair of tags (`<x>…</x>`,
   usually `<think>…</think>`), or the template text contains both `<think>` and `</think>`
   (Ollama's rule for GGUF templates).
@@ -28,7 +29,14 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from ollamalite import prompt
 from ollamalite.errors import BadRequest
-from ollamalite.output import ReplyParser, ThinkingSplitter, ToolCallParser, call_of, json_end
+from ollamalite.output import (
+    ReplyParser,
+    ThinkingSplitter,
+    ToolCallParser,
+    call_of,
+    json_end,
+    xml_call,
+)
 
 _TOOL = "zqx_probe_tool"
 _ARGS = {"zqx_key": "zqx_value"}
@@ -47,6 +55,7 @@ class TemplateFeatures:
     tools: bool = False
     tool_open: str = ""  # "" means bare JSON at the start of the reply
     tool_close: str = ""
+    tool_xml: bool = False  # <function=…><parameter=…> inside the tags, not JSON
     think_tags: tuple[str, str] | None = None
 
     @property
@@ -69,8 +78,8 @@ def features(template: str | None) -> TemplateFeatures:
     except jinja2.TemplateError:
         return TemplateFeatures()
     has_tools = "tools" in names
-    opening, closing = _tool_tags(template) if has_tools else ("", "")
-    return TemplateFeatures(has_tools, opening, closing, _think_tags(template))
+    opening, closing, xml = _tool_tags(template) if has_tools else ("", "", False)
+    return TemplateFeatures(has_tools, opening, closing, xml, _think_tags(template))
 
 
 def _variables(template: str) -> set[str]:
@@ -86,20 +95,23 @@ def _render(template: str, messages: list[dict[str, Any]], **variables: Any) -> 
         return None
 
 
-def _tool_tags(template: str) -> tuple[str, str]:
+def _tool_tags(template: str) -> tuple[str, str, bool]:
     call = {"type": "function", "function": {"name": _TOOL, "arguments": _ARGS}}
     with_call = _render(template, [_USER, {"role": "assistant", "content": "",
                                            "tool_calls": [call]}], tools=_TOOLS)
     with_text = _render(template, [_USER, {"role": "assistant", "content": _TEXT}],
                         tools=_TOOLS)
     if not with_call or not with_text or _TOOL not in with_call:
-        return "", ""
+        return "", "", False
     body = _difference(with_call, with_text)
+    xml = re.search(rf"<function={_TOOL}>.*</function>", body, re.S)
+    if xml and xml_call(xml.group(0), {_TOOL: {}}) == (_TOOL, _ARGS):
+        return body[:xml.start()].strip(), body[xml.end():].strip(), True
     for start in (i for i, c in enumerate(body) if c in "{["):
         end = json_end(body, start)
         if end is not None and _is_probe_call(body[start:end]):
-            return body[:start].strip(), body[end:].strip()
-    return "", ""
+            return body[:start].strip(), body[end:].strip(), False
+    return "", "", False
 
 
 def _difference(a: str, b: str) -> str:
@@ -170,6 +182,12 @@ def reply_parser(found: TemplateFeatures, tools: Sequence[dict[str, Any]] | None
         thinking = ThinkingSplitter(opening, closing, prompt_tail.rstrip().endswith(opening))
     calls = None
     if tools:
-        names = [t["function"]["name"] for t in tools]
-        calls = ToolCallParser(found.tool_open, found.tool_close, names)
+        offered = {t["function"]["name"]: _properties(t["function"]) for t in tools}
+        calls = ToolCallParser(found.tool_open, found.tool_close, offered, found.tool_xml)
     return ReplyParser(thinking, calls)
+
+
+def _properties(function: dict[str, Any]) -> dict[str, Any]:
+    parameters = function.get("parameters")
+    properties = parameters.get("properties") if isinstance(parameters, dict) else None
+    return properties if isinstance(properties, dict) else {}

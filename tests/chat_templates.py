@@ -107,3 +107,32 @@ MISTRAL_TOOLS = """\
 {%- endif %}
 {%- endfor %}
 """
+
+# Qwen3-Coder style: XML calls inside <tool_call>, one <parameter=…> per argument.
+QWEN_XML_TOOLS = """\
+{%- if tools %}
+{{- '<|im_start|>system\\n# Tools\\n<tools>' }}
+{%- for tool in tools %}{{- '\\n' + (tool | tojson) }}{%- endfor %}
+{{- '\\n</tools>\\nCall a function like this:\\n<tool_call>\\n<function=name>\\n' }}
+{{- '<parameter=key>\\nvalue\\n</parameter>\\n</function>\\n</tool_call><|im_end|>\\n' }}
+{%- endif %}
+{%- for message in messages %}
+{%- if message.role == 'assistant' %}
+{{- '<|im_start|>assistant\\n' + message.content }}
+{%- for tool_call in message.tool_calls %}
+{%- set tool_call = tool_call.function %}
+{{- '<tool_call>\\n<function=' + tool_call.name + '>\\n' }}
+{%- for name, value in tool_call.arguments | items %}
+{{- '<parameter=' + name + '>\\n' }}
+{{- value if value is string else value | tojson }}
+{{- '\\n</parameter>\\n' }}
+{%- endfor %}
+{{- '</function>\\n</tool_call>' }}
+{%- endfor %}
+{{- '<|im_end|>\\n' }}
+{%- else %}
+{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}
+{%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}
+"""

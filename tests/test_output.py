@@ -9,7 +9,7 @@ import pytest
 
 from ollamalite.output import Delta, ReplyParser, ThinkingSplitter, ToolCallParser
 
-TOOLS = ["get_weather", "get_time"]
+TOOLS: dict[str, dict] = {"get_weather": {}, "get_time": {}}
 QWEN = ("<tool_call>", "</tool_call>")
 MISTRAL = ("[TOOL_CALLS]", "")
 BARE = ("", "")
@@ -213,3 +213,27 @@ def test_json_that_is_not_a_call_then_a_tagged_call() -> None:
         assert total(deltas).content == '{"a": 1} then Done.'
         call_at = next(i for i, d in enumerate(deltas) if d.tool_calls)
         assert "".join(d.content for d in deltas[call_at:]) == "Done."  # in order
+
+
+def xml_parser() -> ReplyParser:
+    return ReplyParser(tools=ToolCallParser("<tool_call>", "</tool_call>",
+                                            {"get_weather": {"days": {"type": "integer"}}},
+                                            xml=True))
+
+
+XML_CALL = ("<tool_call>\n<function=get_weather>\n<parameter=city>\nSão Paulo\n</parameter>\n"
+            "<parameter=days>\n2\n</parameter>\n</function>\n</tool_call>")
+
+
+@pytest.mark.parametrize("chunks", splits("Let me look.\n" + XML_CALL)[::3])
+def test_xml_call_split_anywhere(chunks: list[str]) -> None:
+    deltas = run(xml_parser(), chunks)
+    assert calls_of(deltas) == [("get_weather", {"city": "São Paulo", "days": 2})]
+    assert total(deltas).content == "Let me look.\n"
+
+
+@pytest.mark.parametrize("reply", ["<tool_call>\n<function=get_weather>\n<parameter=city>\nX",
+                                   "<tool_call><function=nope></function></tool_call>",
+                                   "<tool_call>plain</tool_call>"])
+def test_xml_not_a_call_is_content(reply: str) -> None:
+    assert total(run(xml_parser(), [reply])) == Delta(content=reply)

@@ -21,7 +21,7 @@ DONE = Finished("stop", 5, 5, 1, len(PIECES), 1, ())
 
 def parser() -> ReplyParser:
     return ReplyParser(ThinkingSplitter("<think>", "</think>"),
-                       ToolCallParser("<tool_call>", "</tool_call>", ["get_weather"]))
+                       ToolCallParser("<tool_call>", "</tool_call>", {"get_weather": {}}))
 
 
 async def lines(shape: GenerateShape, stream: bool) -> list[dict]:

@@ -24,6 +24,7 @@ WEATHER = {"type": "function", "function": {
     (ct.QWEN_TOOLS, TemplateFeatures(True, "<tool_call>", "</tool_call>")),
     (ct.LLAMA_TOOLS, TemplateFeatures(True, "", "")),
     (ct.MISTRAL_TOOLS, TemplateFeatures(True, "[TOOL_CALLS]", "")),
+    (ct.QWEN_XML_TOOLS, TemplateFeatures(True, "<tool_call>", "</tool_call>", tool_xml=True)),
     (ct.THINKING, TemplateFeatures(think_tags=("<think>", "</think>"))),
     (ct.THINKING.replace("think>", "reasoning>"),
      TemplateFeatures(think_tags=("<reasoning>", "</reasoning>"))),
@@ -40,7 +41,8 @@ def test_bundled_template_has_neither() -> None:
 
 
 def test_capabilities_order() -> None:
-    both = TemplateFeatures(True, "<tool_call>", "</tool_call>", ("<think>", "</think>"))
+    both = TemplateFeatures(True, "<tool_call>", "</tool_call>",
+                            think_tags=("<think>", "</think>"))
     assert both.capabilities() == ["tools", "thinking"]
 
 
@@ -107,3 +109,21 @@ def test_reply_parser_knows_a_pre_opened_block() -> None:
     parser = template_info.reply_parser(thinker, None, True, "<|im_start|>assistant\n<think>\n")
     assert [d.thinking for d in parser.feed("Easy.</think>4")] == ["Easy."]
     assert template_info.reply_parser(thinker, None, False, "").thinking is None
+
+
+def test_reply_parser_reads_xml_calls_with_schema_types() -> None:
+    tool = {"type": "function", "function": {"name": "book", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}, "nights": {
+            "type": "integer"}, "code": {"type": "string"}, "tags": {"type": "array"}}}}}
+    parser = template_info.reply_parser(template_info.features(ct.QWEN_XML_TOOLS), [tool],
+                                        None, "")
+    reply = ("Booking.\n<tool_call>\n<function=book>\n<parameter=city>\nNew York\n"
+             "</parameter>\n<parameter=nights>\n3\n</parameter>\n<parameter=code>\n007\n"
+             "</parameter>\n<parameter=tags>\n[\"a\", \"b\"]\n</parameter>\n</function>\n"
+             "</tool_call>")
+    deltas = [d for c in reply for d in parser.feed(c)] + parser.finish()
+    assert "".join(d.content for d in deltas) == "Booking.\n"
+    [call] = [c for d in deltas for c in d.tool_calls]
+    assert call["function"]["name"] == "book"
+    assert call["function"]["arguments"] == {"city": "New York", "nights": 3, "code": "007",
+                                             "tags": ["a", "b"]}
