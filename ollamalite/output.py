@@ -197,10 +197,10 @@ class ToolCallParser:
     `open_tag` (e.g. `<tool_call>`) starts a call anywhere in the text and `close_tag` (may be
     empty) ends it; between them one JSON object or a list of them, or with `xml` one
     `<function=…>` block. `tools` maps each offered tool to its parameters' `properties` (the
-    XML syntax needs their types). A reply, or what follows a
-    call, that starts with such JSON is tried as a call too, without tags: templates like Llama
-    3.x ask for bare JSON (no `open_tag`), and some tags are control tokens that never reach
-    the text. A call that does not parse or names a tool that was not offered stays text.
+    XML syntax needs their types). A reply, or what follows a call, that starts with such JSON
+    is tried as a call too, without tags: templates like Llama 3.x ask for bare JSON (no
+    `open_tag`), and some tags are control tokens that never reach the text. A call that does
+    not parse or names a tool that was not offered stays text.
     """
 
     _START, _SCAN, _CALL, _TEXT = range(4)
