@@ -89,9 +89,11 @@ def _variables(template: str) -> set[str]:
 
 
 def _render(template: str, messages: list[dict[str, Any]], **variables: Any) -> str | None:
+    """A probe render; a template that fails on it (whatever it raises) just lacks the
+    feature probed."""
     try:
         return prompt.render_chat(template, messages, "", "", variables)
-    except BadRequest:
+    except Exception:
         return None
 
 
