@@ -211,13 +211,19 @@ def test_unknown_model_is_not_found(client: openai.OpenAI) -> None:
 
 
 def test_embeddings_answer_a_clear_error_until_the_core_lands(client: openai.OpenAI) -> None:
+    """Delete when branch `embed` is merged (tests/test_openai_pending.py takes over)."""
     with pytest.raises(openai.BadRequestError, match="embeddings are not supported yet"):
         client.embeddings.create(model=MODEL, input="hello")
+
+
+def test_embedding_requests_are_checked(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError):
         client.embeddings.create(model="ghost", input="hello")
     with pytest.raises(openai.BadRequestError, match="encoding_format"):
         client.embeddings.create(model=MODEL, input="hello",
                                  encoding_format="int8")  # type: ignore[arg-type]
+    with pytest.raises(openai.BadRequestError, match="input: invalid input"):
+        client.embeddings.create(model=MODEL, input=[])
 
 
 # -- raw HTTP: SSE framing and the error envelope ------------------------------------------------
