@@ -34,6 +34,7 @@ ALLOW_HEADERS = ", ".join([
                                    "lang", "os", "package-version", "poll-helper",
                                    "retry-count", "runtime", "runtime-version", "timeout")),
 ])
+SHUTDOWN_GRACE_S = 2.0
 ALLOW_METHODS = "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"
 
 
@@ -57,7 +58,9 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         return await handler(request)
     except ApiError as exc:
-        return error_response(request, exc.status, exc.message)
+        response = error_response(request, exc.status, exc.message)
+        response.headers.update(exc.headers)
+        return response
     except web.HTTPNotFound:
         return _router_error(request, 404, "404 page not found")
     except web.HTTPMethodNotAllowed:
@@ -116,6 +119,13 @@ async def _warm_digests(registry: Registry) -> None:
             log.warning("%s: cannot hash %s: %s", entry.name, entry.path, exc)
 
 
+async def _finish_requests(app: web.Application) -> None:
+    """On SIGINT/SIGTERM, after the listening socket closed: running requests get a moment to
+    finish, then their streams end with an error line, before aiohttp's own timeout cancels
+    what is left."""
+    await app[SCHEDULER].shutdown(SHUTDOWN_GRACE_S)
+
+
 async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
     scheduler = app[SCHEDULER]
     warm = asyncio.create_task(_warm_digests(scheduler.registry))
@@ -130,6 +140,7 @@ def create_app(settings: Settings, registry: Registry) -> web.Application:
     app[SETTINGS] = settings
     app[SCHEDULER] = Scheduler(settings, registry)
     app.cleanup_ctx.append(_scheduler_ctx)
+    app.on_shutdown.append(_finish_requests)
     app.on_response_prepare.append(_add_cors_headers)
     ollama.add_routes(app)
     openai.add_routes(app)
