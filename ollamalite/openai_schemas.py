@@ -94,7 +94,7 @@ class SamplingRequest(_Lenient):
     """Fields /v1/chat/completions and /v1/completions share."""
 
     model = fields.String(load_default="")
-    stream = fields.Boolean(load_default=False)
+    stream = fields.Boolean(load_default=False, allow_none=True)
     stream_options = fields.Nested(StreamOptions, load_default=None, allow_none=True)
     max_tokens = _optional(fields.Integer, validate=validate.Range(min=1))
     temperature = _optional(fields.Float, validate=validate.Range(min=0, max=2))
@@ -128,7 +128,7 @@ class ChatCompletionRequest(SamplingRequest):
 
 
 class CompletionRequest(SamplingRequest):
-    prompt = OneOrList(load_default="", validate=validate.Length(
+    prompt = OneOrList(load_default=list, validate=validate.Length(
         max=1, error="only one prompt per request is supported"))
     suffix = _optional(fields.String)
     echo = _optional(fields.Boolean, validate=_only(False, "not supported"))

@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from ollamalite import openai_schemas, schemas
 from ollamalite.engine.jobs import Event, Failed, Finished, TextChunk
-from ollamalite.errors import BadRequest
+from ollamalite.errors import BadRequest, Busy
 from ollamalite.server import openai as oa
 from ollamalite.server.app import errors_middleware
 from ollamalite.server.ollama import ChatShape, NativeRun
@@ -39,6 +39,8 @@ def test_chat_maps_sampling_fields_onto_ollama_options() -> None:
     assert chat(max_completion_tokens=3, stop=["a", "b"])["options"]["num_predict"] == 3
     assert chat(stop=["a", "b"])["options"]["stop"] == ("a", "b")
     assert chat(stream=True)["stream"] is True and chat()["stream"] is False
+    assert chat(stream=None, stop=None, max_tokens=None, temperature=None, tools=None,
+                n=None, seed=None)["options"] == {"temperature": 1.0, "top_p": 1.0}
 
 
 @pytest.mark.parametrize(("response_format", "native"), [
@@ -225,3 +227,20 @@ async def test_sse_failure_before_any_output_is_a_real_status() -> None:
     assert (status, json.loads(body)) == (500, {"error": {
         "message": "boom", "type": "api_error", "param": None, "code": None}})
     assert ctype.startswith("application/json")
+
+
+async def test_error_shape_follows_the_path_and_keeps_headers() -> None:
+    async def busy(request: web.Request) -> web.Response:
+        raise Busy("server busy", retry_after=3)
+
+    app = web.Application(middlewares=[errors_middleware])
+    app.router.add_post("/v1/chat/completions", busy)
+    app.router.add_post("/api/chat", busy)
+    async with TestClient(TestServer(app)) as client:
+        v1 = await client.post("/v1/chat/completions")
+        native = await client.post("/api/chat")
+        assert (v1.status, v1.headers["Retry-After"]) == (503, "3")
+        assert await v1.json() == oa.error_body(503, "server busy")
+        assert oa.error_body(503, "x")["error"]["type"] == "api_error"
+        assert (native.status, native.headers["Retry-After"]) == (503, "3")
+        assert await native.json() == {"error": "server busy"}

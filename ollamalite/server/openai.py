@@ -173,7 +173,7 @@ def native_think(req: dict[str, Any]) -> bool | str | None:
 def native_chat(req: dict[str, Any]) -> dict[str, Any]:
     """A loaded /v1/chat/completions request -> the body /api/chat would receive."""
     return {"model": req["model"], "messages": native_messages(req["messages"]),
-            "stream": req["stream"], "options": native_options(req, _max_tokens(req)),
+            "stream": bool(req["stream"]), "options": native_options(req, _max_tokens(req)),
             "format": native_format(req["response_format"]),
             "tools": native_tools(req["tools"], req["tool_choice"]),
             "think": native_think(req), "logprobs": bool(req["logprobs"]),
@@ -183,7 +183,7 @@ def native_chat(req: dict[str, Any]) -> dict[str, Any]:
 def native_generate(req: dict[str, Any]) -> dict[str, Any]:
     """A loaded /v1/completions request -> the body /api/generate would receive (templated)."""
     return {"model": req["model"], "prompt": req["prompt"][0] if req["prompt"] else "",
-            "suffix": req["suffix"] or "", "stream": req["stream"],
+            "suffix": req["suffix"] or "", "stream": bool(req["stream"]),
             "options": native_options(req, req["max_tokens"]),
             "logprobs": req["logprobs"] is not None, "top_logprobs": req["logprobs"] or 0}
 
