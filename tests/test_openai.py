@@ -291,3 +291,17 @@ def test_native_routes_keep_ollama_error_shape(http: httpx.Client) -> None:
     assert resp.status_code == 404
     assert resp.json() == {"error": 'model "ghost" not found, try pulling it first'}
     assert http.get("/api/nothing").text == "404 page not found"
+
+
+def test_browser_clients_pass_cors_on_v1(http: httpx.Client) -> None:
+    """The openai SDK in a browser sends its x-stainless-* headers: the preflight allows them."""
+    origin = {"Origin": "https://allowed.example"}
+    preflight = http.options("/v1/chat/completions", headers={
+        **origin, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, x-stainless-os"})
+    assert preflight.status_code == 204
+    allowed = preflight.headers["Access-Control-Allow-Headers"].lower()
+    assert "authorization" in allowed and "x-stainless-os" in allowed
+    resp = http.get("/v1/models", headers=origin)
+    assert resp.headers["Access-Control-Allow-Origin"] == "https://allowed.example"
+    assert http.get("/v1/models", headers={"Origin": "https://evil.example"}).status_code == 403
