@@ -246,9 +246,11 @@ def chat_configs(systems: Systems, session: aiohttp.ClientSession,
             return chat(session, url, api, histories, questions(turns), CHAT_ANSWER_TOKENS)
         return run
 
+    # Reuse off is measured with one conversation only: without reuse every turn evaluates
+    # the whole history anyway, and three of them would add minutes to every round.
     return [ChatConfig(column, count, conversations(systems.servers[server].url, api, count))
             for count in (1, 3) for column, (server, api) in columns.items()
-            if server in systems.servers]
+            if server in systems.servers and (column, count) != (NO_REUSE, 3)]
 
 
 # -- rounds -------------------------------------------------------------------------------------

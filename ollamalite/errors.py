@@ -12,9 +12,11 @@ class ApiError(Exception):
 
     status = 500
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.headers = headers or {}
         if status is not None:
             self.status = status
 
@@ -28,7 +30,12 @@ class NotFound(ApiError):
 
 
 class Busy(ApiError):
+    """The server cannot take the request now; `Retry-After` says when to try again."""
+
     status = 503
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
 
 
 class ModelNotFound(NotFound):

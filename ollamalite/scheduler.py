@@ -17,13 +17,15 @@ from typing import AsyncIterator
 from ollamalite.config import ModelEntry, Registry
 from ollamalite.engine.engine import Engine
 from ollamalite.engine.llama import LlamaModel
-from ollamalite.errors import ModelNotFound
+from ollamalite.errors import Busy, ModelNotFound
 from ollamalite.gguf_meta import GGUFInfo, read_header
 from ollamalite.settings import Settings
 
 log = logging.getLogger(__name__)
 
 DEFAULT_NUM_CTX = 4096
+QUEUE_FULL = "server busy, please try again.  maximum pending requests exceeded"
+SHUTTING_DOWN = "server is shutting down"
 
 
 @dataclass(eq=False)
@@ -40,9 +42,10 @@ class Runner:
     expires_at: float = 0.0
     _timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
-    def close(self) -> None:
-        """Blocking: joins the engine thread and frees llama.cpp memory."""
-        self.engine.close()
+    def close(self, reason: str = "model unloaded") -> None:
+        """Blocking: joins the engine thread (its jobs fail with `reason`) and frees
+        llama.cpp memory."""
+        self.engine.close(reason)
         self.model.close()
 
 
@@ -61,6 +64,8 @@ class Scheduler:
         self._loaded: OrderedDict[str, Runner] = OrderedDict()
         self._lock = asyncio.Lock()
         self._released = asyncio.Condition()
+        self._requests = 0  # inside `use`: generating, or waiting for a slot or a load
+        self._closing = False
 
     def entry(self, name: str) -> ModelEntry:
         entry = self.registry.get(name)
@@ -77,12 +82,26 @@ class Scheduler:
                   keep_alive: float | None = None) -> AsyncIterator[Lease]:
         """Hold a loaded model for one request; afterwards its keep-alive clock restarts."""
         entry = self.entry(name)
-        started = time.perf_counter()
-        runner, fresh = await self._acquire(entry, num_ctx)
+        self._admit()
         try:
-            yield Lease(runner, time.perf_counter() - started if fresh else 0.0)
+            started = time.perf_counter()
+            runner, fresh = await self._acquire(entry, num_ctx)
+            try:
+                yield Lease(runner, time.perf_counter() - started if fresh else 0.0)
+            finally:
+                await self._release(runner, keep_alive)
         finally:
-            await self._release(runner, keep_alive)
+            self._requests -= 1
+
+    def _admit(self) -> None:
+        """Beyond what the slots of the loaded models can serve, at most `max_queue` requests
+        wait (OLLAMA_MAX_QUEUE); more get Ollama's 503 at once instead of an unbounded wait."""
+        if self._closing:
+            raise Busy(SHUTTING_DOWN)
+        capacity = self.settings.num_parallel * self.settings.max_loaded_models
+        if self._requests >= capacity + self.settings.max_queue:
+            raise Busy(QUEUE_FULL, retry_after=1)
+        self._requests += 1
 
     async def unload(self, name: str) -> None:
         """Unload now if idle, otherwise as soon as the running requests finish."""
@@ -94,9 +113,22 @@ class Scheduler:
                 if runner.refs == 0:
                     await self._unload(runner)
 
-    async def close(self) -> None:
+    async def shutdown(self, grace: float) -> None:
+        """Refuse new requests, give running ones `grace` seconds to finish, then end the
+        rest (their streams get a final error line) and free every model."""
+        self._closing = True
+        try:
+            async with self._released:
+                await asyncio.wait_for(self._released.wait_for(
+                    lambda: all(r.refs == 0 for r in self._loaded.values())), grace)
+        except asyncio.TimeoutError:
+            log.info("shutdown: ending %d running requests",
+                     sum(r.refs for r in self._loaded.values()))
+        await self.close(SHUTTING_DOWN)
+
+    async def close(self, reason: str = "model unloaded") -> None:
         for runner in list(self._loaded.values()):
-            await self._unload(runner)
+            await self._unload(runner, reason)
 
     async def _acquire(self, entry: ModelEntry, num_ctx: int | None) -> tuple[Runner, bool]:
         """Loading goes on if the requester disconnects (it holds the lock and a thread);
@@ -166,7 +198,12 @@ class Scheduler:
                 await self._unload(idle[0])
                 continue
             async with self._released:
-                await self._released.wait()
+                try:
+                    await asyncio.wait_for(self._released.wait(), self.settings.load_timeout)
+                except asyncio.TimeoutError:
+                    raise Busy("timed out waiting for a busy model to make room (loaded "
+                               f"models are at OLLAMA_MAX_LOADED_MODELS="
+                               f"{self.settings.max_loaded_models})", retry_after=5) from None
 
     async def _wait_idle(self, runner: Runner) -> None:
         async with self._released:
@@ -196,10 +233,10 @@ class Scheduler:
         return Runner(entry=entry, info=info, model=model, engine=engine, num_ctx=ctx,
                       keep_alive=keep_alive)
 
-    async def _unload(self, runner: Runner) -> None:
+    async def _unload(self, runner: Runner, reason: str = "model unloaded") -> None:
         _cancel_timer(runner)
         self._loaded.pop(runner.entry.name.lower(), None)
-        await asyncio.get_running_loop().run_in_executor(None, runner.close)
+        await asyncio.get_running_loop().run_in_executor(None, runner.close, reason)
         log.info("unloaded %s", runner.entry.name)
 
 

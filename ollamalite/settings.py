@@ -31,6 +31,8 @@ class Settings:
     keep_alive: float = DEFAULT_KEEP_ALIVE
     max_loaded_models: int = 1
     num_parallel: int = 4
+    max_queue: int = 512  # requests waiting beyond those the loaded slots can serve
+    load_timeout: float = 300.0  # longest wait for a model to load (or for room to load it)
     num_threads: int = 0
     prefix_cache: bool = True
     debug: bool = False
@@ -89,6 +91,19 @@ def _bool(env: Mapping[str, str], key: str, default: bool) -> bool:
     return text.lower() not in ("0", "f", "false", "no", "off")
 
 
+def _duration(env: Mapping[str, str], key: str, default: float) -> float:
+    """Seconds as a number or a Go duration (`5m`); zero or less means the default."""
+    text = env_var(env, key)
+    if not text:
+        return default
+    try:
+        value = float(text) if text.replace(".", "", 1).isdigit() else parse_go_duration(text)
+    except ValueError:
+        log.warning("invalid %s=%r, using %gs", key, text, default)
+        return default
+    return value if value > 0 else default
+
+
 def _keep_alive(env: Mapping[str, str]) -> float:
     text = env_var(env, "OLLAMA_KEEP_ALIVE")
     if not text:
@@ -120,6 +135,8 @@ def from_env(
         keep_alive=_keep_alive(env),
         max_loaded_models=_uint(env, "OLLAMA_MAX_LOADED_MODELS", 0) or 1,
         num_parallel=_uint(env, "OLLAMA_NUM_PARALLEL", 0) or 4,
+        max_queue=_uint(env, "OLLAMA_MAX_QUEUE", 512),
+        load_timeout=_duration(env, "OLLAMA_LOAD_TIMEOUT", 300.0),
         num_threads=_uint(env, "OLLAMALITE_NUM_THREADS", 0),
         prefix_cache=_bool(env, "OLLAMALITE_PREFIX_CACHE", True),
         debug=_bool(env, "OLLAMA_DEBUG", False),

@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from ollamalite.engine.jobs import Event, Finished, TextChunk
 from ollamalite.output import ReplyParser, ThinkingSplitter, ToolCallParser
 from ollamalite.server.app import errors_middleware
-from ollamalite.server.ollama import ChatShape, GenerateShape, _respond
+from ollamalite.server.ollama import ChatShape, GenerateShape, NativeRun, _respond
 
 PIECES = ["<thi", "nk>Weather", " needed.</th", "ink>\n\nChecking", ". <tool", "_call>\n",
           '{"name": "get_weather", ', '"arguments": {"city": "Oslo"}}\n</tool_call>']
@@ -31,7 +31,8 @@ async def lines(shape: GenerateShape, stream: bool) -> list[dict]:
         yield DONE
 
     async def handler(request: web.Request) -> web.StreamResponse:
-        return await _respond(request, shape, scripted(), stream, 0.0, 0.0, parser=parser())
+        return await _respond(request, NativeRun(shape, scripted(), stream, 0.0, 0.0,
+                                                 parser=parser()))
 
     app = web.Application(middlewares=[errors_middleware])
     app.router.add_post("/", handler)

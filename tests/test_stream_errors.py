@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from ollamalite.engine.jobs import Event, Failed, TextChunk
 from ollamalite.server.app import errors_middleware
-from ollamalite.server.ollama import GenerateShape, _respond
+from ollamalite.server.ollama import GenerateShape, NativeRun, _respond
 
 
 def app_streaming(events: list[Event], stream: bool) -> web.Application:
@@ -20,7 +20,7 @@ def app_streaming(events: list[Event], stream: bool) -> web.Application:
             yield event
 
     async def handler(request: web.Request) -> web.StreamResponse:
-        return await _respond(request, GenerateShape("m"), scripted(), stream, 0.0, 0.0)
+        return await _respond(request, NativeRun(GenerateShape("m"), scripted(), stream, 0.0, 0.0))
 
     app = web.Application(middlewares=[errors_middleware])
     app.router.add_post("/", handler)

@@ -95,6 +95,16 @@ def test_settings_defaults_and_bad_values() -> None:
     assert from_env({"OLLAMA_DEBUG": "yes"}).debug and not from_env({}).debug
 
 
+def test_settings_queue_and_load_timeout() -> None:
+    assert (from_env({}).max_queue, from_env({}).load_timeout) == (512, 300.0)
+    s = from_env({"OLLAMA_MAX_QUEUE": "0", "OLLAMA_LOAD_TIMEOUT": "1m30s"})
+    assert (s.max_queue, s.load_timeout) == (0, 90.0)
+    assert from_env({"OLLAMA_LOAD_TIMEOUT": "45"}).load_timeout == 45.0
+    bad = from_env({"OLLAMA_MAX_QUEUE": "-3", "OLLAMA_LOAD_TIMEOUT": "soon"})
+    assert (bad.max_queue, bad.load_timeout) == (512, 300.0)
+    assert from_env({"OLLAMA_LOAD_TIMEOUT": "0"}).load_timeout == 300.0
+
+
 def test_options_validate_types_and_aliases(caplog: pytest.LogCaptureFixture) -> None:
     opts = validate_options({"temperature": 0, "top_k": 12.9, "stop": "END", "seed": None,
                              "max_tokens": 5, "bogus": 1, "penalize_newline": True})

@@ -101,8 +101,9 @@ class Engine:
             self._queue.append(job)
             self._cond.notify()
 
-    def close(self) -> None:
-        """Stop the thread, fail whatever is still queued or running, free llama.cpp memory."""
+    def close(self, reason: str = "model unloaded") -> None:
+        """Stop the thread, fail whatever is still queued or running with `reason`, free
+        llama.cpp memory."""
         with self._cond:
             self._closing = True
             self._cond.notify()
@@ -110,10 +111,10 @@ class Engine:
         now = time.perf_counter()
         for slot in self.slots:
             if slot.job is not None:
-                _emit(slot.job, Failed("model unloaded"))
+                _emit(slot.job, Failed(reason))
                 slot.release(now)
         for job in self._queue:
-            _emit(job, Failed("model unloaded"))
+            _emit(job, Failed(reason))
         self._queue.clear()
         llama_cpp.llama_batch_free(self.batch)
         llama_cpp.llama_free(self.ctx)

@@ -14,7 +14,7 @@ from ollamalite.config import Registry
 from ollamalite.errors import ApiError
 from ollamalite.gguf_meta import file_digest
 from ollamalite.scheduler import Scheduler
-from ollamalite.server import ollama
+from ollamalite.server import ollama, openai
 from ollamalite.server.keys import SCHEDULER, SETTINGS
 from ollamalite.server.stream import json_response
 from ollamalite.settings import Settings
@@ -34,20 +34,37 @@ ALLOW_HEADERS = ", ".join([
                                    "lang", "os", "package-version", "poll-helper",
                                    "retry-count", "runtime", "runtime-version", "timeout")),
 ])
+SHUTDOWN_GRACE_S = 2.0
 ALLOW_METHODS = "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"
+
+
+def error_response(request: web.Request, status: int, message: str) -> web.Response:
+    """The error shape the route's API uses: OpenAI's envelope under /v1, Ollama's elsewhere."""
+    if request.path.startswith(openai.PREFIX):
+        return json_response(openai.error_body(status, message), status=status)
+    return json_response({"error": message}, status=status)
+
+
+def _router_error(request: web.Request, status: int, text: str) -> web.Response:
+    """Unknown path or method: Ollama's router answers plain text; /v1 clients expect JSON."""
+    if request.path.startswith(openai.PREFIX):
+        return error_response(request, status, text)
+    return web.Response(status=status, text=text)
 
 
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every failure leaves as Ollama's `{"error": ...}` (or its plain-text 404/405)."""
+    """Every failure leaves as its API's error object (or Ollama's plain-text 404/405)."""
     try:
         return await handler(request)
     except ApiError as exc:
-        return json_response({"error": exc.message}, status=exc.status)
+        response = error_response(request, exc.status, exc.message)
+        response.headers.update(exc.headers)
+        return response
     except web.HTTPNotFound:
-        return web.Response(status=404, text="404 page not found")
+        return _router_error(request, 404, "404 page not found")
     except web.HTTPMethodNotAllowed:
-        return web.Response(status=405, text="405 method not allowed")
+        return _router_error(request, 405, "405 method not allowed")
     except web.HTTPException:
         raise
     except (asyncio.CancelledError, ConnectionResetError):
@@ -55,7 +72,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         raise
     except Exception as exc:
         log.exception("%s %s failed", request.method, request.path)
-        return json_response({"error": f"internal error: {exc}"}, status=500)
+        return error_response(request, 500, f"internal error: {exc}")
 
 
 def origin_allowed(origin: str, allowed: tuple[str, ...]) -> bool:
@@ -102,6 +119,13 @@ async def _warm_digests(registry: Registry) -> None:
             log.warning("%s: cannot hash %s: %s", entry.name, entry.path, exc)
 
 
+async def _finish_requests(app: web.Application) -> None:
+    """On SIGINT/SIGTERM, after the listening socket closed: running requests get a moment to
+    finish, then their streams end with an error line, before aiohttp's own timeout cancels
+    what is left."""
+    await app[SCHEDULER].shutdown(SHUTDOWN_GRACE_S)
+
+
 async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
     scheduler = app[SCHEDULER]
     warm = asyncio.create_task(_warm_digests(scheduler.registry))
@@ -116,6 +140,8 @@ def create_app(settings: Settings, registry: Registry) -> web.Application:
     app[SETTINGS] = settings
     app[SCHEDULER] = Scheduler(settings, registry)
     app.cleanup_ctx.append(_scheduler_ctx)
+    app.on_shutdown.append(_finish_requests)
     app.on_response_prepare.append(_add_cors_headers)
     ollama.add_routes(app)
+    openai.add_routes(app)
     return app

@@ -6,6 +6,8 @@ import asyncio
 import json
 import logging
 import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
 
 from aiohttp import web
@@ -71,8 +73,9 @@ async def model_summary(entry: ModelEntry) -> dict[str, Any]:
             "size": stat.st_size, "digest": digest, "details": info.details()}
 
 
-async def tags(request: web.Request) -> web.Response:
-    """Models whose file went missing or broke since start-up are left out (and logged)."""
+async def available_models(request: web.Request) -> list[dict[str, Any]]:
+    """`/api/tags` rows, newest first; models whose file went missing or broke since start-up
+    are left out (and logged)."""
     entries = list(_scheduler(request).registry.models.values())
     results = await asyncio.gather(*(model_summary(e) for e in entries), return_exceptions=True)
     rows = []
@@ -84,7 +87,11 @@ async def tags(request: web.Request) -> web.Response:
         else:
             rows.append(result)
     rows.sort(key=lambda r: r["modified_at"], reverse=True)
-    return json_response({"models": rows})
+    return rows
+
+
+async def tags(request: web.Request) -> web.Response:
+    return json_response({"models": await available_models(request)})
 
 
 async def ps(request: web.Request) -> web.Response:
@@ -186,38 +193,51 @@ def _final(shape: GenerateShape, delta: Delta, fin: Finished, started: float, lo
     return body
 
 
-async def _respond(request: web.Request, shape: GenerateShape, events: AsyncIterator[Event],
-                   stream: bool, started: float, load_s: float, context: bool = False,
-                   parser: ReplyParser | None = None) -> web.StreamResponse:
-    """Engine events -> the reply parser -> one JSON object or NDJSON lines (a line only when
-    the parser has something to say: a tool call is held back until complete). Without a
-    parser the text is all content."""
-    parser = parser or ReplyParser()
-    if not stream:
+class NativeRun:
+    """One generation as Ollama's wire objects: the chunks (streaming) or one joined object,
+    then the final one with metrics. /api routes write them as they are; /v1 routes translate
+    them, as Ollama's OpenAI middleware does, so both always carry the same results."""
+
+    def __init__(self, shape: GenerateShape, events: AsyncIterator[Event], stream: bool,
+                 started: float, load_s: float, context: bool = False,
+                 parser: ReplyParser | None = None) -> None:
+        self.shape, self.events, self.stream = shape, events, stream
+        self.started, self.load_s, self.context = started, load_s, context
+        self.parser = parser or ReplyParser()  # without one, the text is all content
+        self.finished: Finished | None = None  # the engine's last event, once it arrived
+
+    async def objects(self) -> AsyncIterator[dict[str, Any]]:
+        """Engine text goes through the reply parser; a chunk is sent only when the parser
+        has something to say (a tool call is held back until complete). Raises ApiError when
+        the engine fails."""
         whole = Delta()
-        async for event in events:
-            if isinstance(event, TextChunk):
-                for delta in parser.feed(event.text):
-                    whole.add(delta)
-            elif isinstance(event, Failed):
+        async for event in self.events:
+            if isinstance(event, Failed):
                 raise ApiError(event.message)
-            else:
-                for delta in parser.finish():
+            text = event.text if isinstance(event, TextChunk) else None
+            for delta in self.parser.feed(text) if text is not None else self.parser.finish():
+                if self.stream:
+                    yield self.shape.chunk(delta)
+                else:
                     whole.add(delta)
-                return json_response(_final(shape, whole, event, started, load_s, context))
+            if isinstance(event, Finished):
+                self.finished = event
+                yield _final(self.shape, whole, event, self.started, self.load_s, self.context)
+
+
+async def _respond(request: web.Request, run: NativeRun) -> web.StreamResponse:
+    objects = run.objects()
+    if not run.stream:
+        async for obj in objects:
+            return json_response(obj)
     out = NdjsonStream(request)
-    async for event in events:
-        if isinstance(event, TextChunk):
-            for delta in parser.feed(event.text):
-                await out.send(shape.chunk(delta))
-        elif isinstance(event, Failed):
-            if not out.started:
-                raise ApiError(event.message)
-            await out.send({"error": event.message})
-        else:
-            for delta in parser.finish():
-                await out.send(shape.chunk(delta))
-            await out.send(_final(shape, Delta(), event, started, load_s, context))
+    try:
+        async for obj in objects:
+            await out.send(obj)
+    except ApiError as exc:
+        if not out.started:
+            raise
+        await out.send({"error": exc.message})
     return await out.close()
 
 
@@ -269,38 +289,68 @@ def _features(entry: ModelEntry, override: str | None) -> template_info.Template
     return template_info.features(template)
 
 
-async def _complete(request: web.Request, schema: schemas.Schema, shape_type: type[GenerateShape],
-                    input_key: str, tokenize: Callable[[Runner, dict, RunOptions], list[int]],
-                    ) -> web.StreamResponse:
-    """The common body of /api/generate and /api/chat: validate, load, tokenize, stream."""
-    started = time.perf_counter()
-    req = schemas.load(schema, await read_body(request))
+@dataclass(frozen=True)
+class CompletionKind:
+    """What tells /api/generate from /api/chat: request schema, input field, wire shape and
+    how the request becomes prompt tokens. The /v1 routes reuse these."""
+
+    schema: schemas.Schema
+    input_key: str
+    shape: type[GenerateShape]
+    tokenize: Callable[[Runner, dict, RunOptions], list[int]]
+
+
+GENERATE = CompletionKind(schemas.GENERATE, "prompt", GenerateShape, _generate_prompt)
+CHAT = CompletionKind(schemas.CHAT, "messages", ChatShape, _chat_prompt)
+
+
+def _validate(request: web.Request, req: dict[str, Any]) -> str:
+    """The requested model name, once the model exists and can serve this request."""
     name = require_model(req)
+    _scheduler(request).entry(name)
+    _check_capabilities(name, req)
+    return name
+
+
+@asynccontextmanager
+async def completion_run(request: web.Request, req: dict[str, Any],
+                         kind: CompletionKind) -> AsyncIterator[NativeRun]:
+    """THE body of every text route (/api and /v1): check, load, tokenize, generate.
+
+    `req` is a request loaded by `kind.schema`; the model stays held while the run is used.
+    """
+    started = time.perf_counter()
+    name = _validate(request, req)
     scheduler = _scheduler(request)
     entry = scheduler.entry(name)
-    _check_capabilities(name, req)
     features = await _in_thread(_features, entry, req.get("template"))
     req["think"] = template_info.check_request(name, features, req.get("tools"), req["think"])
-    shape = shape_type(name)
-    if not req[input_key]:
-        return await _load_or_unload(request, shape, name, req)
     opts = run_options(merge(entry.options, req["options"]))
     async with scheduler.use(name, opts.num_ctx, req["keep_alive"]) as lease:
-        tokens = await completion.prepare(tokenize, lease.runner, req, opts)
+        tokens = await completion.prepare(kind.tokenize, lease.runner, req, opts)
         parser = template_info.reply_parser(features, req.get("tools"), req["think"],
                                             completion.prompt_tail(lease.runner, tokens))
-        events = completion.generate(lease.runner, tokens, opts)
-        return await _respond(request, shape, events, req["stream"], started,
-                              lease.load_duration, context=shape.returns_context(req),
-                              parser=parser)
+        shape = kind.shape(name)
+        yield NativeRun(shape, completion.generate(lease.runner, tokens, opts), req["stream"],
+                        started, lease.load_duration, shape.returns_context(req), parser)
+
+
+async def _complete(request: web.Request, kind: CompletionKind) -> web.StreamResponse:
+    """The common body of /api/generate and /api/chat."""
+    req = schemas.load(kind.schema, await read_body(request))
+    if not req[kind.input_key]:
+        name = _validate(request, req)
+        return await _load_or_unload(request, kind.shape(name), name, req)
+    async with completion_run(request, req, kind) as run:
+        return await _respond(request, run)
 
 
 async def generate(request: web.Request) -> web.StreamResponse:
-    return await _complete(request, schemas.GENERATE, GenerateShape, "prompt", _generate_prompt)
+    return await _complete(request, GENERATE)
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
-    return await _complete(request, schemas.CHAT, ChatShape, "messages", _chat_prompt)
+    return await _complete(request, CHAT)
 
 
 def add_routes(app: web.Application) -> None:

@@ -1,6 +1,7 @@
-"""NDJSON responses: one compact JSON object per line, flushed as each line is written.
+"""Streamed responses: Ollama's NDJSON (one compact JSON object per line) and OpenAI's
+server-sent events (`data: {json}` and a blank line), each flushed as it is written.
 
-The response starts on the first line, so an error before any output still gets a real status.
+The response starts on the first object, so an error before any output still gets a real status.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 NDJSON = "application/x-ndjson"
+EVENT_STREAM = "text/event-stream"
 
 
 def dumps(obj: Any) -> bytes:
@@ -36,6 +38,8 @@ def local_time(ts: float) -> str:
 class NdjsonStream:
     """Writes lines to a StreamResponse that is prepared lazily on the first line."""
 
+    content_type = NDJSON
+
     def __init__(self, request: web.Request) -> None:
         self.request = request
         self.response: web.StreamResponse | None = None
@@ -44,13 +48,32 @@ class NdjsonStream:
     def started(self) -> bool:
         return self.response is not None
 
-    async def send(self, obj: Any) -> None:
+    def frame(self, obj: Any) -> bytes:
+        return dumps(obj) + b"\n"
+
+    async def write(self, data: bytes) -> None:
         if self.response is None:
-            self.response = web.StreamResponse(headers={"Content-Type": NDJSON})
+            self.response = web.StreamResponse(headers={"Content-Type": self.content_type})
             await self.response.prepare(self.request)
-        await self.response.write(dumps(obj) + b"\n")
+        await self.response.write(data)
+
+    async def send(self, obj: Any) -> None:
+        await self.write(self.frame(obj))
 
     async def close(self) -> web.StreamResponse:
         assert self.response is not None
         await self.response.write_eof()
         return self.response
+
+
+class SseStream(NdjsonStream):
+    """OpenAI's streams: each object is one `data:` event; `done()` sends `data: [DONE]`."""
+
+    content_type = EVENT_STREAM
+
+    def frame(self, obj: Any) -> bytes:
+        return b"data: " + dumps(obj) + b"\n\n"
+
+    async def done(self) -> web.StreamResponse:
+        await self.write(b"data: [DONE]\n\n")
+        return await self.close()

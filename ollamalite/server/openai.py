@@ -1,0 +1,422 @@
+"""The OpenAI-compatible routes (/v1/*): thin adapters over the native /api core.
+
+As in Ollama's OpenAI middleware, a /v1 request is translated into the body /api/chat or
+/api/generate would receive, runs through the same `ollama.completion_run`, and the native
+wire objects it yields (content, thinking, tool calls, metrics) are translated back into
+OpenAI's objects. So whatever the native routes learn (formats, tools, thinking) /v1 gets too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import struct
+import time
+import uuid
+from abc import ABC, abstractmethod
+from datetime import datetime
+from typing import Any, Sequence
+
+from aiohttp import web
+
+from ollamalite import openai_schemas, schemas
+from ollamalite.engine.jobs import Finished
+from ollamalite.errors import ApiError, BadRequest, ModelNotFound
+from ollamalite.server import ollama
+from ollamalite.server.keys import SCHEDULER
+from ollamalite.server.ollama import read_body, require_model
+from ollamalite.server.stream import SseStream, json_response
+
+PREFIX = "/v1/"
+FINGERPRINT = "fp_ollama"
+_ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error"}
+_IMAGE_PREFIXES = ("data:;base64,", *(f"data:image/{t};base64," for t in
+                                      ("jpeg", "jpg", "png", "webp")))
+# OpenAI's reasoning efforts as Ollama's `think` values (Ollama clamps the ends of the scale).
+_THINK = {"none": False, "minimal": "low", "low": "low", "medium": "medium", "high": "high",
+          "max": "max", "xhigh": "max", "ultra": "max"}
+
+
+def error_body(status: int, message: str) -> dict[str, Any]:
+    """OpenAI's error envelope, with the `type` Ollama gives each status."""
+    return {"error": {"message": message, "type": _ERROR_TYPES.get(status, "api_error"),
+                      "param": None, "code": None}}
+
+
+# -- requests: OpenAI -> the native /api bodies -----------------------------------------------
+
+def _image(value: Any) -> str:
+    """An `image_url` part (a base64 data URI, as Ollama accepts) -> the bare base64 data."""
+    url = value.get("url") if isinstance(value, dict) else value
+    if not isinstance(url, str):
+        raise BadRequest("invalid message format: image_url needs a url")
+    if url.startswith(("http://", "https://")):
+        raise BadRequest("image URLs are not currently supported, please use base64 encoded "
+                         "data instead")
+    prefix = next((p for p in _IMAGE_PREFIXES if url.startswith(p)), None)
+    if prefix is None:
+        raise BadRequest("invalid image input")
+    data = url[len(prefix):]
+    try:
+        base64.b64decode(data, validate=True)
+    except binascii.Error:
+        raise BadRequest("invalid image input") from None
+    return data
+
+
+def _content(content: str | list[dict] | None) -> tuple[str, list[str]]:
+    """A message's content -> its text (text parts joined by newlines) and its images."""
+    if not isinstance(content, list):
+        return content or "", []
+    texts, images = [], []
+    for part in content:
+        kind = part.get("type")
+        if kind == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif kind == "image_url":
+            images.append(_image(part.get("image_url")))
+        elif kind == "input_audio":
+            raise BadRequest("input_audio content is not supported")
+        else:
+            raise BadRequest(f"invalid message format: unsupported content part {kind!r}")
+    return "\n".join(texts), images
+
+
+def _native_tool_call(call: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's tool call (arguments as a JSON string) -> Ollama's (arguments as an object)."""
+    try:
+        arguments = json.loads(call["function"]["arguments"] or "{}")
+    except json.JSONDecodeError:
+        arguments = None
+    if not isinstance(arguments, dict):
+        raise BadRequest("invalid tool call arguments")
+    native: dict[str, Any] = {"function": {"name": call["function"]["name"],
+                                           "arguments": arguments}}
+    if call["id"]:
+        native["id"] = call["id"]
+    return native
+
+
+def _native_message(msg: dict[str, Any], tool_names: dict[str, str]) -> dict[str, Any]:
+    role = msg["role"].lower()
+    if msg["content"] is None and not msg["tool_calls"]:
+        raise BadRequest("invalid message content: null content needs tool_calls")
+    text, images = _content(msg["content"])
+    native: dict[str, Any] = {"role": "system" if role == "developer" else role,
+                              "content": text}
+    if images:
+        native["images"] = images
+    if msg["reasoning"]:
+        native["thinking"] = msg["reasoning"]
+    if msg["tool_calls"]:
+        native["tool_calls"] = [_native_tool_call(c) for c in msg["tool_calls"]]
+    if role == "tool":
+        native["tool_name"] = msg["name"] or tool_names.get(msg["tool_call_id"] or "")
+        native["tool_call_id"] = msg["tool_call_id"]
+    return native
+
+
+def native_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages as /api/chat takes them; a tool result is named after the call it answers."""
+    tool_names = {c["id"]: c["function"]["name"] for m in messages
+                  for c in (m["tool_calls"] or []) if c["id"]}
+    return [_native_message(m, tool_names) for m in messages]
+
+
+def native_options(req: dict[str, Any], max_tokens: int | None) -> dict[str, Any]:
+    """Ollama's `options`; as Ollama does, temperature and top_p default to OpenAI's 1.0."""
+    opts: dict[str, Any] = {"temperature": 1.0, "top_p": 1.0}
+    for key in ("temperature", "top_p", "seed", "frequency_penalty", "presence_penalty"):
+        if req[key] is not None:
+            opts[key] = req[key]
+    if req["stop"] is not None:
+        opts["stop"] = list(req["stop"])
+    if max_tokens is not None:
+        opts["num_predict"] = max_tokens
+    return opts
+
+
+def _max_tokens(req: dict[str, Any]) -> int | None:
+    old, new = req["max_tokens"], req["max_completion_tokens"]
+    if old is not None and new is not None and old != new:
+        raise BadRequest("max_tokens and max_completion_tokens differ: send one of them")
+    return new if new is not None else old
+
+
+def native_format(response_format: dict[str, Any] | None) -> Any:
+    """`response_format` -> Ollama's `format`: "json", a JSON schema, or None for text."""
+    if response_format is None or response_format["type"] == "text":
+        return None
+    spec = response_format["json_schema"]
+    if response_format["type"] == "json_schema" and spec and spec["schema"] is not None:
+        return spec["schema"]
+    return "json"
+
+
+def native_tools(tools: list[dict] | None, tool_choice: Any) -> list[dict] | None:
+    """`tool_choice` "none" withholds the tools; forcing a call is not something we can do."""
+    if tool_choice in (None, "auto"):
+        return tools
+    if tool_choice == "none":
+        return None
+    raise BadRequest(f"tool_choice {json.dumps(tool_choice)} is not supported: the model "
+                     'decides whether to call a tool (send "auto" or "none")')
+
+
+def native_think(req: dict[str, Any]) -> bool | str | None:
+    effort = (req["reasoning"] or {}).get("effort") or req["reasoning_effort"]
+    return _THINK[effort] if effort else None
+
+
+def native_chat(req: dict[str, Any]) -> dict[str, Any]:
+    """A loaded /v1/chat/completions request -> the body /api/chat would receive."""
+    return {"model": req["model"], "messages": native_messages(req["messages"]),
+            "stream": bool(req["stream"]), "options": native_options(req, _max_tokens(req)),
+            "format": native_format(req["response_format"]),
+            "tools": native_tools(req["tools"], req["tool_choice"]),
+            "think": native_think(req), "logprobs": bool(req["logprobs"]),
+            "top_logprobs": req["top_logprobs"] or 0}
+
+
+def native_generate(req: dict[str, Any]) -> dict[str, Any]:
+    """A loaded /v1/completions request -> the body /api/generate would receive (templated)."""
+    return {"model": req["model"], "prompt": req["prompt"][0] if req["prompt"] else "",
+            "suffix": req["suffix"] or "", "stream": bool(req["stream"]),
+            "options": native_options(req, req["max_tokens"]),
+            "logprobs": req["logprobs"] is not None, "top_logprobs": req["logprobs"] or 0}
+
+
+def native_embed(req: dict[str, Any]) -> dict[str, Any]:
+    """A loaded /v1/embeddings request -> the body /api/embed would receive."""
+    return {"model": req["model"], "input": req["input"], "dimensions": req["dimensions"]}
+
+
+# -- responses: native wire objects -> OpenAI ---------------------------------------------------
+
+def usage(fin: Finished | None) -> dict[str, int]:
+    """Token counts; `prompt_tokens` is the whole prompt, cached prefix included (OpenAI's
+    meaning), where Ollama reports only the tokens it evaluated."""
+    prompt, completion = (fin.prompt_tokens, fin.eval_count) if fin else (0, 0)
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion}
+
+
+def openai_tool_calls(calls: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Ollama's tool calls -> OpenAI's: arguments as a JSON string, plus `index`."""
+    return [{"id": c.get("id") or f"call_{uuid.uuid4().hex[:24]}",
+             "index": c["function"].get("index", i), "type": "function",
+             "function": {"name": c["function"]["name"],
+                          "arguments": json.dumps(c["function"].get("arguments") or {})}}
+            for i, c in enumerate(calls)]
+
+
+def _delta(message: dict[str, Any]) -> dict[str, Any]:
+    """What a native message adds: content, reasoning (Ollama's name for thinking), calls."""
+    delta: dict[str, Any] = {"content": message.get("content") or ""}
+    if message.get("thinking"):
+        delta["reasoning"] = message["thinking"]
+    if message.get("tool_calls"):
+        delta["tool_calls"] = openai_tool_calls(message["tool_calls"])
+    return delta
+
+
+def finish_reason(done_reason: str, called_tools: bool) -> str:
+    return "tool_calls" if called_tools and done_reason == "stop" else done_reason
+
+
+class _Formatter(ABC):
+    """One response's identity: every object of a stream shares its id and `created`."""
+
+    prefix = ""
+
+    def __init__(self, model: str) -> None:
+        self.id = f"{self.prefix}-{uuid.uuid4().hex[:24]}"
+        self.created = int(time.time())
+        self.model = model
+
+    def envelope(self, obj: str, choices: list[dict[str, Any]],
+                 usage: dict[str, int] | None = None) -> dict[str, Any]:
+        body = {"id": self.id, "object": obj, "created": self.created, "model": self.model,
+                "system_fingerprint": FINGERPRINT, "choices": choices}
+        if usage is not None:
+            body["usage"] = usage
+        return body
+
+    @abstractmethod
+    def completion(self, native: dict[str, Any], usage: dict[str, int]) -> dict[str, Any]:
+        """The whole answer, from the one native object of a non-streamed run."""
+
+    @abstractmethod
+    def chunks(self, native: dict[str, Any]) -> list[dict[str, Any]]:
+        """The stream chunks one native object becomes (none, one, or several)."""
+
+    @abstractmethod
+    def usage_chunk(self, usage: dict[str, int]) -> dict[str, Any]:
+        """`stream_options.include_usage`: the chunk after the last, with no choices."""
+
+
+class ChatFormatter(_Formatter):
+    """chat.completion / chat.completion.chunk, as Ollama streams them: `role` in the first
+    delta only, no empty trailer, then a finish chunk with an empty delta."""
+
+    prefix = "chatcmpl"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(model)
+        self.started = False
+        self.called_tools = False
+
+    def completion(self, native: dict[str, Any], usage: dict[str, int]) -> dict[str, Any]:
+        message = {"role": "assistant", **_delta(native["message"])}
+        reason = finish_reason(native["done_reason"], "tool_calls" in message)
+        return self.envelope("chat.completion", [{"index": 0, "message": message,
+                                                  "logprobs": None, "finish_reason": reason}],
+                             usage)
+
+    def chunks(self, native: dict[str, Any]) -> list[dict[str, Any]]:
+        delta = _delta(native["message"])
+        self.called_tools = self.called_tools or "tool_calls" in delta
+        chunks = []
+        if not native["done"] or not self.started or delta != {"content": ""}:
+            if not self.started:
+                delta = {"role": "assistant", **delta}
+            chunks.append(self._chunk(delta, None))
+            self.started = True
+        if native["done"]:
+            reason = finish_reason(native["done_reason"], self.called_tools)
+            chunks.append(self._chunk({}, reason))
+        return chunks
+
+    def _chunk(self, delta: dict[str, Any], reason: str | None) -> dict[str, Any]:
+        return self.envelope("chat.completion.chunk", [{"index": 0, "delta": delta,
+                                                        "logprobs": None,
+                                                        "finish_reason": reason}])
+
+    def usage_chunk(self, usage: dict[str, int]) -> dict[str, Any]:
+        return self.envelope("chat.completion.chunk", [], usage)
+
+
+class TextFormatter(_Formatter):
+    """text_completion objects: every native object is one chunk; the last has the reason."""
+
+    prefix = "cmpl"
+
+    def _choice(self, native: dict[str, Any]) -> dict[str, Any]:
+        return {"text": native["response"], "index": 0, "logprobs": None,
+                "finish_reason": native["done_reason"] if native["done"] else None}
+
+    def completion(self, native: dict[str, Any], usage: dict[str, int]) -> dict[str, Any]:
+        return self.envelope("text_completion", [self._choice(native)], usage)
+
+    def chunks(self, native: dict[str, Any]) -> list[dict[str, Any]]:
+        return [self.envelope("text_completion", [self._choice(native)])]
+
+    def usage_chunk(self, usage: dict[str, int]) -> dict[str, Any]:
+        return self.envelope("text_completion", [], usage)
+
+
+def embedding_list(model: str, vectors: list[list[float]], prompt_tokens: int,
+                   encoding_format: str) -> dict[str, Any]:
+    """OpenAI's embeddings list; base64 is little-endian float32, as OpenAI encodes it."""
+    def encode(vector: list[float]) -> list[float] | str:
+        if encoding_format != "base64":
+            return vector
+        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+
+    return {"object": "list", "model": model,
+            "data": [{"object": "embedding", "embedding": encode(v), "index": i}
+                     for i, v in enumerate(vectors)],
+            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}}
+
+
+def model_object(name: str, mtime: float) -> dict[str, Any]:
+    """`owned_by` is the name's namespace (`library` for plain names), as in Ollama."""
+    parts = name.split("/")
+    return {"id": name, "object": "model", "created": int(mtime),
+            "owned_by": parts[-2] if len(parts) > 1 else "library"}
+
+
+# -- handlers -------------------------------------------------------------------------------------
+
+async def _stream(request: web.Request, run: ollama.NativeRun, fmt: _Formatter,
+                  include_usage: bool) -> web.StreamResponse:
+    """SSE; an engine failure after the first event is sent as an error event (the OpenAI
+    clients raise it) and the stream ends without `[DONE]`."""
+    out = SseStream(request)
+    try:
+        async for native in run.objects():
+            for chunk in fmt.chunks(native):
+                await out.send(chunk)
+    except ApiError as exc:
+        if not out.started:
+            raise
+        await out.send(error_body(exc.status, exc.message))
+        return await out.close()
+    if include_usage:
+        await out.send(fmt.usage_chunk(usage(run.finished)))
+    return await out.done()
+
+
+async def _complete(request: web.Request, kind: ollama.CompletionKind, native: dict[str, Any],
+                    fmt: _Formatter, stream_options: dict[str, Any] | None) -> web.StreamResponse:
+    req = schemas.load(kind.schema, native)
+    async with ollama.completion_run(request, req, kind) as run:
+        if not run.stream:
+            async for obj in run.objects():
+                return json_response(fmt.completion(obj, usage(run.finished)))
+        return await _stream(request, run, fmt, bool(stream_options and
+                                                     stream_options["include_usage"]))
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    req = schemas.load(openai_schemas.CHAT, await read_body(request))
+    return await _complete(request, ollama.CHAT, native_chat(req), ChatFormatter(req["model"]),
+                           req["stream_options"])
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    req = schemas.load(openai_schemas.COMPLETION, await read_body(request))
+    return await _complete(request, ollama.GENERATE, native_generate(req),
+                           TextFormatter(req["model"]), req["stream_options"])
+
+
+async def _embed(request: web.Request, native: dict[str, Any]) -> tuple[list[list[float]], int]:
+    """The seam for the native embedding core (branch `embed`): vectors and prompt tokens.
+    Until it lands, a known model gets a clear 400."""
+    request.app[SCHEDULER].entry(require_model(native))
+    raise BadRequest("embeddings are not supported yet")
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    req = schemas.load(openai_schemas.EMBEDDING, await read_body(request))
+    vectors, prompt_tokens = await _embed(request, native_embed(req))
+    return json_response(embedding_list(req["model"], vectors, prompt_tokens,
+                                        req["encoding_format"]))
+
+
+async def models(request: web.Request) -> web.Response:
+    """The models /api/tags lists; `created` is the file's modification time."""
+    rows = await ollama.available_models(request)
+    return json_response({"object": "list", "data": [
+        model_object(r["name"], datetime.fromisoformat(r["modified_at"]).timestamp())
+        for r in rows]})
+
+
+async def model(request: web.Request) -> web.Response:
+    name = request.match_info["model"]
+    entry = request.app[SCHEDULER].entry(name)
+    try:
+        stat = await asyncio.to_thread(entry.path.stat)
+    except OSError:
+        raise ModelNotFound(name) from None
+    return json_response(model_object(entry.name, stat.st_mtime))
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/embeddings", embeddings)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/v1/models/{model:.+}", model)
