@@ -1,6 +1,6 @@
 """/v1 behaviour that rides on features other branches are building. The /v1 routes already
-map these fields onto the native ones (`format`, `tools`, the embedding seam
-`server/openai.py::_embed`); enable each test when its branch is merged."""
+map these fields onto the native ones (`format`, the embedding seam `server/openai.py::_embed`);
+enable each test when its branch is merged. (Tools on /v1: tests/test_tools_thinking.py.)"""
 
 from __future__ import annotations
 
@@ -17,18 +17,11 @@ from tests.conftest import MODEL
 GREEDY = {"temperature": 0, "seed": 42}
 STRUCTURED = pytest.mark.skip(reason="needs structured outputs (format -> grammar) from branch "
                                      "structured")
-TOOLS = pytest.mark.skip(reason="needs tool-call parsing into message.tool_calls from branch "
-                                "tools-thinking")
 EMBED = pytest.mark.skip(reason="needs the embedding core from branch embed (wire it into "
                                 "server/openai.py::_embed)")
 PERSON = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
           "required": ["name", "age"]}
 ASK_PERSON = [{"role": "user", "content": "Describe a person as JSON with a name and an age."}]
-WEATHER_TOOL = {"type": "function", "function": {
-    "name": "get_weather", "description": "Get the current weather in a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                   "required": ["city"]}}}
-ASK_WEATHER = [{"role": "user", "content": "What is the weather in Paris? Use get_weather."}]
 
 
 @pytest.fixture(scope="module")
@@ -55,35 +48,6 @@ def test_json_schema_is_followed_streamed_or_not(client: openai.OpenAI) -> None:
                                             response_format=fmt, stream=True, **GREEDY)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == resp.choices[0].message.content
-
-
-@TOOLS
-def test_tool_calls_come_back_in_openai_shape(client: openai.OpenAI) -> None:
-    resp = client.chat.completions.create(model=MODEL, messages=ASK_WEATHER, max_tokens=60,
-                                          tools=[WEATHER_TOOL], **GREEDY)
-    choice = resp.choices[0]
-    assert choice.finish_reason == "tool_calls"
-    [call] = choice.message.tool_calls
-    assert call.type == "function" and call.id and call.function.name == "get_weather"
-    assert isinstance(json.loads(call.function.arguments), dict)
-
-    chunks = list(client.chat.completions.create(model=MODEL, messages=ASK_WEATHER,
-                                                 max_tokens=60, tools=[WEATHER_TOOL],
-                                                 stream=True, **GREEDY))
-    calls = [tc for c in chunks for tc in (c.choices[0].delta.tool_calls or [])]
-    assert [c.function.name for c in calls] == ["get_weather"]
-    assert chunks[-1].choices[0].finish_reason == "tool_calls"
-
-
-@TOOLS
-def test_tool_results_continue_the_conversation(client: openai.OpenAI) -> None:
-    call = {"id": "call_1", "type": "function",
-            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
-    resp = client.chat.completions.create(model=MODEL, max_tokens=20, tools=[WEATHER_TOOL],
-                                          **GREEDY, messages=[
-        *ASK_WEATHER, {"role": "assistant", "content": None, "tool_calls": [call]},
-        {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 21 C"}])
-    assert resp.choices[0].message.content
 
 
 @EMBED

@@ -19,6 +19,7 @@ from typing import Any, Iterator
 
 import httpx
 import ollama
+import openai
 import pytest
 
 from tests import chat_templates
@@ -223,3 +224,59 @@ def test_official_client_thinking(live: LiveServer) -> None:
     reply = client.generate(model="thinker", prompt=_raw_thinking_prompt(), raw=True,
                             think=True, options=GREEDY)
     assert reply.thinking and reply.response and "<think>" not in reply.response
+
+
+# -- the same through /v1 with the openai SDK ----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def oai(live: LiveServer) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{live.url}/v1", api_key="ollama", max_retries=0,
+                         timeout=300)
+
+
+def openai_history(city: str) -> list[dict[str, Any]]:
+    """weather_history in OpenAI's spelling: calls with ids, arguments as JSON strings."""
+    messages: list[dict[str, Any]] = []
+    for n, earlier in enumerate(("Paris", "Tokyo", "Rome")):
+        messages += [{"role": "user", "content": f"What is the weather in {earlier}?"},
+                     {"role": "assistant", "content": None, "tool_calls": [{
+                         "id": f"call_{n}", "type": "function", "function": {
+                             "name": "get_weather", "arguments": json.dumps({"city": earlier})}}]}]
+    return messages + [{"role": "user", "content": f"What is the weather in {city}?"}]
+
+
+def test_openai_tool_calls(oai: openai.OpenAI) -> None:
+    ask = {"model": "tooler", "messages": openai_history("Madrid"), "tools": [WEATHER],
+           "max_tokens": 40, "temperature": 0, "seed": 7}
+    choice = oai.chat.completions.create(**ask).choices[0]
+    assert choice.finish_reason == "tool_calls" and not choice.message.content
+    [call] = choice.message.tool_calls
+    assert call.type == "function" and call.id.startswith("call_")
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "Madrid"}
+
+    chunks = list(oai.chat.completions.create(**ask, stream=True))
+    calls = [tc for c in chunks for tc in (c.choices[0].delta.tool_calls or [])]
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in calls] == [
+        ("get_weather", {"city": "Madrid"})]
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+    # The call and its result (named by tool_call_id only) continue the conversation.
+    after = oai.chat.completions.create(**{**ask, "max_tokens": 8, "messages": [
+        *ask["messages"], choice.message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21 C"}]})
+    assert after.choices[0].finish_reason in ("stop", "length", "tool_calls")
+
+
+def test_openai_reasoning(oai: openai.OpenAI) -> None:
+    messages = [m for q, t, a in SHOTS for m in (
+        {"role": "user", "content": q}, {"role": "assistant", "content": a, "reasoning": t})]
+    messages.append({"role": "user", "content": "What is 1+1?"})
+    message = oai.chat.completions.create(model="thinker", messages=messages, max_tokens=40,
+                                          temperature=0, seed=7).choices[0].message
+    assert message.model_extra["reasoning"].strip() and message.content.strip()
+    plain = oai.chat.completions.create(model="thinker", messages=messages, max_tokens=40,
+                                        temperature=0, seed=7, reasoning_effort="none")
+    assert not (plain.choices[0].message.model_extra or {}).get("reasoning")
+    with pytest.raises(openai.BadRequestError, match="does not support tools"):
+        oai.chat.completions.create(model="thinker", messages=messages, tools=[WEATHER])
