@@ -280,3 +280,15 @@ def test_openai_reasoning(oai: openai.OpenAI) -> None:
     assert not (plain.choices[0].message.model_extra or {}).get("reasoning")
     with pytest.raises(openai.BadRequestError, match="does not support tools"):
         oai.chat.completions.create(model="thinker", messages=messages, tools=[WEATHER])
+
+
+def test_templated_generate_passes_the_flag(http: httpx.Client) -> None:
+    """Not raw: the template gets `enable_thinking`; on, it opens the block itself, so the
+    reply is reasoning from its first token; off, it writes an empty block and no thinking
+    comes back."""
+    body = {"model": "thinker", "prompt": "What is 1+1?", "stream": False,
+            "options": {**GREEDY, "num_predict": 6}}
+    on = http.post("/api/generate", json=body).json()
+    assert on["thinking"] and on["response"] == "" and on["done_reason"] == "length"
+    off = http.post("/api/generate", json={**body, "think": False}).json()
+    assert "thinking" not in off and off["response"]
