@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 import sys
+from pathlib import Path
 
 from aiohttp import web
 
@@ -30,13 +31,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_registry(settings: Settings) -> config.Registry:
-    """models.yaml, or, when none was asked for and none is here, the bundled model alone."""
+def models_path(settings: Settings) -> Path:
+    """The models file named by flag or env; else ./models.yaml if present; else the one in
+    the data folder (which, until the first edit writes it, means the bundled model alone)."""
     path = settings.config_path
+    if settings.config_explicit or path.exists():
+        return path
+    return settings.data_dir / DEFAULT_CONFIG
+
+
+def load_registry(settings: Settings) -> config.Registry:
+    path = models_path(settings)
     if not settings.config_explicit and not path.exists():
-        log.info("no %s here: serving the bundled model as smollm2:135m", path)
-        entry = config.ModelEntry(name="smollm2:135m", path=config.bundled_model_path())
-        return config.Registry(path=path, models={"smollm2:135m": entry})
+        log.info("no %s yet: serving the bundled model as smollm2:135m", path)
+        return config.load_or_default(path)
     return config.load(path)
 
 
