@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 from ollamalite import sources
-from ollamalite.download import Download, progress_line
+from ollamalite.download import Download, PullError, progress_line
+from ollamalite.errors import ConfigError
 from ollamalite.gguf_meta import file_digest
 from ollamalite.sources import Source
 
@@ -32,22 +33,30 @@ class Puller:
         yield {"status": "pulling manifest"}
         source = await asyncio.to_thread(sources.resolve, model, insecure)
         final = self.models_dir / source.relpath
-        async with self._locks.setdefault(final, asyncio.Lock()):
-            if await _already_there(source, final):
-                size = (await asyncio.to_thread(final.stat)).st_size
-                yield progress_line(source, size, size)
-                yield {"status": "verifying sha256 digest"}
-            else:
-                download = Download(source, final)
-                async for line in download.run():
+        try:
+            async with self._locks.setdefault(final, asyncio.Lock()):
+                async for line in self._fetch(source, final):
                     yield line
-                yield {"status": "verifying sha256 digest"}
-                await download.verify()
-                await download.install()
-        yield {"status": "writing manifest"}
-        await self.register(source.name, final)
+            yield {"status": "writing manifest"}
+            await self.register(source.name, final)
+        except (OSError, ConfigError) as exc:
+            raise PullError(f"pull {source.name}: {exc}") from None
         log.info("pulled %s into %s", source.name, final)
         yield {"status": "success"}
+
+    async def _fetch(self, source: Source, final: Path) -> AsyncIterator[dict[str, Any]]:
+        """Download, verify and move the file into place, unless it is already there."""
+        if await _already_there(source, final):
+            size = (await asyncio.to_thread(final.stat)).st_size
+            yield progress_line(source, size, size)
+            yield {"status": "verifying sha256 digest"}
+            return
+        download = Download(source, final)
+        async for line in download.run():
+            yield line
+        yield {"status": "verifying sha256 digest"}
+        await download.verify()
+        await download.install()
 
 
 async def _already_there(source: Source, final: Path) -> bool:

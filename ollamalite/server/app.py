@@ -5,17 +5,19 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import logging
+from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from ollamalite.config import Registry
+from ollamalite.config import ModelsFile, Registry
 from ollamalite.errors import ApiError
 from ollamalite.gguf_meta import file_digest
+from ollamalite.pull import Puller, Register
 from ollamalite.scheduler import Scheduler
 from ollamalite.server import ollama
-from ollamalite.server.keys import SCHEDULER, SETTINGS
+from ollamalite.server.keys import PULLER, SCHEDULER, SETTINGS
 from ollamalite.server.stream import json_response
 from ollamalite.settings import Settings
 
@@ -110,11 +112,23 @@ async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
     await scheduler.close()
 
 
+def _registrar(scheduler: Scheduler) -> Register:
+    """How a pulled model joins models.yaml (a round-trip edit) and the running registry."""
+    models_file = ModelsFile(scheduler.registry.path)
+
+    async def register(name: str, path: Path) -> None:
+        await asyncio.to_thread(models_file.add, name, {"path": str(path)})
+        scheduler.registry = await asyncio.to_thread(models_file.load)
+
+    return register
+
+
 def create_app(settings: Settings, registry: Registry) -> web.Application:
     app = web.Application(middlewares=[cors_middleware(settings.origins), errors_middleware],
                           client_max_size=64 * 1024 * 1024)
     app[SETTINGS] = settings
     app[SCHEDULER] = Scheduler(settings, registry)
+    app[PULLER] = Puller(settings.models_dir, _registrar(app[SCHEDULER]))
     app.cleanup_ctx.append(_scheduler_ctx)
     app.on_response_prepare.append(_add_cors_headers)
     ollama.add_routes(app)
