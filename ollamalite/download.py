@@ -74,11 +74,14 @@ class _Partial:
         self.size += len(data)
 
     def close(self) -> None:
+        """Flush to disk; an empty part is not worth keeping."""
         if self.file is not None:
             self.file.flush()
             os.fsync(self.file.fileno())
             self.file.close()
             self.file = None
+        if self.size == 0:
+            self.path.unlink(missing_ok=True)
 
 
 class Download:
@@ -119,8 +122,10 @@ class Download:
                     async for line in self._copy(resp):
                         yield line
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise PullError(f"download interrupted ({_describe(exc)}) after {self._part.size} "
-                            f"bytes; the partial file is kept: pull again to resume") from None
+            kept = self._part.size
+            keep = "; the partial file is kept: pull again to resume" if kept else ""
+            raise PullError(f"download interrupted after {kept} bytes: {_describe(exc)}{keep}",
+                            502) from None
 
     async def _accept(self, resp: aiohttp.ClientResponse, offset: int) -> bool:
         """Resume on 206 from our offset; a 200 means the server sent the whole file again.
@@ -194,7 +199,7 @@ class Download:
         return digest
 
     async def discard(self) -> None:
-        await asyncio.to_thread(self._part.path.unlink, True)
+        await asyncio.to_thread(self._part.path.unlink, missing_ok=True)
 
     async def install(self) -> None:
         await asyncio.to_thread(os.replace, self._part.path, self.final)
