@@ -198,6 +198,10 @@ class Download:
                             f"sha256:{self.source.sha256}, got sha256:{digest}")
         return digest
 
+    @property
+    def partial(self) -> Path:
+        return self._part.path
+
     async def discard(self) -> None:
         await asyncio.to_thread(self._part.path.unlink, missing_ok=True)
 
@@ -223,4 +227,6 @@ def _cancelling() -> bool:
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, asyncio.TimeoutError):
         return "timed out"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "the server closed the connection early"
     return str(exc) or type(exc).__name__

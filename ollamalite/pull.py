@@ -12,7 +12,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 from ollamalite import sources
 from ollamalite.download import Download, PullError, progress_line
 from ollamalite.errors import ConfigError
-from ollamalite.gguf_meta import file_digest
+from ollamalite.gguf_meta import GGUFError, file_digest, read_header
 from ollamalite.sources import Source
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,18 @@ class Puller:
             yield line
         yield {"status": "verifying sha256 digest"}
         await download.verify()
+        await _check_gguf(download)
         await download.install()
+
+
+async def _check_gguf(download: Download) -> None:
+    """Only a GGUF whose header reads becomes a model; anything else is deleted."""
+    try:
+        await asyncio.to_thread(read_header, download.partial)
+    except GGUFError as exc:
+        await download.discard()
+        raise PullError(f"{download.source.url} is not a GGUF model ({exc}); the file was "
+                        "deleted") from None
 
 
 async def _already_there(source: Source, final: Path) -> bool:

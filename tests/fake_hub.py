@@ -13,12 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import tempfile
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import numpy as np
 from aiohttp import web
+from gguf import GGUFWriter
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
+PIECE = 256 * 1024
 
 
 @dataclass
@@ -35,6 +40,7 @@ class FakeHub:
     files: dict[str, bytes] = field(default_factory=dict)
     wrong_sha256: set[str] = field(default_factory=set)  # file names listed with a wrong hash
     cut_after: dict[str, int] = field(default_factory=dict)  # one-shot: send N bytes, then close
+    pace: float = 0.0  # seconds to wait between 256 KiB pieces of a download
     seen: list[Served] = field(default_factory=list)
     url: str = ""
 
@@ -124,7 +130,10 @@ class FakeHub:
             resp.headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
         await resp.prepare(request)
         cut = self.cut_after.pop(key, None)
-        await resp.write(data[start:start + cut] if cut is not None else data[start:])
+        body = memoryview(data)[start:start + cut] if cut is not None else memoryview(data)[start:]
+        for at in range(0, len(body), PIECE):
+            await resp.write(body[at:at + PIECE])
+            await asyncio.sleep(self.pace)
         if cut is not None:
             assert request.transport is not None
             request.transport.close()
@@ -138,3 +147,17 @@ def _range_start(header: str | None) -> int:
         return 0
     assert header.startswith("bytes=") and header.endswith("-"), header
     return int(header[len("bytes="):-1])
+
+
+def tiny_gguf(n_floats: int) -> bytes:
+    """A valid GGUF (header and one f32 tensor) to download; too small a model to run."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "tiny.gguf"
+        writer = GGUFWriter(str(path), "llama")
+        writer.add_name("tiny")
+        writer.add_tensor("weights", np.arange(n_floats, dtype=np.float32))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        return path.read_bytes()

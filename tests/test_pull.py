@@ -15,15 +15,15 @@ from ollamalite import sources
 from ollamalite.download import PullError
 from ollamalite.errors import BadRequest, NotFound
 from ollamalite.pull import Puller
-from tests.fake_hub import COMMIT, FakeHub
+from tests.fake_hub import COMMIT, FakeHub, tiny_gguf
 
-DATA = bytes(range(256)) * 12_000  # ~3 MB: several write chunks and progress lines
+DATA = tiny_gguf(750_000)  # ~3 MB: several write chunks and progress lines
 SHA = hashlib.sha256(DATA).hexdigest()
 
 
 @pytest.fixture
 def hub() -> Iterator[FakeHub]:
-    fake = FakeHub(files={"model.gguf": DATA}).start()
+    fake = FakeHub(files={"model.gguf": DATA, "text.gguf": b"not a model" * 1000}).start()
     yield fake
     fake.stop()
 
@@ -154,6 +154,15 @@ async def test_wrong_checksum_leaves_nothing_behind(hub: FakeHub, puller: Puller
     wrong = hashlib.sha256(b"something else").hexdigest()
     with pytest.raises(PullError, match=f"digest mismatch.*want sha256:{wrong}, got sha256:{SHA}"):
         await collect(puller, f"{hub.url}/files/model.gguf#sha256={wrong}")
+    assert files_under(tmp_path / "models") == [] and registered.calls == []
+
+
+async def test_a_file_that_is_not_a_gguf_is_not_kept(hub: FakeHub, puller: Puller,
+                                                     registered: Recorder,
+                                                     tmp_path: Path) -> None:
+    with pytest.raises(PullError, match=r"text.gguf is not a GGUF model \(.*\); the file was "
+                                        "deleted"):
+        await collect(puller, f"{hub.url}/files/text.gguf")
     assert files_under(tmp_path / "models") == [] and registered.calls == []
 
 
