@@ -41,6 +41,7 @@ class FakeHub:
     wrong_sha256: set[str] = field(default_factory=set)  # file names listed with a wrong hash
     cut_after: dict[str, int] = field(default_factory=dict)  # one-shot: send N bytes, then close
     pace: float = 0.0  # seconds to wait between 256 KiB pieces of a download
+    ranges: bool = True  # False: ignore Range headers, always send the whole file
     seen: list[Served] = field(default_factory=list)
     url: str = ""
 
@@ -121,7 +122,7 @@ class FakeHub:
         data = self.files.get(key)
         if data is None:
             raise web.HTTPNotFound()
-        start = _range_start(request.headers.get("Range"))
+        start = _range_start(request.headers.get("Range")) if self.ranges else 0
         if start >= len(data) > 0:
             return web.Response(status=416, headers={"Content-Range": f"bytes */{len(data)}"})
         resp = web.StreamResponse(status=206 if start else 200)

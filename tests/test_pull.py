@@ -149,6 +149,20 @@ async def test_interrupted_download_resumes_with_range(hub: FakeHub, puller: Pul
     assert len(registered.calls) == 1
 
 
+async def test_a_server_that_ignores_range_sends_it_all_again(hub: FakeHub, puller: Puller,
+                                                             tmp_path: Path) -> None:
+    hub.cut_after["model.gguf"] = 1_500_000
+    url = f"{hub.url}/files/model.gguf#sha256={SHA}"
+    with pytest.raises(PullError, match="the partial file is kept"):
+        await collect(puller, url)
+    hub.ranges = False
+    lines = await collect(puller, url)
+    assert hub.requests_for("/files/model.gguf")[-1].range is not None
+    assert lines[1]["completed"] == 0 and lines[-1] == {"status": "success"}
+    [final] = (tmp_path / "models").rglob("*.gguf")
+    assert hashlib.sha256(final.read_bytes()).hexdigest() == SHA
+
+
 async def test_wrong_checksum_leaves_nothing_behind(hub: FakeHub, puller: Puller,
                                                     registered: Recorder, tmp_path: Path) -> None:
     wrong = hashlib.sha256(b"something else").hexdigest()
