@@ -44,7 +44,8 @@ def live(hub: FakeHub, home: Path) -> Iterator[LiveServer]:
     config = home / "models.yaml"
     config.write_text("# kept by the test\nmodels:\n  smollm2:135m: bundled\n")
     server = start_server(config, home / "server.log",
-                          env={"HF_ENDPOINT": hub.url, "OLLAMALITE_HOME": str(home)})
+                          env={"HF_ENDPOINT": hub.url, "HF_HOME": str(home / "hf"),
+                               "OLLAMALITE_HOME": str(home)})
     yield server
     stop_server(server)
 
