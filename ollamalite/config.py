@@ -44,6 +44,9 @@ models:
 """
 
 
+CONFIGURED = "models.yaml"  # ModelEntry.origin of entries the models file lists
+
+
 @dataclass(frozen=True)
 class ModelEntry:
     """One configured model; `None` fields fall back to server-wide defaults."""
@@ -58,6 +61,20 @@ class ModelEntry:
     num_parallel: int | None = None
     messages: tuple[dict[str, str], ...] = ()  # prepended to every chat, as Ollama's MESSAGE
     license: str | None = None
+    # Where the entry came from: CONFIGURED, or the folder it was discovered in (discovery.py).
+    origin: str = CONFIGURED
+    digest: str | None = None  # known digest (an Ollama manifest's), else the GGUF is hashed
+    go_template: str | None = None  # an Ollama store's Go template: kept, never rendered
+
+    def fields(self) -> dict[str, Any]:
+        """This entry as models.yaml would spell it (absolute path), for copies of it."""
+        keep_alive = -1 if self.keep_alive == float("inf") else self.keep_alive
+        spelled = {"path": str(self.path), "num_ctx": self.num_ctx,
+                   "num_parallel": self.num_parallel, "keep_alive": keep_alive,
+                   "system": self.system, "template": self.template,
+                   "options": _plain(self.options), "messages": [dict(m) for m in self.messages],
+                   "license": self.license}
+        return {k: v for k, v in spelled.items() if v not in (None, {}, [])}
 
 
 @dataclass(frozen=True)
@@ -271,12 +288,19 @@ class ModelsFile:
 
     def copy(self, source: str, destination: str) -> bool:
         """Duplicate an entry under a new name (replacing one of that name); False if no source."""
+        return self.derive(source, destination, {})
+
+    def derive(self, source: str, destination: str, overlay: Mapping[str, Any]) -> bool:
+        """A new entry made of `source`'s fields as written (`path: bundled` stays so) with
+        `overlay` on top (see `overlay_fields`); False if there is no `source`."""
         def edit(models: CommentedMap) -> bool:
             key = _key_of(models, source)
             if key is None:
                 return False
+            base = _plain(models[key])
+            base = {"path": base} if isinstance(base, str) else base
             target = _key_of(models, destination) or destination
-            _put(models, target, _node(_plain(models[key])))
+            _put(models, target, _node(overlay_fields(base, overlay)))
             return True
 
         return self._edit(edit)
@@ -296,6 +320,14 @@ class ModelsFile:
             parse(self.path, out.getvalue())
             _write_atomic(self.path, out.getvalue())
             return result
+
+
+def overlay_fields(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
+    """A derived entry: new values win; `options` merge key by key (as Ollama's params do)."""
+    fields = dict(base)
+    for key, value in overlay.items():
+        fields[key] = {**(fields.get(key) or {}), **value} if key == "options" else value
+    return fields
 
 
 def _key_of(models: CommentedMap, name: str) -> str | None:
@@ -325,7 +357,7 @@ def _node(value: Any) -> Any:
 def _plain(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return str(value) if isinstance(value, str) else value
 
