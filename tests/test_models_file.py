@@ -100,3 +100,19 @@ def test_concurrent_edits_are_all_kept(models_file: config.ModelsFile) -> None:
     for thread in threads:
         thread.join()
     assert {f"m{i}:latest" for i in range(16)} <= set(models_file.load().models)
+
+
+def test_comments_after_nested_lists_stay_at_the_end(tmp_path: Path) -> None:
+    path = tmp_path / "models.yaml"
+    path.write_text("models:\n  a:\n    path: bundled\n    options:\n      stop:\n      - x\n"
+                    "      - END   # eol\n# after a\n")
+    models_file = config.ModelsFile(path)
+    models_file.add("b", {"path": "bundled", "messages": [{"role": "user", "content": "hi"}]})
+    models_file.add("c", {"path": "bundled"})
+    assert path.read_text() == (
+        "models:\n  a:\n    path: bundled\n    options:\n      stop:\n      - x\n"
+        "      - END   # eol\n  b:\n    path: bundled\n    messages:\n    - role: user\n"
+        "      content: hi\n  c:\n    path: bundled\n# after a\n")
+    models_file.remove("c")
+    models_file.remove("b")
+    assert path.read_text().endswith("      - END   # eol\n# after a\n")
