@@ -248,3 +248,22 @@ def test_create_stream_false_and_show_json(live: LiveServer) -> None:
     assert response.headers["content-type"].startswith("application/json")
     assert json.loads(response.text) == {"status": "success"}
     assert show(live, "quiet")["system"] == "Be quiet."
+
+
+def test_concurrent_creates_all_land(live: LiveServer, client: ollama.Client) -> None:
+    import asyncio
+
+    async def create_all() -> list[int]:
+        async with httpx.AsyncClient(base_url=live.url, timeout=60) as http:
+            responses = await asyncio.gather(*(
+                http.post("/api/create", json={"model": f"burst{i}", "from": MODEL,
+                                               "system": f"number {i}", "stream": False})
+                for i in range(8)))
+        return [r.status_code for r in responses]
+
+    assert asyncio.run(create_all()) == [200] * 8
+    assert {f"burst{i}:latest" for i in range(8)} <= names(client)
+    assert show(live, "burst5")["system"] == "number 5"
+    assert KEPT_COMMENT + "\n" in config_text(live)
+    for i in range(8):
+        client.delete(f"burst{i}")
