@@ -87,7 +87,11 @@ class Library:
         signature = self._stat()
         if only_if_changed and signature == self._signature:
             return None
+        path = self.models_file.path
+        had_file = any(entry[0] == str(path) for entry in self._signature)
         self._signature = signature
+        if had_file and not path.exists():  # not the same as "none yet": keep what we serve
+            raise ConfigError(f"{path}: the models file was removed")
         return discovery.extend(self.models_file.load(), self.settings.ollama_models)
 
     def _stat(self) -> Signature:
