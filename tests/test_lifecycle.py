@@ -224,12 +224,11 @@ def test_hand_edits_are_picked_up_and_a_broken_file_is_kept_out(live: LiveServer
     path.write_text(original + "  broken:\n    path: bundled\n    colour: red\n")
     assert _eventually(lambda: f"{path}:" in live.log() and "unknown key 'colour'" in live.log())
     assert "by-hand:latest" in names(client)  # the previous registry stays in service
-    path.write_text(original)
-    assert _eventually(lambda: "by-hand:latest" not in names(client))
     path.unlink()
     assert _eventually(lambda: "the models file was removed" in live.log())
-    assert MODEL in names(client)
+    assert "by-hand:latest" in names(client)  # still, rather than falling back to the default
     path.write_text(original)
+    assert _eventually(lambda: "by-hand:latest" not in names(client))
     path.write_text(original + "  on-signal:\n    path: bundled\n")
     live.process.send_signal(signal.SIGHUP)  # reloads now (and does not stop the server)
     assert _eventually(lambda: "on-signal:latest" in names(client))
