@@ -146,6 +146,7 @@ def test_show_and_generate_with_an_ollama_store_model(
     assert shown["system"] == STORE_SYSTEM
     assert "num_predict                    2" in shown["parameters"]
     assert "<|im_start|>" in shown["template"] and ".System" not in shown["template"]
+    assert "\n# {{ if .System }}<|im_start|>system\n# {{ .System }}" in shown["modelfile"]
     explicit = httpx.post(server.url + "/api/show", json={"model": "smollm2-135m"}).json()
     assert explicit["system"] == "explicit wins"
     reply = httpx.post(server.url + "/api/generate",

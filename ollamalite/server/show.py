@@ -58,6 +58,9 @@ def modelfile(entry: ModelEntry, template: str | None, system: str | None) -> st
     lines.extend(f'MESSAGE {m["role"]} """{m["content"]}"""' for m in entry.messages)
     if entry.license:
         lines.append(f'LICENSE """{entry.license}"""')
+    if entry.go_template:  # an Ollama store's: shown for reference, never rendered
+        lines.append("# The Ollama store's Go template, not used (the TEMPLATE above is):")
+        lines.extend(f"# {line}" for line in entry.go_template.splitlines())
     return "\n".join(lines) + "\n"
 
 
