@@ -1,4 +1,5 @@
-"""Command line: `ollamalite serve` (more commands arrive with the model-lifecycle work)."""
+"""Command line: `ollamalite serve` runs the server; the other commands (`list`, `ps`, `show`,
+`run`, `pull`, `create`, `cp`, `rm`, `stop`) talk to a running one at OLLAMA_HOST."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import sys
 from aiohttp import web
 
 from ollamalite import __version__, config
+from ollamalite.client import commands, run
+from ollamalite.client.api import Client, ClientError
 from ollamalite.errors import ConfigError
 from ollamalite.settings import DEFAULT_CONFIG, Settings, current
 
@@ -27,7 +30,21 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config",
                        help=f"models file (default OLLAMALITE_CONFIG or {DEFAULT_CONFIG})")
     serve.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    commands.add_parsers(sub)
+    run.add_parser(sub)
     return parser
+
+
+def client_command(args: argparse.Namespace) -> int:
+    """Runs one client command; server errors print `Error: ...` and exit 1, as ollama's do."""
+    try:
+        return args.handler(Client.from_env(), args) or 0
+    except ClientError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
 
 
 def load_registry(settings: Settings) -> config.Registry:
@@ -62,6 +79,8 @@ async def serve(settings: Settings, registry: config.Registry) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command != "serve":
+        return client_command(args)
     settings = current(host=args.host, port=args.port, config=args.config)
     logging.basicConfig(level=logging.DEBUG if args.verbose or settings.debug else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
