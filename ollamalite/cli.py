@@ -8,10 +8,11 @@ import asyncio
 import logging
 import signal
 import sys
+from pathlib import Path
 
 from aiohttp import web
 
-from ollamalite import __version__, config
+from ollamalite import __version__, config, discovery
 from ollamalite.client import commands, run
 from ollamalite.client.api import Client, ClientError
 from ollamalite.errors import ConfigError
@@ -47,22 +48,34 @@ def client_command(args: argparse.Namespace) -> int:
         return 130
 
 
-def load_registry(settings: Settings) -> config.Registry:
-    """models.yaml, or, when none was asked for and none is here, the bundled model alone."""
+def models_path(settings: Settings) -> Path:
+    """The models file named by flag or env; else ./models.yaml if present; else the one in
+    the data folder (which, until the first edit writes it, means the bundled model alone)."""
     path = settings.config_path
+    if settings.config_explicit or path.exists():
+        return path
+    return settings.data_dir / DEFAULT_CONFIG
+
+
+def load_registry(settings: Settings) -> config.Registry:
+    """models.yaml plus the models found in `model_dirs` and the Ollama store."""
+    path = models_path(settings)
     if not settings.config_explicit and not path.exists():
-        log.info("no %s here: serving the bundled model as smollm2:135m", path)
-        entry = config.ModelEntry(name="smollm2:135m", path=config.bundled_model_path())
-        return config.Registry(path=path, models={"smollm2:135m": entry})
-    return config.load(path)
+        log.info("no %s yet: serving the bundled model as smollm2:135m", path)
+        registry = config.load_or_default(path)
+    else:
+        registry = config.load(path)
+    return discovery.extend(registry, settings.ollama_models)
 
 
 async def serve(settings: Settings, registry: config.Registry) -> None:
     from ollamalite.server.app import create_app
+    from ollamalite.server.keys import LIBRARY
 
     # Streams still running at shutdown get 3 s, then their handlers are cancelled.
-    runner = web.AppRunner(create_app(settings, registry), handler_cancellation=True,
-                           shutdown_timeout=3.0, access_log=log if settings.debug else None)
+    app = create_app(settings, registry)
+    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=3.0,
+                           access_log=log if settings.debug else None)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()
@@ -72,6 +85,8 @@ async def serve(settings: Settings, registry: config.Registry) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    library = app[LIBRARY]
+    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(library.reload()))
     await stop.wait()
     log.info("shutting down")
     await runner.cleanup()

@@ -34,6 +34,20 @@ def _formatter(template: str, bos: str, eos: str) -> Jinja2ChatFormatter:
         raise BadRequest(f"template error: {exc}") from None
 
 
+def check_template(template: str) -> None:
+    """Refuse a template that cannot be rendered (a Go template, a Jinja2 syntax error)."""
+    _formatter(template, "", "")
+
+
+def with_defaults(messages: Sequence[Message], system: str | None,
+                  preset: Sequence[Message] = ()) -> list[Message]:
+    """Ollama's order: the model's system prompt (unless the conversation opens with its own),
+    the model's preset `messages` (from models.yaml / /api/create), then the conversation."""
+    own_system = bool(messages) and messages[0].get("role") == "system"
+    head = [{"role": "system", "content": system}] if system and not own_system else []
+    return [*head, *preset, *messages]
+
+
 def render_chat(template: str | None, messages: Sequence[Message], bos: str, eos: str) -> str:
     """Messages -> prompt text ending with the assistant's turn opening."""
     if template is None:
@@ -42,13 +56,6 @@ def render_chat(template: str | None, messages: Sequence[Message], bos: str, eos
         return _formatter(template, bos, eos)(messages=list(messages)).prompt
     except (jinja2.TemplateError, ValueError, TypeError) as exc:
         raise BadRequest(f"template error: {exc}") from None
-
-
-def with_system(messages: Sequence[Message], system: str | None) -> list[Message]:
-    """Prepend the model's system prompt unless the conversation brings its own."""
-    if not system or (messages and messages[0].get("role") == "system"):
-        return list(messages)
-    return [{"role": "system", "content": system}, *messages]
 
 
 def fit_chat(messages: list[Message], render: Callable[[list[Message]], list[int]],

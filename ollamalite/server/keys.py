@@ -2,8 +2,10 @@
 
 from aiohttp import web
 
+from ollamalite.library import Library
 from ollamalite.scheduler import Scheduler
 from ollamalite.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
 SCHEDULER = web.AppKey("scheduler", Scheduler)
+LIBRARY = web.AppKey("library", Library)

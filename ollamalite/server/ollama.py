@@ -64,7 +64,7 @@ async def version(_: web.Request) -> web.Response:
 async def model_summary(entry: ModelEntry) -> dict[str, Any]:
     """One `/api/tags` row; header and digest are read in a thread and cached."""
     info = await _in_thread(read_header, entry.path)
-    digest = await _in_thread(file_digest, entry.path)
+    digest = entry.digest or await _in_thread(file_digest, entry.path)
     stat = await _in_thread(entry.path.stat)
     return {"name": entry.name, "model": entry.name, "modified_at": local_time(stat.st_mtime),
             "size": stat.st_size, "digest": digest, "details": info.details()}
