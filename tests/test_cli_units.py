@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from ollamalite.client import modelfile
 from ollamalite.client.api import ClientError, server_url
 from ollamalite.client.commands import processor, short_id, until
+from ollamalite.client.create import CreateError, create_request
 from ollamalite.client.humanize import (
     go_duration,
     human_bytes,
@@ -131,12 +131,11 @@ def test_server_url_follows_ollama_host(value: str, url: str) -> None:
     assert server_url({"OLLAMA_HOST": value}) == url
 
 
-# -- Modelfiles ---------------------------------------------------------------------------------
+# -- Modelfiles -> /api/create ------------------------------------------------------------------
 
 MODELFILE = '''\
 # a comment
-FROM llama3.2
-from   llama3.2:1b
+FROM llama3.2:1b
 PARAMETER temperature 0.5
 PARAMETER num_ctx 4096
 PARAMETER stop "<|im_end|>"
@@ -148,25 +147,11 @@ TEMPLATE "{{ .Prompt }}"
 MESSAGE user Hi there
 MESSAGE assistant "Hello!"
 LICENSE MIT
-LICENSE """second
-license"""
 '''
 
 
-def test_modelfile_parses_every_instruction() -> None:
-    commands = modelfile.parse(MODELFILE)
-    assert [(c.name, c.args, c.role) for c in commands] == [
-        ("from", "llama3.2", ""), ("from", "llama3.2:1b", ""),
-        ("temperature", "0.5", ""), ("num_ctx", "4096", ""), ("stop", "<|im_end|>", ""),
-        ("stop", "<|eot|>", ""), ("use_mmap", "false", ""),
-        ("system", 'You are\na "helpful" assistant.', ""), ("template", "{{ .Prompt }}", ""),
-        ("message", "Hi there", "user"), ("message", "Hello!", "assistant"),
-        ("license", "MIT", ""), ("license", "second\nlicense", ""),
-    ]
-
-
 def test_create_request_is_ollamas_json_form(tmp_path: Path) -> None:
-    plan = modelfile.create_request(modelfile.parse(MODELFILE), tmp_path)
+    plan = create_request(MODELFILE, tmp_path)
     assert plan.uploads == {}
     assert plan.body == {
         "from": "llama3.2:1b",
@@ -176,40 +161,30 @@ def test_create_request_is_ollamas_json_form(tmp_path: Path) -> None:
         "template": "{{ .Prompt }}",
         "messages": [{"role": "user", "content": "Hi there"},
                      {"role": "assistant", "content": "Hello!"}],
-        "license": ["MIT", "second\nlicense"],
+        "license": ["MIT"],
     }
 
 
 def test_create_request_uploads_a_local_gguf_relative_to_the_modelfile(tmp_path: Path) -> None:
     (tmp_path / "weights.gguf").write_bytes(b"GGUF fake")
-    plan = modelfile.create_request(modelfile.parse("FROM ./weights.gguf\n"), tmp_path)
+    plan = create_request("FROM ./weights.gguf\nSYSTEM hi\n", tmp_path)
     digest = "sha256:" + hashlib.sha256(b"GGUF fake").hexdigest()
-    assert plan.body == {"files": {"weights.gguf": digest}}
+    assert plan.body == {"files": {"weights.gguf": digest}, "system": "hi"}
     assert plan.uploads == {(tmp_path / "weights.gguf").resolve(): digest}
 
 
 @pytest.mark.parametrize("text, message", [
     ("SYSTEM hi\n", "no FROM line"),
-    ("FROM x\nBOGUS y\n", "(line 2): command must be one of"),
-    ("FROM x\nMESSAGE robot hi\n", '(line 2): message role must be one of "system"'),
-    ('FROM x\nSYSTEM """never closed\n', "unexpected EOF"),
-    ("FROM x\nSYSTEM\n", "(line 2)"),
-])
-def test_modelfile_errors(text: str, message: str) -> None:
-    with pytest.raises(modelfile.ModelfileError) as err:
-        modelfile.parse(text)
-    assert message in str(err.value)
-
-
-@pytest.mark.parametrize("text, message", [
+    ("FROM x\nBOGUS y\n", "command must be one of"),
     ("FROM x\nPARAMETER nonsense 1\n", "unknown parameter 'nonsense'"),
     ("FROM x\nPARAMETER num_ctx big\n", "invalid int value [big]"),
     ("FROM x\nPARAMETER temperature hot\n", "invalid float value [hot]"),
     ("FROM x\nPARAMETER use_mmap maybe\n", "invalid bool value [maybe]"),
 ])
-def test_bad_parameters_are_refused(text: str, message: str) -> None:
-    with pytest.raises(modelfile.ModelfileError, match=message.replace("[", r"\[")):
-        modelfile.create_request(modelfile.parse(text), Path("."))
+def test_bad_modelfiles_are_refused(text: str, message: str) -> None:
+    with pytest.raises(CreateError) as err:
+        create_request(text, Path("."))
+    assert message in str(err.value)
 
 
 # -- run options and output ---------------------------------------------------------------------

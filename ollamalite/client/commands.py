@@ -8,8 +8,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from ollamalite.client import modelfile
 from ollamalite.client.api import Client, ClientError, ServerError, blob_path
+from ollamalite.client.create import CreateError, create_request
 from ollamalite.client.humanize import human_bytes, human_time, parse_time, table
 from ollamalite.client.progress import Progress, follow
 from ollamalite.client.show_info import print_show
@@ -100,12 +100,11 @@ def create(client: Client, args: argparse.Namespace) -> None:
     progress = Progress()
     try:
         progress.status("gathering model components")
-        plan = modelfile.create_request(modelfile.parse(path.read_text(encoding="utf-8")),
-                                        path.resolve().parent)
+        plan = create_request(path.read_text(encoding="utf-8"), path.resolve().parent)
         for file, digest in plan.uploads.items():
             upload_blob(client, file, digest, progress)
         follow(client.stream("/api/create", {"model": args.model, **plan.body}), progress)
-    except modelfile.ModelfileError as exc:
+    except CreateError as exc:
         raise ClientError(str(exc)) from None
     finally:
         progress.close()

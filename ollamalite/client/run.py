@@ -13,9 +13,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterable, TextIO
 
-from ollamalite.client import modelfile
 from ollamalite.client.api import Client, ClientError, ServerError
 from ollamalite.client.commands import pull_model
+from ollamalite.client.create import CreateError, parameter_value
 from ollamalite.client.humanize import go_duration
 from ollamalite.client.show_info import print_show
 from ollamalite.durations import parse_go_duration
@@ -355,8 +355,8 @@ class Conversation:
         s = self.session
         if what == "parameter" and len(words) >= 3:
             try:
-                values = [modelfile.parameter_value(words[1], v) for v in words[2:]]
-            except modelfile.ModelfileError as exc:
+                values = [parameter_value(words[1], v) for v in words[2:]]
+            except CreateError as exc:
                 print(f"Couldn't set parameter: {exc}")
                 return None
             s.options[words[1]] = sum(values, []) if words[1] == "stop" else values[0]
