@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import logging
+from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable
 from urllib.parse import urlsplit
 
@@ -14,9 +15,10 @@ from ollamalite.config import ModelsFile, Registry
 from ollamalite.errors import ApiError
 from ollamalite.gguf_meta import file_digest
 from ollamalite.library import Library
+from ollamalite.pull import Puller, Register
 from ollamalite.scheduler import Scheduler
 from ollamalite.server import models, ollama
-from ollamalite.server.keys import LIBRARY, SCHEDULER, SETTINGS
+from ollamalite.server.keys import LIBRARY, PULLER, SCHEDULER, SETTINGS
 from ollamalite.server.stream import json_response
 from ollamalite.settings import Settings
 
@@ -115,12 +117,22 @@ async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
     await scheduler.close()
 
 
+def _registrar(library: Library) -> Register:
+    """How a pulled model joins models.yaml (a round-trip edit) and the running registry."""
+
+    async def register(name: str, path: Path) -> None:
+        await library.edit(lambda f: f.add(name, {"path": str(path)}))
+
+    return register
+
+
 def create_app(settings: Settings, registry: Registry) -> web.Application:
     app = web.Application(middlewares=[cors_middleware(settings.origins), errors_middleware],
                           client_max_size=64 * 1024 * 1024)
     app[SETTINGS] = settings
     app[SCHEDULER] = Scheduler(settings, registry)
     app[LIBRARY] = Library(settings, ModelsFile(registry.path), app[SCHEDULER])
+    app[PULLER] = Puller(settings.models_dir, _registrar(app[LIBRARY]))
     app.cleanup_ctx.append(_scheduler_ctx)
     app.on_response_prepare.append(_add_cors_headers)
     ollama.add_routes(app)

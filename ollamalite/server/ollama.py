@@ -10,15 +10,15 @@ from typing import Any, AsyncIterator, Callable
 
 from aiohttp import web
 
-from ollamalite import completion, schemas
+from ollamalite import completion, schemas, sources
 from ollamalite.config import ModelEntry
 from ollamalite.engine.jobs import Event, Failed, Finished, TextChunk
-from ollamalite.errors import ApiError, BadRequest, NotFound
+from ollamalite.errors import ApiError, BadRequest
 from ollamalite.gguf_meta import GGUFError, file_digest, read_header
 from ollamalite.options import RunOptions, merge, run_options
 from ollamalite.scheduler import Runner, Scheduler
 from ollamalite.server import show as show_fmt
-from ollamalite.server.keys import SCHEDULER
+from ollamalite.server.keys import PULLER, SCHEDULER
 from ollamalite.server.stream import NdjsonStream, created_at, json_response, local_time
 
 log = logging.getLogger(__name__)
@@ -108,16 +108,28 @@ async def show(request: web.Request) -> web.Response:
 
 
 async def pull(request: web.Request) -> web.StreamResponse:
-    """Models are local files: a configured one is already "pulled"; others are not found."""
+    """A configured model is already "pulled"; hf.co repos and GGUF URLs are downloaded."""
     req = schemas.load(schemas.PULL, await read_body(request))
-    name = require_model(req)
-    if _scheduler(request).registry.get(name) is None:
-        raise NotFound("pull model manifest: file does not exist")
+    model = require_model(req)
+    progress: AsyncIterator[dict[str, Any]] = _done()
+    if _scheduler(request).registry.get(sources.model_name(model)) is None:
+        sources.check(model, req["insecure"])
+        progress = request.app[PULLER].pull(model, req["insecure"])
     if not req["stream"]:
-        return json_response({"status": "success"})
+        async for line in progress:
+            last = line
+        return json_response(last)
     out = NdjsonStream(request)
-    await out.send({"status": "success"})
+    try:
+        async for line in progress:
+            await out.send(line)
+    except ApiError as exc:
+        await out.send({"error": exc.message})
     return await out.close()
+
+
+async def _done() -> AsyncIterator[dict[str, Any]]:
+    yield {"status": "success"}
 
 
 async def push(request: web.Request) -> web.Response:
