@@ -1,8 +1,9 @@
-"""`ollamalite create`, `cp`, `rm` against a server of their own, whose models.yaml they edit
-(the session server's models stay as the other tests expect them)."""
+"""`ollamalite create`, `cp`, `rm`, `pull` against a server of their own, whose models.yaml they
+edit (the session server's models stay as the other tests expect them)."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 from typing import Iterator
@@ -13,6 +14,7 @@ import pytest
 from ollamalite.config import bundled_model_path
 from ollamalite.gguf_meta import file_digest
 from tests.conftest import MODEL, LiveServer, start_server, stop_server
+from tests.fake_hub import FakeHub, tiny_gguf
 from tests.test_cli import cli, columns
 
 CAT_MODELFILE = f'''\
@@ -103,3 +105,27 @@ def test_model_edit_errors(editable: LiveServer, tmp_path: Path, args: list[str]
     out = cli(editable.url, *args)
     assert out.returncode == 1 and out.stderr.splitlines()[-1].startswith(message), out.stderr
     assert names(editable.url) == {MODEL}
+
+
+def test_pull_shows_progress_and_registers_the_model(editable: LiveServer) -> None:
+    data = tiny_gguf(750_000)
+    hub = FakeHub(files={"tiny.gguf": data}, pace=0.02).start()
+    try:
+        url = f"{hub.url}/files/tiny.gguf#sha256={hashlib.sha256(data).hexdigest()}"
+        refused = cli(editable.url, "pull", url)
+        assert refused.returncode == 1
+        assert refused.stderr.splitlines()[-1].startswith("Error: insecure protocol http")
+
+        out = cli(editable.url, "pull", "--insecure", url)
+    finally:
+        hub.stop()
+    assert out.returncode == 0, out.stderr
+    steps = out.stderr.splitlines()
+    short = hashlib.sha256(data).hexdigest()[:12]
+    assert steps[0] == "pulling manifest"
+    assert re.fullmatch(rf"pulling {short} +\d+% ▕[█ ]+▏ +[\d.]+ [KM]?B/\d+(\.\d)? MB", steps[1])
+    assert re.fullmatch(rf"pulling {short} 100% ▕█+▏ +\d+(\.\d)? MB/\d+(\.\d)? MB", steps[2])
+    assert steps[3:] == ["verifying sha256 digest", "writing manifest", "success"]
+    name = f"{hub.url.split('/')[2]}/tiny:latest"
+    assert name in names(editable.url)
+    assert cli(editable.url, "rm", name).returncode == 0

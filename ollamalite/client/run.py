@@ -178,6 +178,15 @@ def show_or_pull(client: Client, name: str, insecure: bool) -> dict[str, Any]:
     return client.request("POST", "/api/show", {"model": name})
 
 
+def print_preset_messages(messages: list[dict[str, Any]]) -> None:
+    """The model's own MESSAGE turns (the server puts them before every chat), shown first."""
+    for message in messages:
+        if message.get("role") == "user":
+            print(f">>> {message.get('content', '')}")
+        elif message.get("role") == "assistant":
+            print(f"{message.get('content', '')}\n")
+
+
 def run(client: Client, args: argparse.Namespace) -> int:
     session = session_from(args)
     words = list(args.prompt)
@@ -185,9 +194,10 @@ def run(client: Client, args: argparse.Namespace) -> int:
     if not sys.stdin.isatty():
         piped = sys.stdin.read()
         words = [piped, *words] if piped else words
-    show_or_pull(client, session.model, args.insecure)
+    info = show_or_pull(client, session.model, args.insecure)
     if interactive:
         client.request("POST", "/api/generate", session.body())  # load it before the prompt
+        print_preset_messages(info.get("messages") or [])
         return Conversation(client, session).loop()
     prompt = " ".join(words)
     try:
