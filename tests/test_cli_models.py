@@ -15,7 +15,7 @@ from ollamalite.config import bundled_model_path
 from ollamalite.gguf_meta import file_digest
 from tests.conftest import MODEL, LiveServer, start_server, stop_server
 from tests.fake_hub import FakeHub, tiny_gguf
-from tests.test_cli import cli, columns
+from tests.test_cli import Terminal, cli, columns
 
 CAT_MODELFILE = f'''\
 FROM {MODEL}
@@ -23,6 +23,8 @@ SYSTEM """You are a cat.
 Answer with meows."""
 PARAMETER temperature 0
 PARAMETER num_predict 4
+MESSAGE user Who are you?
+MESSAGE assistant Meow.
 '''
 
 
@@ -61,6 +63,11 @@ def test_create_from_a_model_then_copy_and_remove(editable: LiveServer, tmp_path
     assert cli(url, "show", "cat", "--system").stdout == "You are a cat.\nAnswer with meows."
     assert re.search(r"^num_predict\s+4$", cli(url, "show", "cat", "--parameters").stdout, re.M)
     assert cli(url, "run", "cat", "Hello").stdout.strip()
+    chat = Terminal(url, "cat")  # the preset turns are shown before the first prompt
+    assert chat.expect(">>> Who are you?").strip() == ""
+    assert chat.expect(">>> ").strip() == "Meow."
+    chat.line("/bye")
+    assert chat.close() == 0
 
     copied = cli(url, "cp", "cat", "kitten")
     assert (copied.returncode, copied.stdout) == (0, "copied 'cat' to 'kitten'\n")
