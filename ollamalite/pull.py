@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable
 
@@ -26,7 +27,9 @@ class Puller:
     def __init__(self, models_dir: Path, register: Register) -> None:
         self.models_dir = models_dir
         self.register = register
-        self._locks: dict[Path, asyncio.Lock] = {}
+        # A lock lives while some pull holds or awaits it.
+        self._locks: weakref.WeakValueDictionary[Path, asyncio.Lock] = (
+            weakref.WeakValueDictionary())
 
     async def pull(self, model: str, insecure: bool) -> AsyncIterator[dict[str, Any]]:
         """Progress objects for pulling `model`; failures raise ApiError (PullError)."""
@@ -34,7 +37,8 @@ class Puller:
         source = await asyncio.to_thread(sources.resolve, model, insecure)
         final = self.models_dir / source.relpath
         try:
-            async with self._locks.setdefault(final, asyncio.Lock()):
+            lock = self._locks.setdefault(final, asyncio.Lock())
+            async with lock:
                 async for line in self._fetch(source, final):
                     yield line
             yield {"status": "writing manifest"}

@@ -217,6 +217,19 @@ async def test_hf_pull_picks_the_quant_and_verifies_lfs_sha256(
         f"/cdn/{SHA}"]
 
 
+async def test_hf_resume_keeps_its_range_through_the_redirect(hf_endpoint: FakeHub,
+                                                              puller: Puller) -> None:
+    hf_endpoint.repos["me/Tiny-GGUF"] = {"tiny-Q4_K_M.gguf": DATA}
+    hf_endpoint.cut_after[f"cdn-{SHA}"] = 2_000_000
+    hf_endpoint.files[f"cdn-{SHA}"] = DATA
+    with pytest.raises(PullError, match="the partial file is kept"):
+        await collect(puller, "hf.co/me/Tiny-GGUF:Q4_K_M")
+    assert (await collect(puller, "hf.co/me/Tiny-GGUF:Q4_K_M"))[-1] == {"status": "success"}
+    [first, second] = hf_endpoint.requests_for(f"/cdn/{SHA}")
+    assert first.range is None and second.range is not None
+    assert 0 < int(second.range.removeprefix("bytes=").rstrip("-")) <= 2_000_000
+
+
 async def test_hf_wrong_sha256_and_missing_things(hf_endpoint: FakeHub, puller: Puller,
                                                   registered: Recorder, tmp_path: Path) -> None:
     hf_endpoint.repos["me/Tiny-GGUF"] = {"tiny-Q4_K_M.gguf": DATA}

@@ -44,7 +44,8 @@ def live(hub: FakeHub, home: Path) -> Iterator[LiveServer]:
     config = home / "models.yaml"
     config.write_text("# kept by the test\nmodels:\n  smollm2:135m: bundled\n")
     server = start_server(config, home / "server.log",
-                          env={"HF_ENDPOINT": hub.url, "OLLAMALITE_HOME": str(home)})
+                          env={"HF_ENDPOINT": hub.url, "HF_HOME": str(home / "hf"),
+                               "OLLAMALITE_HOME": str(home)})
     yield server
     stop_server(server)
 
@@ -138,7 +139,7 @@ def test_interrupted_pull_resumes_and_wrong_checksum_leaves_nothing(
 def test_client_disconnect_stops_the_download_and_keeps_the_partial(
         http: httpx.Client, live: LiveServer, hub: FakeHub, home: Path) -> None:
     hub.files["slow.gguf"] = SMALL
-    hub.pace = 0.1  # 4 MiB in 17 pieces: about 1.7 s
+    hub.pace = 0.2  # 4 MiB in 17 pieces: about 3.4 s
     url = f"{hub.url}/files/slow.gguf"
     partial = home / "models" / url.split("/")[2].replace(":", "_") / "slow.gguf.partial"
     try:

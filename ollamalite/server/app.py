@@ -118,10 +118,9 @@ async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def _registrar(library: Library) -> Register:
-    """How a pulled model joins models.yaml (a round-trip edit) and the running registry."""
-
+    """A pulled model joins models.yaml (a round-trip edit) and is served at once."""
     async def register(name: str, path: Path) -> None:
-        await library.edit(lambda f: f.add(name, {"path": str(path)}))
+        await library.edit(lambda models_file: models_file.add(name, {"path": str(path)}))
 
     return register
 
