@@ -9,14 +9,16 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from aiohttp import web
-
-from ollamalite import __version__, config, discovery
+from ollamalite import __version__
 from ollamalite.client import commands, run
 from ollamalite.client.api import Client, ClientError
 from ollamalite.errors import ConfigError
 from ollamalite.settings import DEFAULT_CONFIG, Settings, current
+
+if TYPE_CHECKING:
+    from ollamalite import config
 
 log = logging.getLogger("ollamalite")
 
@@ -59,6 +61,8 @@ def models_path(settings: Settings) -> Path:
 
 def load_registry(settings: Settings) -> config.Registry:
     """models.yaml plus the models found in `model_dirs` and the Ollama store."""
+    from ollamalite import config, discovery  # here, so that client commands start fast
+
     path = models_path(settings)
     if not settings.config_explicit and not path.exists():
         log.info("no %s yet: serving the bundled model as smollm2:135m", path)
@@ -69,6 +73,8 @@ def load_registry(settings: Settings) -> config.Registry:
 
 
 async def serve(settings: Settings, registry: config.Registry) -> None:
+    from aiohttp import web
+
     from ollamalite.server.app import create_app
     from ollamalite.server.keys import LIBRARY
 
