@@ -386,38 +386,42 @@ def _delete(models: CommentedMap, key: str | None) -> bool:
     return True
 
 
-def _tail_slot(node: CommentedMap, key: Any) -> tuple[CommentedMap, Any]:
-    """ruamel keeps the comment lines after an entry on the entry's deepest last mapping key."""
-    while isinstance(node[key], CommentedMap) and node[key] and not node[key].fa.flow_style():
-        node, key = node[key], list(node[key])[-1]
-    return node, key
+def _tail_slot(node: CommentedMap, key: Any) -> tuple[Any, Any, int]:
+    """ruamel keeps the comment lines after an entry on its deepest last item: in that
+    mapping's comment slot 2, or that sequence's slot 0."""
+    while True:
+        value = node[key]
+        if not isinstance(value, (CommentedMap, CommentedSeq)) or not value \
+                or value.fa.flow_style():
+            return node, key, 0 if isinstance(node, CommentedSeq) else 2
+        node, key = value, list(value)[-1] if isinstance(value, CommentedMap) else len(value) - 1
 
 
 def _take_following(models: CommentedMap, key: Any) -> str:
     """Detach the whole comment lines after an entry, leaving its end-of-line comment."""
-    node, slot = _tail_slot(models, key)
+    node, slot, position = _tail_slot(models, key)
     item = node.ca.items.get(slot)
-    token = item[2] if item and len(item) > 2 else None
+    token = item[position] if item else None
     if not isinstance(token, CommentToken):
         return ""
     eol, _, following = token.value.partition("\n")
     if eol:
         token.value = eol + "\n"
     else:
-        item[2] = None
+        item[position] = None
     return following
 
 
 def _give_following(models: CommentedMap, key: Any, following: str) -> None:
     if not following:
         return
-    node, slot = _tail_slot(models, key)
+    node, slot, position = _tail_slot(models, key)
     item = node.ca.items.setdefault(slot, [None, None, None, None])
-    token = item[2]
+    token = item[position]
     if isinstance(token, CommentToken):
         token.value = token.value + following
     else:
-        item[2] = _comment("\n" + following)
+        item[position] = _comment("\n" + following)
 
 
 def _comment(text: str) -> CommentToken:

@@ -62,7 +62,7 @@ def scan_model_dirs(folders: tuple[Path, ...]) -> Iterator[ModelEntry]:
                 if name is None:
                     log.warning("%s: no valid model name can be made from this file name", path)
                     continue
-                yield ModelEntry(name=name, path=path.resolve(), origin=str(folder))
+                yield ModelEntry(name=name, path=path.absolute(), origin=str(folder))
 
 
 def ollama_name(host: str, namespace: str, model: str, tag: str) -> str:
@@ -122,7 +122,7 @@ def _blob(root: Path, digest: str) -> Path:
     path = root / "blobs" / digest.replace(":", "-")
     if not path.is_file():
         raise ValueError(f"blob {path} is missing")
-    return path.resolve()
+    return path
 
 
 def _text(layers: dict[str, list[Path]], kind: str) -> str | None:

@@ -32,6 +32,7 @@ NO_MANIFEST = "pull model manifest: file does not exist"
 _SHARD = re.compile(r"-\d{5}-of-\d{5}\.gguf$", re.IGNORECASE)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]+")
+_GGUF_SUFFIX = re.compile(r"\.gguf$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -75,10 +76,12 @@ def model_name(model: str) -> str:
         names.normalize(model)
         return names.display_name(model)
     parts = urlsplit(model)
-    stem = _safe(PurePosixPath(unquote(parts.path)).name).removesuffix(".gguf")
-    host = _safe(parts.hostname or "")
-    port = f":{parts.port}" if parts.port else ""
-    name = f"{host}{port}/{stem.lstrip('.-')[:80]}"
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        raise BadRequest(f"invalid model URL {model!r}: bad port") from None
+    stem = _GGUF_SUFFIX.sub("", _safe(PurePosixPath(unquote(parts.path)).name))
+    name = f"{_safe(parts.hostname or '')}{port}/{stem.lstrip('.-')[:80]}"
     if not names.is_valid(name):
         raise BadRequest(f"cannot name a model after {model!r}: the URL must end in a file name")
     return names.display_name(name)

@@ -100,3 +100,38 @@ def test_concurrent_edits_are_all_kept(models_file: config.ModelsFile) -> None:
     for thread in threads:
         thread.join()
     assert {f"m{i}:latest" for i in range(16)} <= set(models_file.load().models)
+
+
+def test_comments_after_nested_lists_stay_at_the_end(tmp_path: Path) -> None:
+    path = tmp_path / "models.yaml"
+    path.write_text("models:\n  a:\n    path: bundled\n    options:\n      stop:\n      - x\n"
+                    "      - END   # eol\n# after a\n")
+    models_file = config.ModelsFile(path)
+    models_file.add("b", {"path": "bundled", "messages": [{"role": "user", "content": "hi"}]})
+    models_file.add("c", {"path": "bundled"})
+    assert path.read_text() == (
+        "models:\n  a:\n    path: bundled\n    options:\n      stop:\n      - x\n"
+        "      - END   # eol\n  b:\n    path: bundled\n    messages:\n    - role: user\n"
+        "      content: hi\n  c:\n    path: bundled\n# after a\n")
+    models_file.remove("c")
+    models_file.remove("b")
+    assert path.read_text().endswith("      - END   # eol\n# after a\n")
+
+
+def test_data_dir_and_ollama_store_settings(tmp_path: Path, monkeypatch) -> None:
+    from ollamalite.cli import models_path
+    from ollamalite.settings import from_env
+
+    defaults = from_env({})
+    assert defaults.data_dir == Path("~/.ollamalite").expanduser()
+    assert defaults.ollama_models == Path("~/.ollama/models").expanduser()
+    s = from_env({"OLLAMALITE_HOME": f'"{tmp_path}/home"', "OLLAMA_MODELS": str(tmp_path)})
+    assert s.blobs_dir == tmp_path / "home" / "blobs"
+    assert s.models_dir == tmp_path / "home" / "models" and s.ollama_models == tmp_path
+    # No models file named and none here: the one in the data folder (written on first edit).
+    monkeypatch.chdir(tmp_path)
+    assert models_path(s) == tmp_path / "home" / "models.yaml"
+    (tmp_path / "models.yaml").write_text("models: {}\n")
+    assert models_path(s) == Path("models.yaml")
+    named = from_env({"OLLAMALITE_CONFIG": "elsewhere.yaml"})
+    assert models_path(named) == Path("elsewhere.yaml")

@@ -86,7 +86,7 @@ def test_pick_gguf(files: list[str], tag: str, chosen: str | None) -> None:
 @pytest.mark.parametrize("model, name", [
     ("hf.co/bartowski/Llama-3.2-1B-GGUF", "hf.co/bartowski/Llama-3.2-1B-GGUF:latest"),
     ("huggingface.co/u/r:Q4_K_M", "huggingface.co/u/r:Q4_K_M"),
-    ("https://example.com/models/Tiny%20Model.Q4_0.gguf", "example.com/Tiny-Model.Q4_0:latest"),
+    ("https://example.com/models/Tiny%20Model.Q4_0.GGUF", "example.com/Tiny-Model.Q4_0:latest"),
     ("http://127.0.0.1:8000/files/tiny.gguf#sha256=" + "a" * 64, "127.0.0.1:8000/tiny:latest"),
     ("smollm2:135m", "smollm2:135m"),
 ])
@@ -100,6 +100,10 @@ def test_check_refuses_before_any_network() -> None:
     sources.check("http://example.com/m.gguf", insecure=True)
     with pytest.raises(BadRequest, match="#sha256=<64 hex digits>"):
         sources.check("https://example.com/m.gguf#md5=abc", insecure=False)
+    with pytest.raises(BadRequest, match="bad port"):
+        sources.model_name("https://example.com:port/m.gguf")
+    with pytest.raises(BadRequest, match="the URL must end in a file name"):
+        sources.model_name("https://example.com/")
     with pytest.raises(BadRequest, match="hf.co/<user>/<repo>"):
         sources.check("hf.co/just-a-repo", insecure=False)
     with pytest.raises(NotFound, match="pull model manifest: file does not exist"):
