@@ -91,8 +91,7 @@ async def serve(settings: Settings, registry: config.Registry) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    library = app[LIBRARY]
-    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(library.reload()))
+    loop.add_signal_handler(signal.SIGHUP, app[LIBRARY].reload_soon)
     await stop.wait()
     log.info("shutting down")
     await runner.cleanup()

@@ -155,9 +155,9 @@ def _read(path: Path) -> str:
         raise ConfigError(f"{path}: cannot read the model configuration: {exc.strerror}") from None
 
 
-def _yaml_load(path: Path, text: str) -> Any:
+def _yaml_load(path: Path, text: str, yaml: YAML | None = None) -> Any:
     try:
-        return YAML(typ="rt").load(text)
+        return (yaml or YAML(typ="rt")).load(text)
     except YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
@@ -308,8 +308,8 @@ class ModelsFile:
     def _edit(self, change: Callable[[CommentedMap], T]) -> T:
         with self._lock:
             text = _read(self.path) if self.path.exists() else DEFAULT_TEXT
-            yaml = YAML(typ="rt")
-            doc = _yaml_load(self.path, text)
+            yaml = _round_trip(text)
+            doc = _yaml_load(self.path, text, yaml)
             if not isinstance(doc, CommentedMap):
                 raise ConfigError(f"{self.path}: expected a mapping with a `models:` key")
             if not isinstance(doc.get("models"), CommentedMap):
@@ -320,6 +320,35 @@ class ModelsFile:
             parse(self.path, out.getvalue())
             _write_atomic(self.path, out.getvalue())
             return result
+
+
+def _round_trip(text: str) -> YAML:
+    """A loader/dumper that writes untouched parts back as they were: quotes kept, no line
+    wrapping, and the file's own indentation of mappings and of `- ` list items."""
+    yaml = YAML(typ="rt")
+    yaml.preserve_quotes = True
+    yaml.width = 1 << 16
+    mapping, offset = _indentation(text)
+    yaml.indent(mapping=mapping, sequence=offset + 2, offset=offset)
+    return yaml
+
+
+def _indentation(text: str) -> tuple[int, int]:
+    """(mapping indent, dash offset) of the first nested block mapping and list in `text`."""
+    mapping = offset = None
+    previous = None  # (indent, line) of the last line with content
+    for line in text.splitlines():
+        content = line.lstrip(" ")
+        if not content or content.startswith("#"):
+            continue
+        indent = len(line) - len(content)
+        if previous is not None and previous[1].rstrip().endswith(":"):
+            if content.startswith("- ") and offset is None:
+                offset = max(0, indent - previous[0])
+            elif not content.startswith("- ") and mapping is None and indent > previous[0]:
+                mapping = indent - previous[0]
+        previous = (indent, content)
+    return mapping or 2, offset or 0
 
 
 def overlay_fields(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:

@@ -33,6 +33,7 @@ class Library:
         self.scheduler = scheduler
         self._signature: Signature = self._stat()
         self._lock = asyncio.Lock()
+        self._pending: set[asyncio.Task] = set()
 
     @property
     def registry(self) -> Registry:
@@ -62,11 +63,22 @@ class Library:
             await self.scheduler.set_registry(registry)
             return True
 
+    def reload_soon(self) -> None:
+        """For a signal handler: reload in a task that is kept until it finishes."""
+        task = asyncio.get_running_loop().create_task(self.reload())
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
     async def watch(self, interval: float = POLL_SECONDS) -> None:
         """Poll for edits made outside the server (runs until cancelled)."""
         while True:
             await asyncio.sleep(interval)
-            if await self.reload(only_if_changed=True):
+            try:
+                changed = await self.reload(only_if_changed=True)
+            except Exception:  # a folder gone unreadable must not end the watching
+                log.exception("cannot rescan the models")
+                continue
+            if changed:
                 log.info("%s changed: now serving %d models", self.models_file.path,
                          len(self.registry.models))
 

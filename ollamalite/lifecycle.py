@@ -185,7 +185,7 @@ def _local_gguf(text: str) -> Path:
     if not path.is_file():
         raise BadRequest(f"file {text} not found")
     _check_gguf(path)
-    return path.resolve()
+    return path.absolute()  # as given: a symlink stays one
 
 
 def _adopt_blob(blobs: BlobStore, files: dict[str, str]) -> tuple[Path, str]:

@@ -267,3 +267,20 @@ def test_concurrent_creates_all_land(live: LiveServer, client: ollama.Client) ->
     assert KEPT_COMMENT + "\n" in config_text(live)
     for i in range(8):
         client.delete(f"burst{i}")
+
+
+def test_create_from_a_gguf_path_and_delete_keeps_the_file(live: LiveServer,
+                                                           client: ollama.Client) -> None:
+    gguf = live.log_path.parent / "mine.gguf"
+    gguf.symlink_to(bundled_model_path())
+    lines = [r.status for r in client.create(model="from-path", from_=str(gguf), stream=True)]
+    assert lines[:2] == ["parsing GGUF", f"using existing layer sha256:{_sha256(gguf)}"]
+    assert lines[2:] == ["writing manifest", "success"]
+    assert f"  from-path:\n    path: {gguf}\n" in config_text(live)
+    assert client.show("from-path").details.quantization_level == "Q4_1"
+    client.delete("from-path")
+    assert gguf.is_file() and "from-path:latest" not in names(client)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

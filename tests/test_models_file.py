@@ -135,3 +135,39 @@ def test_data_dir_and_ollama_store_settings(tmp_path: Path, monkeypatch) -> None
     assert models_path(s) == Path("models.yaml")
     named = from_env({"OLLAMALITE_CONFIG": "elsewhere.yaml"})
     assert models_path(named) == Path("elsewhere.yaml")
+
+
+@pytest.mark.parametrize("text", [
+    # indented lists, quoted strings, a long line, flow style, a blank line
+    """\
+models:
+  # keep
+  a:
+    path: 'bundled'
+    system: "A long system prompt that goes well past eighty characters, which must not wrap."
+    options:
+      stop:
+        - "x"
+        - 'y'
+      temperature: 0.70
+
+  b: {path: bundled, num_ctx: 512}   # flow
+""",
+    # four-space indentation, unindented lists
+    """\
+models:
+    a:
+        path: bundled
+        messages:
+        - role: user
+          content: hi
+""",
+])
+def test_untouched_text_survives_an_add_and_remove(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "models.yaml"
+    path.write_text(text)
+    models_file = config.ModelsFile(path)
+    models_file.add("tmp", {"path": "bundled", "options": {"stop": ["z"]}})
+    assert path.read_text().startswith(text)
+    models_file.remove("tmp")
+    assert path.read_text() == text
