@@ -1,4 +1,5 @@
-"""Command line: `ollamalite serve` (more commands arrive with the model-lifecycle work)."""
+"""Command line: `ollamalite serve` runs the server; the other commands (`list`, `ps`, `show`,
+`run`, `pull`, `create`, `cp`, `rm`, `stop`) talk to a running one at OLLAMA_HOST."""
 
 from __future__ import annotations
 
@@ -8,12 +9,16 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from aiohttp import web
-
-from ollamalite import __version__, config, discovery
+from ollamalite import __version__
+from ollamalite.client import commands, run
+from ollamalite.client.api import Client, ClientError
 from ollamalite.errors import ConfigError
 from ollamalite.settings import DEFAULT_CONFIG, Settings, current
+
+if TYPE_CHECKING:
+    from ollamalite import config
 
 log = logging.getLogger("ollamalite")
 
@@ -28,7 +33,21 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config",
                        help=f"models file (default OLLAMALITE_CONFIG or {DEFAULT_CONFIG})")
     serve.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    commands.add_parsers(sub)
+    run.add_parser(sub)
     return parser
+
+
+def client_command(args: argparse.Namespace) -> int:
+    """Runs one client command; server errors print `Error: ...` and exit 1, as ollama's do."""
+    try:
+        return args.handler(Client.from_env(), args) or 0
+    except ClientError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
 
 
 def models_path(settings: Settings) -> Path:
@@ -42,6 +61,8 @@ def models_path(settings: Settings) -> Path:
 
 def load_registry(settings: Settings) -> config.Registry:
     """models.yaml plus the models found in `model_dirs` and the Ollama store."""
+    from ollamalite import config, discovery  # here, so that client commands start fast
+
     path = models_path(settings)
     if not settings.config_explicit and not path.exists():
         log.info("no %s yet: serving the bundled model as smollm2:135m", path)
@@ -52,6 +73,8 @@ def load_registry(settings: Settings) -> config.Registry:
 
 
 async def serve(settings: Settings, registry: config.Registry) -> None:
+    from aiohttp import web
+
     from ollamalite.server.app import create_app
     from ollamalite.server.keys import LIBRARY
 
@@ -76,6 +99,8 @@ async def serve(settings: Settings, registry: config.Registry) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command != "serve":
+        return client_command(args)
     settings = current(host=args.host, port=args.port, config=args.config)
     logging.basicConfig(level=logging.DEBUG if args.verbose or settings.debug else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
