@@ -1,4 +1,5 @@
-"""Command line: `ollamalite serve` (more commands arrive with the model-lifecycle work)."""
+"""Command line: `ollamalite serve` runs the server; the other commands (`list`, `ps`, `show`,
+`run`, `pull`, `create`, `cp`, `rm`, `stop`) talk to a running one at OLLAMA_HOST."""
 
 from __future__ import annotations
 
@@ -7,12 +8,17 @@ import asyncio
 import logging
 import signal
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from aiohttp import web
-
-from ollamalite import __version__, config
+from ollamalite import __version__
+from ollamalite.client import commands, run
+from ollamalite.client.api import Client, ClientError
 from ollamalite.errors import ConfigError
 from ollamalite.settings import DEFAULT_CONFIG, Settings, current
+
+if TYPE_CHECKING:
+    from ollamalite import config
 
 log = logging.getLogger("ollamalite")
 
@@ -27,25 +33,55 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config",
                        help=f"models file (default OLLAMALITE_CONFIG or {DEFAULT_CONFIG})")
     serve.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    commands.add_parsers(sub)
+    run.add_parser(sub)
     return parser
 
 
-def load_registry(settings: Settings) -> config.Registry:
-    """models.yaml, or, when none was asked for and none is here, the bundled model alone."""
+def client_command(args: argparse.Namespace) -> int:
+    """Runs one client command; server errors print `Error: ...` and exit 1, as ollama's do."""
+    try:
+        return args.handler(Client.from_env(), args) or 0
+    except ClientError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+
+
+def models_path(settings: Settings) -> Path:
+    """The models file named by flag or env; else ./models.yaml if present; else the one in
+    the data folder (which, until the first edit writes it, means the bundled model alone)."""
     path = settings.config_path
+    if settings.config_explicit or path.exists():
+        return path
+    return settings.data_dir / DEFAULT_CONFIG
+
+
+def load_registry(settings: Settings) -> config.Registry:
+    """models.yaml plus the models found in `model_dirs` and the Ollama store."""
+    from ollamalite import config, discovery  # here, so that client commands start fast
+
+    path = models_path(settings)
     if not settings.config_explicit and not path.exists():
-        log.info("no %s here: serving the bundled model as smollm2:135m", path)
-        entry = config.ModelEntry(name="smollm2:135m", path=config.bundled_model_path())
-        return config.Registry(path=path, models={"smollm2:135m": entry})
-    return config.load(path)
+        log.info("no %s yet: serving the bundled model as smollm2:135m", path)
+        registry = config.load_or_default(path)
+    else:
+        registry = config.load(path)
+    return discovery.extend(registry, settings.ollama_models)
 
 
 async def serve(settings: Settings, registry: config.Registry) -> None:
+    from aiohttp import web
+
     from ollamalite.server.app import create_app
+    from ollamalite.server.keys import LIBRARY
 
     # Streams still running at shutdown get 3 s, then their handlers are cancelled.
-    runner = web.AppRunner(create_app(settings, registry), handler_cancellation=True,
-                           shutdown_timeout=3.0, access_log=log if settings.debug else None)
+    app = create_app(settings, registry)
+    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=3.0,
+                           access_log=log if settings.debug else None)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()
@@ -55,6 +91,7 @@ async def serve(settings: Settings, registry: config.Registry) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, app[LIBRARY].reload_soon)
     await stop.wait()
     log.info("shutting down")
     await runner.cleanup()
@@ -62,6 +99,8 @@ async def serve(settings: Settings, registry: config.Registry) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command != "serve":
+        return client_command(args)
     settings = current(host=args.host, port=args.port, config=args.config)
     logging.basicConfig(level=logging.DEBUG if args.verbose or settings.debug else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

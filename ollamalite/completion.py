@@ -38,7 +38,8 @@ def chat_tokens(runner: Runner, messages: list[dict[str, Any]], opts: RunOptions
     its oldest turns to fit it (blocking: CPU)."""
     template = _template(runner, None)
     model = runner.model
-    messages = prompts.with_system(messages, runner.entry.system)
+    entry = runner.entry
+    messages = prompts.with_defaults(messages, entry.system, entry.messages)
 
     def render(msgs: list[dict[str, Any]]) -> list[int]:
         return _tokenize(runner, prompts.render_chat(template, msgs, model.bos_text,
@@ -52,8 +53,9 @@ def generate_tokens(runner: Runner, text: str, opts: RunOptions, *, system: str 
                     variables: dict[str, Any] | None = None) -> list[int]:
     """`/api/generate`'s prompt: templated as one user turn unless `raw` (blocking: CPU)."""
     if not raw:
-        messages = prompts.with_system([{"role": "user", "content": text}],
-                                       system or runner.entry.system)
+        preset = runner.entry.messages if context is None else ()  # as Ollama
+        messages = prompts.with_defaults([{"role": "user", "content": text}],
+                                         system or runner.entry.system, preset)
         text = prompts.render_chat(_template(runner, template), messages, runner.model.bos_text,
                                    runner.model.eos_text, variables)
     tokens = _tokenize(runner, text, context or ())

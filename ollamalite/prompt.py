@@ -34,6 +34,20 @@ def _formatter(template: str, bos: str, eos: str) -> Jinja2ChatFormatter:
         raise BadRequest(f"template error: {exc}") from None
 
 
+def check_template(template: str) -> None:
+    """Refuse a template that cannot be rendered (a Go template, a Jinja2 syntax error)."""
+    _formatter(template, "", "")
+
+
+def with_defaults(messages: Sequence[Message], system: str | None,
+                  preset: Sequence[Message] = ()) -> list[Message]:
+    """Ollama's order: the model's system prompt (unless the conversation opens with its own),
+    the model's preset `messages` (from models.yaml / /api/create), then the conversation."""
+    own_system = bool(messages) and messages[0].get("role") == "system"
+    head = [{"role": "system", "content": system}] if system and not own_system else []
+    return [*head, *preset, *messages]
+
+
 def render_chat(template: str | None, messages: Sequence[Message], bos: str, eos: str,
                 variables: Mapping[str, Any] | None = None) -> str:
     """Messages -> prompt text ending with the assistant's turn opening; `variables` are extra
@@ -67,13 +81,6 @@ def template_messages(messages: Sequence[Message]) -> list[Message]:
             t["tool_name"] = t["name"] = name
         out.append(t)
     return out
-
-
-def with_system(messages: Sequence[Message], system: str | None) -> list[Message]:
-    """Prepend the model's system prompt unless the conversation brings its own."""
-    if not system or (messages and messages[0].get("role") == "system"):
-        return list(messages)
-    return [{"role": "system", "content": system}, *messages]
 
 
 def fit_chat(messages: list[Message], render: Callable[[list[Message]], list[int]],

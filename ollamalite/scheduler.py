@@ -40,6 +40,7 @@ class Runner:
     keep_alive: float
     refs: int = 0
     expires_at: float = 0.0
+    retired: bool = False  # its entry was deleted or changed: closed once its requests end
     _timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
     def close(self, reason: str = "model unloaded") -> None:
@@ -76,6 +77,22 @@ class Scheduler:
     @property
     def loaded(self) -> list[Runner]:
         return list(self._loaded.values())
+
+    async def set_registry(self, registry: Registry) -> None:
+        """Serve a new registry. A loaded model whose entry is gone or now loads differently
+        is retired (closed once idle; new requests load afresh); others take the new entry."""
+        async with self._lock:
+            self.registry = registry
+            for key, runner in list(self._loaded.items()):
+                entry = registry.get(runner.entry.name)
+                if entry is not None and _loads_alike(entry, runner.entry):
+                    runner.entry = entry
+                    continue
+                log.info("%s: removed or changed in the models file, unloading", runner.entry.name)
+                del self._loaded[key]
+                runner.retired, runner.keep_alive = True, 0.0
+                if runner.refs == 0:
+                    await self._unload(runner)
 
     @asynccontextmanager
     async def use(self, name: str, num_ctx: int | None = None,
@@ -168,7 +185,7 @@ class Scheduler:
 
     async def _release(self, runner: Runner, keep_alive: float | None) -> None:
         runner.refs -= 1
-        if keep_alive is not None:
+        if keep_alive is not None and not runner.retired:
             runner.keep_alive = keep_alive
         if runner.refs == 0:
             self._arm_timer(runner)
@@ -188,7 +205,8 @@ class Scheduler:
 
     async def _expire(self, runner: Runner) -> None:
         async with self._lock:
-            if runner.refs == 0 and self._loaded.get(runner.entry.name.lower()) is runner:
+            current = self._loaded.get(runner.entry.name.lower()) is runner
+            if runner.refs == 0 and (current or runner.retired):
                 await self._unload(runner)
 
     async def _make_room(self) -> None:
@@ -235,9 +253,19 @@ class Scheduler:
 
     async def _unload(self, runner: Runner, reason: str = "model unloaded") -> None:
         _cancel_timer(runner)
-        self._loaded.pop(runner.entry.name.lower(), None)
+        key = runner.entry.name.lower()
+        if self._loaded.get(key) is runner:
+            del self._loaded[key]
         await asyncio.get_running_loop().run_in_executor(None, runner.close, reason)
         log.info("unloaded %s", runner.entry.name)
+
+
+def _loads_alike(new: ModelEntry, old: ModelEntry) -> bool:
+    """Whether a loaded model can serve the new entry without loading again."""
+    load_keys = ("num_ctx", "num_batch", "num_thread", "use_mmap", "use_mlock")
+    return (new.path == old.path and new.num_ctx == old.num_ctx
+            and new.num_parallel == old.num_parallel
+            and all(new.options.get(k) == old.options.get(k) for k in load_keys))
 
 
 def _context_size(entry: ModelEntry, info: GGUFInfo, requested: int | None) -> int:

@@ -184,6 +184,76 @@ class PullRequest(ShowRequest):
     stream = fields.Boolean(load_default=True)
 
 
+class License(fields.Field):
+    """A string or a list of strings, kept as a list."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list:
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(s, str) for s in items):
+            raise ValidationError("must be a string or a list of strings")
+        return [s for s in items if s]
+
+
+class PresetMessage(Schema):
+    """A `messages` entry of /api/create: a turn put before every conversation."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    role = fields.String(required=True, validate=validate.OneOf(ROLES))
+    content = fields.String(load_default="", allow_none=True)
+    images = Base64List(load_default=None, allow_none=True)
+
+
+class CreateRequest(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    model = fields.String(load_default="")
+    name = fields.String(load_default="")
+    stream = fields.Boolean(load_default=True)
+    from_ = fields.String(data_key="from", load_default="")
+    files = fields.Dict(fields.String(), fields.String(), load_default=None, allow_none=True)
+    template = fields.String(load_default="", allow_none=True)
+    system = fields.String(load_default="", allow_none=True)
+    license = License(load_default=list, allow_none=True)
+    parameters = fields.Dict(fields.String(), load_default=None, allow_none=True)
+    messages = fields.List(fields.Nested(PresetMessage), load_default=None, allow_none=True)
+    modelfile = fields.String(load_default="")  # the form before Ollama 0.5.5
+    # Accepted by Ollama, refused here with a 400 rather than ignored:
+    quantize = fields.String(load_default="")
+    quantization = fields.String(load_default="")
+    adapters = fields.Dict(load_default=None, allow_none=True)
+    draft_files = fields.Dict(load_default=None, allow_none=True)
+    remote_host = fields.String(load_default="")
+    renderer = fields.String(load_default="")
+    parser = fields.String(load_default="")
+    requires = fields.String(load_default="")
+    info = fields.Dict(load_default=None, allow_none=True)
+
+    @pre_load
+    def _reject_non_object(self, data: Any, **kwargs: Any) -> Any:
+        if not isinstance(data, dict):
+            raise ValidationError("request body must be a JSON object")
+        return data
+
+
+class CopyRequest(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    source = fields.String(load_default="")
+    destination = fields.String(load_default="")
+
+
+class DeleteRequest(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    model = fields.String(load_default="")
+    name = fields.String(load_default="")
+
+
 def load(schema: Schema, body: Any) -> dict[str, Any]:
     """Validate a decoded JSON body; errors become one readable 400 message."""
     try:
@@ -212,3 +282,6 @@ GENERATE = GenerateRequest()
 CHAT = ChatRequest()
 SHOW = ShowRequest()
 PULL = PullRequest()
+CREATE = CreateRequest()
+COPY = CopyRequest()
+DELETE = DeleteRequest()

@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 DEFAULT_PORT = 11434
 DEFAULT_KEEP_ALIVE = 300.0
 DEFAULT_CONFIG = "models.yaml"
+DEFAULT_HOME = Path("~/.ollamalite")
+DEFAULT_OLLAMA_MODELS = Path("~/.ollama/models")
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,18 @@ class Settings:
     num_threads: int = 0
     prefix_cache: bool = True
     debug: bool = False
+    # Files ollamalite creates: blobs/sha256-<hex> (uploads), models/ (GGUFs it made or fetched).
+    data_dir: Path = DEFAULT_HOME.expanduser()
+    # An Ollama model store whose models are offered too (read only).
+    ollama_models: Path = DEFAULT_OLLAMA_MODELS.expanduser()
+
+    @property
+    def blobs_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
 
 
 def env_var(env: Mapping[str, str], key: str) -> str:
@@ -140,7 +154,13 @@ def from_env(
         num_threads=_uint(env, "OLLAMALITE_NUM_THREADS", 0),
         prefix_cache=_bool(env, "OLLAMALITE_PREFIX_CACHE", True),
         debug=_bool(env, "OLLAMA_DEBUG", False),
+        data_dir=_path(env, "OLLAMALITE_HOME", DEFAULT_HOME),
+        ollama_models=_path(env, "OLLAMA_MODELS", DEFAULT_OLLAMA_MODELS),
     )
+
+
+def _path(env: Mapping[str, str], key: str, default: Path) -> Path:
+    return Path(env_var(env, key) or default).expanduser().absolute()
 
 
 def current(**flags: object) -> Settings:

@@ -55,7 +55,10 @@ class LiveServer:
 def start_server(config: Path, log_path: Path, env: dict[str, str] | None = None,
                  timeout: float = 60.0) -> LiveServer:
     port = free_port()
-    full_env = {**os.environ, "OLLAMA_HOST": "", "OLLAMA_ORIGINS": "", **(env or {})}
+    # Files the server creates, and the Ollama store it reads, stay next to its log.
+    isolated = {"OLLAMALITE_HOME": str(log_path.parent / "home"),
+                "OLLAMA_MODELS": str(log_path.parent / "no-ollama-store")}
+    full_env = {**os.environ, "OLLAMA_HOST": "", "OLLAMA_ORIGINS": "", **isolated, **(env or {})}
     log = open(log_path, "wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "ollamalite", "serve", "--port", str(port), "--config",

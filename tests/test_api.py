@@ -92,7 +92,7 @@ def test_show_verbose_and_model_defaults(http: httpx.Client) -> None:
     assert body["system"] == PIRATE_SYSTEM
     assert f'SYSTEM """{PIRATE_SYSTEM}"""' in body["modelfile"]
     params = body["parameters"].splitlines()
-    assert f"{'num_ctx':<30} 1024" in params and f"{'temperature':<30} 0.0" in params
+    assert f"{'num_ctx':<30} 1024" in params and f"{'temperature':<30} 0" in params
 
 
 # -- generation ---------------------------------------------------------------------------------

@@ -5,17 +5,20 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import logging
+from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from ollamalite.config import Registry
+from ollamalite.config import ModelsFile, Registry
 from ollamalite.errors import ApiError
 from ollamalite.gguf_meta import file_digest
+from ollamalite.library import Library
+from ollamalite.pull import Puller, Register
 from ollamalite.scheduler import Scheduler
-from ollamalite.server import ollama, openai
-from ollamalite.server.keys import SCHEDULER, SETTINGS
+from ollamalite.server import models, ollama, openai
+from ollamalite.server.keys import LIBRARY, PULLER, SCHEDULER, SETTINGS
 from ollamalite.server.stream import json_response
 from ollamalite.settings import Settings
 
@@ -113,6 +116,8 @@ async def _warm_digests(registry: Registry) -> None:
     """Hash model files in the background so the first /api/tags answers at once."""
     loop = asyncio.get_running_loop()
     for entry in registry.models.values():
+        if entry.digest:
+            continue
         try:
             await loop.run_in_executor(None, file_digest, entry.path)
         except OSError as exc:  # /api/tags reports it when asked
@@ -128,10 +133,20 @@ async def _finish_requests(app: web.Application) -> None:
 
 async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
     scheduler = app[SCHEDULER]
-    warm = asyncio.create_task(_warm_digests(scheduler.registry))
+    tasks = [asyncio.create_task(_warm_digests(scheduler.registry)),
+             asyncio.create_task(app[LIBRARY].watch())]
     yield
-    warm.cancel()
+    for task in tasks:
+        task.cancel()
     await scheduler.close()
+
+
+def _registrar(library: Library) -> Register:
+    """A pulled model joins models.yaml (a round-trip edit) and is served at once."""
+    async def register(name: str, path: Path) -> None:
+        await library.edit(lambda models_file: models_file.add(name, {"path": str(path)}))
+
+    return register
 
 
 def create_app(settings: Settings, registry: Registry) -> web.Application:
@@ -139,9 +154,12 @@ def create_app(settings: Settings, registry: Registry) -> web.Application:
                           client_max_size=64 * 1024 * 1024)
     app[SETTINGS] = settings
     app[SCHEDULER] = Scheduler(settings, registry)
+    app[LIBRARY] = Library(settings, ModelsFile(registry.path), app[SCHEDULER])
+    app[PULLER] = Puller(settings.models_dir, _registrar(app[LIBRARY]))
     app.cleanup_ctx.append(_scheduler_ctx)
     app.on_shutdown.append(_finish_requests)
     app.on_response_prepare.append(_add_cors_headers)
     ollama.add_routes(app)
+    models.add_routes(app)
     openai.add_routes(app)
     return app

@@ -12,16 +12,16 @@ from typing import Any, AsyncIterator, Callable
 
 from aiohttp import web
 
-from ollamalite import completion, prompt, schemas, template_info
+from ollamalite import completion, prompt, schemas, sources, template_info
 from ollamalite.config import ModelEntry
 from ollamalite.engine.jobs import Event, Failed, Finished, TextChunk
-from ollamalite.errors import ApiError, BadRequest, NotFound
+from ollamalite.errors import ApiError, BadRequest
 from ollamalite.gguf_meta import GGUFError, file_digest, read_header
 from ollamalite.options import RunOptions, merge, run_options
 from ollamalite.output import Delta, ReplyParser
 from ollamalite.scheduler import Runner, Scheduler
 from ollamalite.server import show as show_fmt
-from ollamalite.server.keys import SCHEDULER
+from ollamalite.server.keys import PULLER, SCHEDULER
 from ollamalite.server.stream import NdjsonStream, created_at, json_response, local_time
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ async def version(_: web.Request) -> web.Response:
 async def model_summary(entry: ModelEntry) -> dict[str, Any]:
     """One `/api/tags` row; header and digest are read in a thread and cached."""
     info = await _in_thread(read_header, entry.path)
-    digest = await _in_thread(file_digest, entry.path)
+    digest = entry.digest or await _in_thread(file_digest, entry.path)
     stat = await _in_thread(entry.path.stat)
     return {"name": entry.name, "model": entry.name, "modified_at": local_time(stat.st_mtime),
             "size": stat.st_size, "digest": digest, "details": info.details()}
@@ -117,16 +117,28 @@ async def show(request: web.Request) -> web.Response:
 
 
 async def pull(request: web.Request) -> web.StreamResponse:
-    """Models are local files: a configured one is already "pulled"; others are not found."""
+    """A configured model is already "pulled"; hf.co repos and GGUF URLs are downloaded."""
     req = schemas.load(schemas.PULL, await read_body(request))
-    name = require_model(req)
-    if _scheduler(request).registry.get(name) is None:
-        raise NotFound("pull model manifest: file does not exist")
+    model = require_model(req)
+    progress: AsyncIterator[dict[str, Any]] = _done()
+    if _scheduler(request).registry.get(sources.model_name(model)) is None:
+        sources.check(model, req["insecure"])
+        progress = request.app[PULLER].pull(model, req["insecure"])
     if not req["stream"]:
-        return json_response({"status": "success"})
+        async for line in progress:
+            last = line
+        return json_response(last)
     out = NdjsonStream(request)
-    await out.send({"status": "success"})
+    try:
+        async for line in progress:
+            await out.send(line)
+    except ApiError as exc:
+        await out.send({"error": exc.message})
     return await out.close()
+
+
+async def _done() -> AsyncIterator[dict[str, Any]]:
+    yield {"status": "success"}
 
 
 async def push(request: web.Request) -> web.Response:

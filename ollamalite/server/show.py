@@ -27,6 +27,8 @@ def _go_value(value: Any) -> str:
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e21:
+        return str(int(value))  # Go prints float64 0 as `0`, not `0.0`
     return str(value)
 
 
@@ -53,6 +55,12 @@ def modelfile(entry: ModelEntry, template: str | None, system: str | None) -> st
     if system:
         lines.append(f'SYSTEM """{system}"""')
     lines.extend(f"PARAMETER {k} {_go_value(v)}" for k, v in parameter_lines(entry))
+    lines.extend(f'MESSAGE {m["role"]} """{m["content"]}"""' for m in entry.messages)
+    if entry.license:
+        lines.append(f'LICENSE """{entry.license}"""')
+    if entry.go_template:  # an Ollama store's: shown for reference, never rendered
+        lines.append("# The Ollama store's Go template, not used (the TEMPLATE above is):")
+        lines.extend(f"# {line}" for line in entry.go_template.splitlines())
     return "\n".join(lines) + "\n"
 
 
@@ -69,7 +77,7 @@ def show_body(entry: ModelEntry, info: GGUFInfo, mtime: float, verbose: bool,
     template = active_template(entry, info)
     system = system_override or entry.system
     body: dict[str, Any] = {}
-    license_text = info.metadata.get("general.license")
+    license_text = entry.license or info.metadata.get("general.license")
     if license_text:
         body["license"] = str(license_text)
     body["modelfile"] = modelfile(entry, template, system)
@@ -78,6 +86,8 @@ def show_body(entry: ModelEntry, info: GGUFInfo, mtime: float, verbose: bool,
     if system:
         body["system"] = system
     body["details"] = info.details()
+    if entry.messages:
+        body["messages"] = [dict(m) for m in entry.messages]
     body["model_info"] = info.model_info(verbose)
     body["capabilities"] = info.capabilities() + list(template_capabilities)
     body["modified_at"] = local_time(mtime)

@@ -1,0 +1,73 @@
+"""Model lifecycle routes: /api/create, /api/copy, /api/delete and /api/blobs/:digest."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from ollamalite import lifecycle, schemas
+from ollamalite.blobs import CHUNK, BlobStore, parse_digest
+from ollamalite.errors import NotFound
+from ollamalite.server.keys import LIBRARY, SETTINGS
+from ollamalite.server.ollama import read_body
+from ollamalite.server.stream import NdjsonStream, json_response
+
+BLOBS = web.AppKey("blobs", BlobStore)
+
+
+async def create(request: web.Request) -> web.StreamResponse:
+    """All the work is done before the first line, so any failure keeps its HTTP status."""
+    req = schemas.load(schemas.CREATE, await read_body(request))
+    statuses = await lifecycle.create(request.app[LIBRARY], request.app[BLOBS], req)
+    if not req["stream"]:
+        return json_response({"status": "success"})
+    out = NdjsonStream(request)
+    for status in [*statuses, "success"]:
+        await out.send({"status": status})
+    return await out.close()
+
+
+async def copy(request: web.Request) -> web.Response:
+    req = schemas.load(schemas.COPY, await read_body(request))
+    await lifecycle.copy(request.app[LIBRARY], req["source"], req["destination"])
+    return web.Response(status=200)
+
+
+async def delete(request: web.Request) -> web.Response:
+    req = schemas.load(schemas.DELETE, await read_body(request))
+    await lifecycle.delete(request.app[LIBRARY], req["model"] or req["name"],
+                           request.app[SETTINGS].models_dir)
+    return web.Response(status=200)
+
+
+async def _find_blob(request: web.Request) -> tuple[str, bool]:
+    hex_digest = parse_digest(request.match_info["digest"])
+    path = await asyncio.get_running_loop().run_in_executor(None, request.app[BLOBS].find,
+                                                            hex_digest)
+    return hex_digest, path is not None
+
+
+async def head_blob(request: web.Request) -> web.Response:
+    hex_digest, present = await _find_blob(request)
+    if not present:
+        raise NotFound(f'blob "sha256:{hex_digest}" not found')
+    return web.Response(status=200)
+
+
+async def post_blob(request: web.Request) -> web.Response:
+    """200 without reading the body if the blob is here already; 201 once stored."""
+    hex_digest, present = await _find_blob(request)
+    if present:
+        return web.Response(status=200)
+    await request.app[BLOBS].receive(hex_digest, request.content.iter_chunked(CHUNK))
+    return web.Response(status=201)
+
+
+def add_routes(app: web.Application) -> None:
+    app[BLOBS] = BlobStore(app[SETTINGS])
+    app.router.add_post("/api/create", create)
+    app.router.add_post("/api/copy", copy)
+    app.router.add_delete("/api/delete", delete)
+    app.router.add_route("HEAD", "/api/blobs/{digest}", head_blob)
+    app.router.add_post("/api/blobs/{digest}", post_blob)
