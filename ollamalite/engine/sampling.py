@@ -9,6 +9,24 @@ import llama_cpp
 from ollamalite.options import SamplingParams
 
 
+class GrammarError(ValueError):
+    """llama.cpp could not parse a GBNF grammar (its parser prints why on stderr)."""
+
+
+def grammar_sampler(vocab: ctypes.c_void_p | None, grammar: str) -> ctypes.c_void_p:
+    """A grammar stage over `vocab`. With no vocab it only parses: the check done before a
+    request reaches the engine, so that a bad grammar is a client error, not an engine one."""
+    sampler = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+    if not sampler:
+        raise GrammarError("llama.cpp could not parse the grammar")
+    return sampler
+
+
+def check_grammar(grammar: str) -> None:
+    """Raise GrammarError unless llama.cpp parses `grammar` (no model needed)."""
+    llama_cpp.llama_sampler_free(grammar_sampler(None, grammar))
+
+
 def seed_value(seed: int) -> int:
     """Ollama's -1 (random) is llama.cpp's LLAMA_DEFAULT_SEED; others wrap to 32 bits."""
     return llama_cpp.LLAMA_DEFAULT_SEED if seed < 0 else seed & 0xFFFFFFFF
@@ -17,11 +35,15 @@ def seed_value(seed: int) -> int:
 class SamplerChain:
     """Owns one `llama_sampler` chain; the order follows llama.cpp's common sampler."""
 
-    def __init__(self, params: SamplingParams, n_vocab: int) -> None:
+    def __init__(self, params: SamplingParams, n_vocab: int, grammar: str | None = None,
+                 vocab: ctypes.c_void_p | None = None) -> None:
+        """`grammar` (GBNF over `vocab`) goes first, so that every later stage, greedy
+        included, only ever sees tokens it allows; raises GrammarError if it does not parse."""
+        stages = [grammar_sampler(vocab, grammar)] if grammar else []
         chain_params = llama_cpp.llama_sampler_chain_default_params()
         chain_params.no_perf = True
         self.ptr = llama_cpp.llama_sampler_chain_init(chain_params)
-        for sampler in _stages(params, n_vocab):
+        for sampler in stages + _stages(params, n_vocab):
             llama_cpp.llama_sampler_chain_add(self.ptr, sampler)
 
     def sample(self, ctx: llama_cpp.llama_context_p, index: int) -> int:

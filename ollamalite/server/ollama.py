@@ -10,7 +10,7 @@ from typing import Any, AsyncIterator, Callable
 
 from aiohttp import web
 
-from ollamalite import completion, schemas
+from ollamalite import completion, schemas, structured
 from ollamalite.config import ModelEntry
 from ollamalite.engine.jobs import Event, Failed, Finished, TextChunk
 from ollamalite.errors import ApiError, BadRequest, NotFound
@@ -206,15 +206,21 @@ def _check_capabilities(name: str, req: dict[str, Any]) -> None:
     """What this model (or this server, for now) cannot do is a 400, never silently ignored."""
     images = req.get("images") or [i for m in req.get("messages", []) for i in (m.get("images")
                                                                                  or [])]
-    unsupported = [("images", bool(images)), ("insert", bool(req.get("suffix"))),
+    unsupported = [("images", bool(images)),
                    ("thinking", bool(req.get("think"))), ("tools", bool(req.get("tools")))]
     for capability, asked in unsupported:
         if asked:
             raise BadRequest(f'"{name}" does not support {capability}')
-    if req.get("format") is not None:
-        raise BadRequest("format (structured outputs) is not supported yet")
     if req.get("logprobs") or req.get("top_logprobs"):
         raise BadRequest("logprobs are not supported yet")
+
+
+async def _check_insert(name: str, entry: ModelEntry, req: dict[str, Any]) -> None:
+    """A `suffix` needs fill-in-the-middle tokens: checked on the GGUF header, before loading."""
+    if req.get("suffix"):
+        info = await _in_thread(read_header, entry.path)
+        if "insert" not in info.capabilities():
+            raise BadRequest(f'"{name}" does not support insert')
 
 
 async def _load_or_unload(request: web.Request, shape: GenerateShape, name: str,
@@ -229,6 +235,9 @@ async def _load_or_unload(request: web.Request, shape: GenerateShape, name: str,
 
 
 def _generate_prompt(runner: Runner, req: dict[str, Any], opts: RunOptions) -> list[int]:
+    if req["suffix"]:
+        return completion.infill_tokens(runner, req["prompt"], req["suffix"], opts,
+                                        req["context"])
     return completion.generate_tokens(runner, req["prompt"], opts, system=req["system"],
                                       template=req["template"], raw=req["raw"],
                                       context=req["context"])
@@ -249,13 +258,15 @@ async def _complete(request: web.Request, schema: schemas.Schema, shape_type: ty
     scheduler = _scheduler(request)
     entry = scheduler.entry(name)
     _check_capabilities(name, req)
+    await _check_insert(name, entry, req)
+    grammar = structured.grammar_for(req["format"])
     shape = shape_type(name)
     if not req[input_key]:
         return await _load_or_unload(request, shape, name, req)
     opts = run_options(merge(entry.options, req["options"]))
     async with scheduler.use(name, opts.num_ctx, req["keep_alive"]) as lease:
         tokens = await completion.prepare(tokenize, lease.runner, req, opts)
-        events = completion.generate(lease.runner, tokens, opts)
+        events = completion.generate(lease.runner, tokens, opts, grammar)
         return await _respond(request, shape, events, req["stream"], started,
                               lease.load_duration, context=shape.returns_context(req))
 
