@@ -32,6 +32,17 @@ ANY: Schema = {"type": ["object", "array", "string", "number", "boolean", "null"
 STRING_FORMATS = re.compile(r"^(uuid[1-5]?|date|time|date-time)$")
 # What an `allOf` part may say: the converter merges the parts' properties, nothing else.
 ALL_OF_PART = frozenset({"type", "properties", "required", "additionalProperties"})
+# Keywords that only constrain values of one type (the others apply whatever the type).
+TYPE_KEYWORDS = {
+    "string": {"minLength", "maxLength", "pattern", "format"},
+    "number": {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"},
+    "object": {"properties", "required", "additionalProperties", "patternProperties",
+               "propertyNames", "minProperties", "maxProperties", "dependentRequired",
+               "dependentSchemas", "unevaluatedProperties"},
+    "array": {"items", "prefixItems", "minItems", "maxItems", "uniqueItems", "contains",
+              "minContains", "maxContains", "unevaluatedItems", "additionalItems"},
+}
+TYPE_KEYWORDS["integer"] = TYPE_KEYWORDS["number"]
 # Where subschemas live, by the shape of the keyword's value.
 _SCHEMA_MAPS = ("properties", "$defs", "definitions")
 _SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
@@ -95,7 +106,20 @@ def normalise(node: Any) -> Any:
     parts = out.get("allOf")
     if list(out) == ["allOf"] and isinstance(parts, list) and len(parts) == 1:
         return parts[0]
-    return out or dict(ANY)
+    return _split_types(out) or dict(ANY)
+
+
+def _split_types(node: Schema) -> Schema:
+    """`{"type": ["string", "null"], "maxLength": 9}` -> one `anyOf` branch per type with the
+    keywords that apply to it: the converter would keep the types and drop the rest."""
+    kinds = node.get("type")
+    if not isinstance(kinds, list) or len(node) == 1 or "anyOf" in node or "oneOf" in node:
+        return node
+    typed = set().union(*TYPE_KEYWORDS.values())
+    shared = {k: v for k, v in node.items() if k != "type" and k not in typed}
+    return {"anyOf": [{**shared, "type": kind,
+                       **{k: v for k, v in node.items() if k in TYPE_KEYWORDS.get(kind, ())}}
+                      for kind in kinds]}
 
 
 def _inline_root_ref(schema: Schema) -> Schema:
