@@ -45,7 +45,8 @@ class Options(fields.Dict):
 
 
 class Format(fields.Field):
-    """`"json"`, a JSON-schema object, or empty. Structured output itself arrives later."""
+    """`"json"`, a JSON-schema object, or empty (the schema itself is checked when it is
+    turned into a grammar: `structured.grammar_for`)."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
         if value in (None, ""):

@@ -43,6 +43,8 @@ TYPE_KEYWORDS = {
               "minContains", "maxContains", "unevaluatedItems", "additionalItems"},
 }
 TYPE_KEYWORDS["integer"] = TYPE_KEYWORDS["number"]
+# Deepest grammar nesting handed to llama.cpp's (recursive) parser; also its repetition limit.
+MAX_NESTING = 2000
 # Where subschemas live, by the shape of the keyword's value.
 _SCHEMA_MAPS = ("properties", "$defs", "definitions")
 _SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
@@ -64,10 +66,39 @@ def grammar_for(fmt: str | Schema | None) -> str | None:
         grammar = schema_grammar(fmt)
     else:
         raise BadRequest(f'invalid format: {fmt!r}; expected "json" or a JSON schema object')
+    if nesting_depth(grammar) > MAX_NESTING:
+        raise BadRequest("format: the schema makes a grammar nested too deeply for llama.cpp "
+                         f"(more than {MAX_NESTING} levels: a very large maxLength, maxItems "
+                         "or pattern repetition?)")
     if not _parses(grammar):
         raise BadRequest("format: llama.cpp could not parse the grammar made from this schema "
-                         "(a `pattern` using regex syntax GBNF lacks, such as \\d or \\w?)")
+                         "(a `pattern` using regex syntax GBNF lacks, such as \\d or \\w, or "
+                         "repetitions past llama.cpp's limits?)")
     return grammar
+
+
+def nesting_depth(grammar: str) -> int:
+    """The deepest `(` nesting of a GBNF text, outside literals and character classes.
+    llama.cpp's parser recurses once per level: far past a few thousand it overflows the
+    C stack and takes the process down, so the depth is bounded before it ever sees one."""
+    depth = deepest = 0
+    closing, escaped = "", False
+    for char in grammar:
+        if closing:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == closing:
+                closing = ""
+        elif char in "\"[":
+            closing = "]" if char == "[" else char
+        elif char == "(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char == ")":
+            depth -= 1
+    return deepest
 
 
 @lru_cache(maxsize=256)
@@ -81,8 +112,11 @@ def _parses(grammar: str) -> bool:
 
 def schema_grammar(schema: Schema) -> str:
     """A JSON schema -> GBNF, after checking that the converter honours all of it."""
-    schema = _inline_root_ref(normalise(schema))
-    problems = list(unsupported(schema, schema, "#"))
+    try:
+        schema = _inline_root_ref(normalise(schema))
+        problems = list(unsupported(schema, schema, "#"))
+    except RecursionError:
+        raise BadRequest("format: JSON schema nested too deeply") from None
     if problems:
         raise BadRequest("format: JSON schema features not supported: " + "; ".join(problems))
     try:

@@ -71,6 +71,13 @@ class Node(BaseModel):
     next: Optional[Node] = None
 
 
+def deeply_nested(depth: int) -> dict:
+    schema: dict = {"type": "integer"}
+    for _ in range(depth):
+        schema = {"type": "array", "items": schema}
+    return schema
+
+
 # -- the schema check and grammar (no model) ------------------------------------------------------
 
 def test_no_format_is_unconstrained_and_json_is_llama_cpps_json_grammar() -> None:
@@ -115,6 +122,11 @@ def test_schemas_the_converter_honours_become_grammars(schema: dict) -> None:
     ({"type": "string", "pattern": "abc"}, 'Pattern must start with "^"'),
     ({"type": "string", "pattern": "^\\d+$"}, "could not parse the grammar"),
     ("yaml", "invalid format"),
+    (deeply_nested(5000), "nested too deeply"),
+    # would overflow llama.cpp's recursive parser (a segfault): refused before it gets there
+    ({"type": "string", "maxLength": 100_000}, "grammar nested too deeply"),
+    ({"type": "string", "pattern": "^a{0,50000}$"}, "grammar nested too deeply"),
+    ({"type": "array", "items": {"type": "null"}, "maxItems": 1999}, "past llama.cpp's limits"),
 ])
 def test_what_the_converter_would_drop_is_a_bad_request(schema: Any, fragment: str) -> None:
     with pytest.raises(BadRequest) as err:
