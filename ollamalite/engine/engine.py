@@ -254,7 +254,11 @@ class Engine:
             slot.first_token_at = now
         if job.num_predict == 0:
             return self._finish(slot, "length", now)
-        token = slot.sampler.sample(self.ctx, slot.logit_index)
+        try:
+            token = slot.sampler.sample(self.ctx, slot.logit_index)
+        except GrammarError as exc:  # a dead end of this job's grammar ends this job only
+            _emit(job, Failed(str(exc)))
+            return slot.release(now)
         if self.model.is_eog(token):
             return self._finish(slot, "stop", now)
         slot.generated.append(token)

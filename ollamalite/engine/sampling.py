@@ -61,6 +61,8 @@ class SamplerChain:
         token = self._candidates.pick(logits, [self.ptr])
         if not self._allowed(token):
             token = self._candidates.pick(logits, [self.grammar, self.ptr])
+            if not self._allowed(token):  # accepting it would abort the process in llama.cpp
+                raise GrammarError("no token of the vocabulary continues the grammar")
         llama_cpp.llama_sampler_accept(self.grammar, token)
         llama_cpp.llama_sampler_accept(self.ptr, token)
         return token
