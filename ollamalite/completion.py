@@ -67,9 +67,10 @@ def infill_tokens(runner: Runner, prefix: str, suffix: str, opts: RunOptions,
     [BOS] <PRE> prefix <SUF> suffix <MID>, the user's text tokenized without parsing special
     tokens; no chat template (blocking: CPU)."""
     model = runner.model
-    if model.fim_tokens is None:
+    fim = model.fim_tokens
+    if fim is None:
         raise BadRequest(f'"{runner.entry.name}" does not support insert')
-    pre, suf, mid = model.fim_tokens
+    pre, suf, mid = fim
     head = list(context or ()) or (model.tokenize("", add_special=True) if model.adds_bos else [])
     tokens = [*head, pre, *model.tokenize(prefix, add_special=False, parse_special=False),
               suf, *model.tokenize(suffix, add_special=False, parse_special=False), mid]

@@ -259,7 +259,7 @@ async def _complete(request: web.Request, schema: schemas.Schema, shape_type: ty
     entry = scheduler.entry(name)
     _check_capabilities(name, req)
     await _check_insert(name, entry, req)
-    grammar = structured.grammar_for(req["format"])
+    grammar = await _in_thread(structured.grammar_for, req["format"])
     shape = shape_type(name)
     if not req[input_key]:
         return await _load_or_unload(request, shape, name, req)
