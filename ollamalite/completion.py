@@ -70,18 +70,38 @@ def prompt_tail(runner: Runner, tokens: Sequence[int], n: int = 16) -> str:
     return "".join(runner.model.token_text(t) for t in tokens[-n:])
 
 
+def infill_tokens(runner: Runner, prefix: str, suffix: str, opts: RunOptions,
+                  context: Sequence[int] | None) -> list[int]:
+    """Fill-in-the-middle, built as llama.cpp's server builds an infill prompt (PSM order):
+    [BOS] <PRE> prefix <SUF> suffix <MID>, the user's text tokenized without parsing special
+    tokens; no chat template (blocking: CPU)."""
+    model = runner.model
+    fim = model.fim_tokens
+    if fim is None:
+        raise BadRequest(f'"{runner.entry.name}" does not support insert')
+    pre, suf, mid = fim
+    head = list(context or ()) or (model.tokenize("", add_special=True) if model.adds_bos else [])
+    tokens = [*head, pre, *model.tokenize(prefix, add_special=False, parse_special=False),
+              suf, *model.tokenize(suffix, add_special=False, parse_special=False), mid]
+    if len(tokens) >= _limit(runner, opts):
+        raise BadRequest(prompts.TOO_LONG)
+    return tokens
+
+
 async def prepare(fn: Any, *args: Any, **kwargs: Any) -> list[int]:
     """Run a tokenizing function off the event loop."""
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(None, lambda: fn(*args, **kwargs))
 
 
-async def generate(runner: Runner, tokens: list[int], opts: RunOptions) -> AsyncIterator[Event]:
-    """Submit to the model's engine and yield its events; leaving early cancels the job."""
+async def generate(runner: Runner, tokens: list[int], opts: RunOptions,
+                   grammar: str | None = None) -> AsyncIterator[Event]:
+    """Submit to the model's engine and yield its events; leaving early cancels the job.
+    `grammar` (GBNF, from `structured.grammar_for`) constrains the output."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Event] = asyncio.Queue()
     job = Job(prompt=tokens, sampling=opts.sampling, num_predict=opts.num_predict, stop=opts.stop,
-              num_ctx=opts.num_ctx, num_batch=opts.num_batch,
+              num_ctx=opts.num_ctx, num_batch=opts.num_batch, grammar=grammar,
               emit=lambda event: loop.call_soon_threadsafe(queue.put_nowait, event))
     runner.engine.submit(job)
     try:

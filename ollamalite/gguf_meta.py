@@ -29,6 +29,9 @@ FILE_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9:
               28: "IQ2_S", 29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16", 36: "TQ1_0",
               37: "TQ2_0", 38: "MXFP4"}
 
+# Fill-in-the-middle token keys (`tokenizer.ggml.<name>_token_id`): current and older names.
+FIM_KEYS = (("fim_pre", "prefix"), ("fim_suf", "suffix"), ("fim_mid", "middle"))
+
 
 class GGUFError(ValueError):
     """The file is not a GGUF this reader understands."""
@@ -89,8 +92,17 @@ class GGUFInfo:
             if k not in hidden
         }
 
+    @property
+    def has_fim_tokens(self) -> bool:
+        """Fill-in-the-middle prefix, suffix and middle token ids, under either of the names
+        llama.cpp reads (`fim_pre_token_id`..., or the older `prefix_token_id`...)."""
+        return all(any(f"tokenizer.ggml.{name}_token_id" in self.metadata for name in names)
+                   for names in FIM_KEYS)
+
     def capabilities(self) -> list[str]:
-        return ["embedding"] if self.is_embedding else ["completion"]
+        if self.is_embedding:
+            return ["embedding"]
+        return ["completion", "insert"] if self.has_fim_tokens else ["completion"]
 
 
 def human_number(n: int) -> str:

@@ -5,6 +5,8 @@ Unknown top-level fields are ignored, as Ollama does; wrong types are 400s namin
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Any
 
 from marshmallow import (
@@ -44,7 +46,8 @@ class Options(fields.Dict):
 
 
 class Format(fields.Field):
-    """`"json"`, a JSON-schema object, or empty. Structured output itself arrives later."""
+    """`"json"`, a JSON-schema object, or empty (the schema itself is checked when it is
+    turned into a grammar: `structured.grammar_for`)."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
         if value in (None, ""):
@@ -62,9 +65,23 @@ class Think(fields.Field):
         raise ValidationError('must be a boolean or one of "high", "medium", "low", "max"')
 
 
+class Base64(fields.String):
+    """Standard base64 (padded, no `data:` prefix), as Go decodes Ollama's `[]byte` images.
+
+    Checked while the body is loaded, so bad data is named before any capability check."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ValidationError(f"illegal base64 data: {exc}") from None
+        return text
+
+
 class Base64List(fields.List):
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(fields.String(), **kwargs)
+        super().__init__(Base64(), **kwargs)
 
 
 class ModelRequest(Schema):
@@ -107,6 +124,11 @@ class GenerateRequest(CompletionRequest):
     def _raw_mode(self, data: dict, **kwargs: Any) -> None:
         if data.get("raw") and (data.get("template") or data.get("system") or data.get("context")):
             raise ValidationError("raw mode does not support template, system, or context")
+
+    @validates_schema
+    def _infill_mode(self, data: dict, **kwargs: Any) -> None:
+        if data.get("suffix") and (data.get("template") or data.get("system")):
+            raise ValidationError("suffix (fill-in-the-middle) does not use a template or system")
 
 
 class FunctionCall(Schema):

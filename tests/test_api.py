@@ -327,11 +327,14 @@ def test_unknown_model_is_404(http: httpx.Client, path: str) -> None:
     ({"context": ["a"]}, "context"),
     ({"raw": True, "system": "x"}, "raw mode does not support template, system, or context"),
     ({"images": ["aGk="]}, '"smollm2:135m" does not support images'),
+    ({"images": ["aGk"]}, "images.0: illegal base64 data: Incorrect padding"),
+    ({"images": ["data:image/png;base64,aGk="]}, "images.0: illegal base64 data"),
     ({"suffix": "return x"}, '"smollm2:135m" does not support insert'),
     ({"think": True}, '"smollm2:135m" does not support thinking'),
     ({"think": "sometimes"}, "think"),
     ({"format": "yaml"}, "invalid format"),
-    ({"format": "json"}, "not supported yet"),
+    ({"format": {"type": "integer", "minimum": 0}}, "not supported: minimum at #"),
+    ({"suffix": "x", "system": "s"}, "suffix (fill-in-the-middle) does not use a template"),
     ({"template": "{{ .Prompt }}"}, "Go templates are not supported"),
     ({"template": "{% if %}"}, "template error"),
     ({"top_logprobs": 99}, "top_logprobs"),
@@ -348,6 +351,7 @@ def test_generate_rejects_bad_fields_naming_them(http: httpx.Client, body: dict,
     ([{"content": "no role"}], "messages.0.role"),
     ([{"role": "wizard", "content": "x"}], "role must be one of"),
     ([{"role": "user", "content": "x", "images": ["aGk="]}], "does not support images"),
+    ([{"role": "user", "content": "x", "images": ["a!"]}], "messages.0.images.0: illegal base64"),
 ])
 def test_chat_rejects_bad_messages(http: httpx.Client, messages: Any, fragment: str) -> None:
     resp = http.post("/api/chat", json={"model": MODEL, "messages": messages})

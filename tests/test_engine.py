@@ -217,6 +217,20 @@ def test_overlong_prompt_fails_cleanly_and_engine_keeps_serving(engine: Engine,
     assert isinstance(ok.final, Finished)
 
 
+def test_grammar_constrains_greedy_output_and_a_bad_one_fails_only_its_job(
+        engine: Engine, model: LlamaModel) -> None:
+    prompt = chat_prompt(model, "Is the sky blue?")
+    constrained = Run(engine, prompt, num_predict=20, grammar='root ::= "maybe" | "perhaps"')
+    broken = Run(engine, prompt, num_predict=3, grammar="root ::= undefined-rule")
+    assert constrained.text() in ("maybe", "perhaps")
+    assert constrained.final.done_reason == "stop"  # grammar complete: only EOS was left
+    assert broken.text() == "" and isinstance(broken.final, Failed)
+    assert "could not parse the grammar" in broken.final.message
+    ok = Run(engine, prompt, num_predict=3)
+    ok.text()
+    assert isinstance(ok.final, Finished)
+
+
 def test_num_predict_zero_evaluates_prompt_only(engine: Engine, model: LlamaModel) -> None:
     run = Run(engine, chat_prompt(model, "Hello there"), num_predict=0)
     assert run.text() == ""

@@ -15,8 +15,6 @@ import pytest
 from tests.conftest import MODEL
 
 GREEDY = {"temperature": 0, "seed": 42}
-STRUCTURED = pytest.mark.skip(reason="needs structured outputs (format -> grammar) from branch "
-                                     "structured")
 EMBED = pytest.mark.skip(reason="needs the embedding core from branch embed (wire it into "
                                 "server/openai.py::_embed)")
 PERSON = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
@@ -30,7 +28,6 @@ def client(base_url: str) -> openai.OpenAI:
                          timeout=120)
 
 
-@STRUCTURED
 def test_json_object_mode_returns_json(client: openai.OpenAI) -> None:
     resp = client.chat.completions.create(model=MODEL, messages=ASK_PERSON, max_tokens=80,
                                           response_format={"type": "json_object"}, **GREEDY)
@@ -38,7 +35,6 @@ def test_json_object_mode_returns_json(client: openai.OpenAI) -> None:
     assert isinstance(json.loads(resp.choices[0].message.content), dict)
 
 
-@STRUCTURED
 def test_json_schema_is_followed_streamed_or_not(client: openai.OpenAI) -> None:
     fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}}
     resp = client.chat.completions.create(model=MODEL, messages=ASK_PERSON, max_tokens=80,

@@ -58,6 +58,12 @@ def test_check_request() -> None:
     assert template_info.check_request("m", thinker, None, None) is True  # on by default
     assert template_info.check_request("m", thinker, None, False) is False
     assert template_info.check_request("m", thinker, None, "low") == "low"
+    # A grammar (format) holds the reply from its first token: no thinking to split off.
+    assert template_info.check_request("m", thinker, None, None, constrained=True) is False
+    assert template_info.check_request("m", thinker, None, False, constrained=True) is False
+    with pytest.raises(BadRequest, match="think together with format"):
+        template_info.check_request("m", thinker, None, True, constrained=True)
+    assert template_info.check_request("m", plain, None, None, constrained=True) is None
 
 
 def test_variables() -> None:

@@ -98,6 +98,8 @@ def test_capabilities_follow_the_template(http: httpx.Client) -> None:
     ("/api/chat", {"model": "tooler", "think": True}, '"tooler" does not support thinking'),
     ("/api/generate", {"model": MODEL, "think": "high"},
      '"smollm2:135m" does not support thinking'),
+    ("/api/chat", {"model": "thinker", "think": "low", "format": "json"},
+     "think together with format is not supported yet"),
     ("/api/chat", {"model": "tooler", "tools": [{"type": "function", "function": {}}]},
      "tools.0.function.name"),
     ("/api/chat", {"model": "tooler", "messages": [
@@ -217,6 +219,9 @@ def test_chat_thinking_on_off_and_levels(http: httpx.Client) -> None:
     assert "thinking" not in off and off["content"]
     high = http.post("/api/chat", json={**body, "think": "high"}).json()["message"]
     assert high["thinking"] == on["thinking"]
+    # With a grammar (format) thinking is off unless asked for: the JSON is content.
+    constrained = http.post("/api/chat", json={**body, "format": "json"}).json()["message"]
+    assert "thinking" not in constrained and constrained["content"].lstrip().startswith("{")
 
 
 def test_official_client_thinking(live: LiveServer) -> None:

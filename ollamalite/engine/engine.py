@@ -19,7 +19,7 @@ import llama_cpp
 
 from ollamalite.engine.jobs import Event, Failed, Finished, Job, TextChunk
 from ollamalite.engine.llama import LlamaModel
-from ollamalite.engine.sampling import SamplerChain
+from ollamalite.engine.sampling import GrammarError, SamplerChain
 from ollamalite.engine.text import TextAssembler
 
 log = logging.getLogger(__name__)
@@ -156,12 +156,17 @@ class Engine:
             _emit(job, Failed(f"prompt of {len(job.prompt)} tokens does not fit the context "
                               f"of {limit} tokens"))
             return
+        try:
+            sampler = SamplerChain(job.sampling, self.model.n_vocab, job.grammar,
+                                   self.model.vocab)
+        except GrammarError as exc:  # checked before submit; never let it stop the thread
+            _emit(job, Failed(str(exc)))
+            return
         slot = self._place(job, free)
         n_keep = min(self._reusable(slot, job), len(job.prompt) - 1)
         if not llama_cpp.llama_memory_seq_rm(self.mem, slot.seq_id, n_keep, -1):
             llama_cpp.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
             n_keep = 0
-        sampler = SamplerChain(job.sampling, self.model.n_vocab)
         slot.start(job, n_keep, limit, sampler, time.perf_counter())
         log.info("slot %d: %d prompt tokens, %d reused from its cache", slot.seq_id,
                  len(job.prompt), n_keep)
@@ -250,7 +255,11 @@ class Engine:
             slot.first_token_at = now
         if job.num_predict == 0:
             return self._finish(slot, "length", now)
-        token = slot.sampler.sample(self.ctx, slot.logit_index)
+        try:
+            token = slot.sampler.sample(self.ctx, slot.logit_index)
+        except GrammarError as exc:  # a dead end of this job's grammar ends this job only
+            _emit(job, Failed(str(exc)))
+            return slot.release(now)
         if self.model.is_eog(token):
             return self._finish(slot, "stop", now)
         slot.generated.append(token)

@@ -53,6 +53,7 @@ class Job:
     stop: tuple[str, ...] = ()
     num_ctx: int | None = None
     num_batch: int | None = None
+    grammar: str | None = None  # GBNF the output must follow (structured outputs)
     cancelled: bool = False
     submitted_at: float = field(default_factory=time.perf_counter)
 

@@ -57,18 +57,29 @@ class LlamaModel:
         self.size = llama_cpp.llama_model_size(ptr)
         self._pieces: dict[int, bytes] = {}
 
-    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
-        """Special tokens written in the text (`<|im_start|>`) are parsed: templates need it."""
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True,
+                 ) -> list[int]:
+        """Special tokens written in the text (`<|im_start|>`) are parsed unless
+        `parse_special` is off: templates need them, user text for fill-in-the-middle not."""
         data = text.encode("utf-8")
         capacity = len(data) + 8
         buf = (llama_cpp.llama_token * capacity)()
-        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special, True)
+        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special,
+                                     parse_special)
         if n < 0:
             capacity = -n
             buf = (llama_cpp.llama_token * capacity)()
             n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special,
-                                         True)
+                                         parse_special)
         return list(buf[:n])
+
+    @property
+    def fim_tokens(self) -> tuple[int, int, int] | None:
+        """The fill-in-the-middle (prefix, suffix, middle) tokens, or None if the model has none
+        (llama.cpp reads the GGUF's ids or recognises the tokens by their text)."""
+        ids = (llama_cpp.llama_vocab_fim_pre(self.vocab), llama_cpp.llama_vocab_fim_suf(self.vocab),
+               llama_cpp.llama_vocab_fim_mid(self.vocab))
+        return None if min(ids) < 0 else ids
 
     def piece(self, token: int) -> bytes:
         """The bytes a generated token stands for; control tokens render as nothing."""

@@ -3,10 +3,30 @@
 from __future__ import annotations
 
 import ctypes
+import math
 
 import llama_cpp
+import numpy as np
 
 from ollamalite.options import SamplingParams
+
+
+class GrammarError(ValueError):
+    """llama.cpp could not parse a GBNF grammar (its parser prints why on stderr)."""
+
+
+def grammar_sampler(vocab: ctypes.c_void_p | None, grammar: str) -> ctypes.c_void_p:
+    """A grammar stage over `vocab`. With no vocab it only parses: the check done before a
+    request reaches the engine, so that a bad grammar is a client error, not an engine one."""
+    sampler = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+    if not sampler:
+        raise GrammarError("llama.cpp could not parse the grammar")
+    return sampler
+
+
+def check_grammar(grammar: str) -> None:
+    """Raise GrammarError unless llama.cpp parses `grammar` (no model needed)."""
+    llama_cpp.llama_sampler_free(grammar_sampler(None, grammar))
 
 
 def seed_value(seed: int) -> int:
@@ -15,23 +35,73 @@ def seed_value(seed: int) -> int:
 
 
 class SamplerChain:
-    """Owns one `llama_sampler` chain; the order follows llama.cpp's common sampler."""
+    """Owns one `llama_sampler` chain; the order follows llama.cpp's common sampler.
 
-    def __init__(self, params: SamplingParams, n_vocab: int) -> None:
+    A `grammar` (GBNF over `vocab`) is checked the way llama.cpp's common sampler does it:
+    the chain first picks from the unconstrained logits; only when the grammar rejects that
+    token is the grammar applied to the whole vocabulary before the chain picks again. Greedy
+    picks are what a grammar-first chain picks, at about half the cost per token."""
+
+    def __init__(self, params: SamplingParams, n_vocab: int, grammar: str | None = None,
+                 vocab: ctypes.c_void_p | None = None) -> None:
+        """Raises GrammarError if `grammar` does not parse."""
+        self.grammar = grammar_sampler(vocab, grammar) if grammar else None
         chain_params = llama_cpp.llama_sampler_chain_default_params()
         chain_params.no_perf = True
         self.ptr = llama_cpp.llama_sampler_chain_init(chain_params)
         for sampler in _stages(params, n_vocab):
             llama_cpp.llama_sampler_chain_add(self.ptr, sampler)
+        self._candidates = Candidates(n_vocab) if grammar else None
 
     def sample(self, ctx: llama_cpp.llama_context_p, index: int) -> int:
         """Pick a token from the logits at batch position `index` (and record it)."""
-        return llama_cpp.llama_sampler_sample(self.ptr, ctx, index)
+        if self.grammar is None:
+            return llama_cpp.llama_sampler_sample(self.ptr, ctx, index)
+        logits = llama_cpp.llama_get_logits_ith(ctx, index)
+        token = self._candidates.pick(logits, [self.ptr])
+        if not self._allowed(token):
+            token = self._candidates.pick(logits, [self.grammar, self.ptr])
+            if not self._allowed(token):  # accepting it would abort the process in llama.cpp
+                raise GrammarError("no token of the vocabulary continues the grammar")
+        llama_cpp.llama_sampler_accept(self.grammar, token)
+        llama_cpp.llama_sampler_accept(self.ptr, token)
+        return token
+
+    def _allowed(self, token: int) -> bool:
+        one = llama_cpp.llama_token_data(token, 1.0, 0.0)
+        array = llama_cpp.llama_token_data_array(ctypes.pointer(one), 1, -1, False)
+        llama_cpp.llama_sampler_apply(self.grammar, ctypes.byref(array))
+        return math.isfinite(one.logit)
 
     def close(self) -> None:
-        if self.ptr:
-            llama_cpp.llama_sampler_free(self.ptr)
-            self.ptr = None
+        for sampler in (self.ptr, self.grammar):
+            if sampler:
+                llama_cpp.llama_sampler_free(sampler)
+        self.ptr = self.grammar = None
+
+
+class Candidates:
+    """A reusable `llama_token_data_array` over the whole vocabulary, filled with numpy."""
+
+    def __init__(self, n_vocab: int) -> None:
+        self.n_vocab = n_vocab
+        self.ids = np.arange(n_vocab, dtype=np.int32)
+        self.data = np.zeros(n_vocab, dtype=_TOKEN_DATA)
+        self.array = llama_cpp.llama_token_data_array(
+            self.data.ctypes.data_as(llama_cpp.llama_token_data_p), n_vocab, -1, False)
+
+    def pick(self, logits: ctypes.POINTER(ctypes.c_float), samplers: list) -> int:
+        """Apply `samplers` in order to fresh candidates from `logits`; the chosen token."""
+        self.data["id"] = self.ids
+        self.data["logit"] = np.ctypeslib.as_array(logits, shape=(self.n_vocab,))
+        self.data["p"] = 0.0
+        self.array.size, self.array.selected, self.array.sorted = self.n_vocab, -1, False
+        for sampler in samplers:
+            llama_cpp.llama_sampler_apply(sampler, ctypes.byref(self.array))
+        return int(self.data["id"][self.array.selected])
+
+
+_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
 
 
 def _stages(p: SamplingParams, n_vocab: int) -> list[ctypes.c_void_p]:

@@ -12,7 +12,7 @@ from typing import Any, AsyncIterator, Callable
 
 from aiohttp import web
 
-from ollamalite import completion, prompt, schemas, sources, template_info
+from ollamalite import completion, prompt, schemas, sources, structured, template_info
 from ollamalite.config import ModelEntry
 from ollamalite.engine.jobs import Event, Failed, Finished, TextChunk
 from ollamalite.errors import ApiError, BadRequest
@@ -257,14 +257,20 @@ def _check_capabilities(name: str, req: dict[str, Any]) -> None:
     """What this model (or this server, for now) cannot do is a 400, never silently ignored."""
     images = req.get("images") or [i for m in req.get("messages", []) for i in (m.get("images")
                                                                                  or [])]
-    unsupported = [("images", bool(images)), ("insert", bool(req.get("suffix")))]
+    unsupported = [("images", bool(images))]
     for capability, asked in unsupported:
         if asked:
             raise BadRequest(f'"{name}" does not support {capability}')
-    if req.get("format") is not None:
-        raise BadRequest("format (structured outputs) is not supported yet")
     if req.get("logprobs") or req.get("top_logprobs"):
         raise BadRequest("logprobs are not supported yet")
+
+
+async def _check_insert(name: str, entry: ModelEntry, req: dict[str, Any]) -> None:
+    """A `suffix` needs fill-in-the-middle tokens: checked on the GGUF header, before loading."""
+    if req.get("suffix"):
+        info = await _in_thread(read_header, entry.path)
+        if "insert" not in info.capabilities():
+            raise BadRequest(f'"{name}" does not support insert')
 
 
 async def _load_or_unload(request: web.Request, shape: GenerateShape, name: str,
@@ -279,6 +285,9 @@ async def _load_or_unload(request: web.Request, shape: GenerateShape, name: str,
 
 
 def _generate_prompt(runner: Runner, req: dict[str, Any], opts: RunOptions) -> list[int]:
+    if req["suffix"]:
+        return completion.infill_tokens(runner, req["prompt"], req["suffix"], opts,
+                                        req["context"])
     return completion.generate_tokens(runner, req["prompt"], opts, system=req["system"],
                                       template=req["template"], raw=req["raw"],
                                       context=req["context"],
@@ -316,12 +325,14 @@ GENERATE = CompletionKind(schemas.GENERATE, "prompt", GenerateShape, _generate_p
 CHAT = CompletionKind(schemas.CHAT, "messages", ChatShape, _chat_prompt)
 
 
-def _validate(request: web.Request, req: dict[str, Any]) -> str:
-    """The requested model name, once the model exists and can serve this request."""
+async def _validate(request: web.Request, req: dict[str, Any]) -> tuple[str, str | None]:
+    """The requested model name and the grammar its `format` asks for, once the model exists
+    and can serve this request (all checked before anything loads)."""
     name = require_model(req)
-    _scheduler(request).entry(name)
+    entry = _scheduler(request).entry(name)
     _check_capabilities(name, req)
-    return name
+    await _check_insert(name, entry, req)
+    return name, await _in_thread(structured.grammar_for, req["format"])
 
 
 @asynccontextmanager
@@ -332,26 +343,28 @@ async def completion_run(request: web.Request, req: dict[str, Any],
     `req` is a request loaded by `kind.schema`; the model stays held while the run is used.
     """
     started = time.perf_counter()
-    name = _validate(request, req)
+    name, grammar = await _validate(request, req)
     scheduler = _scheduler(request)
     entry = scheduler.entry(name)
     features = await _in_thread(_features, entry, req.get("template"))
-    req["think"] = template_info.check_request(name, features, req.get("tools"), req["think"])
+    req["think"] = template_info.check_request(name, features, req.get("tools"), req["think"],
+                                               constrained=grammar is not None)
     opts = run_options(merge(entry.options, req["options"]))
     async with scheduler.use(name, opts.num_ctx, req["keep_alive"]) as lease:
         tokens = await completion.prepare(kind.tokenize, lease.runner, req, opts)
         parser = template_info.reply_parser(features, req.get("tools"), req["think"],
                                             completion.prompt_tail(lease.runner, tokens))
         shape = kind.shape(name)
-        yield NativeRun(shape, completion.generate(lease.runner, tokens, opts), req["stream"],
-                        started, lease.load_duration, shape.returns_context(req), parser)
+        events = completion.generate(lease.runner, tokens, opts, grammar)
+        yield NativeRun(shape, events, req["stream"], started, lease.load_duration,
+                        shape.returns_context(req), parser)
 
 
 async def _complete(request: web.Request, kind: CompletionKind) -> web.StreamResponse:
     """The common body of /api/generate and /api/chat."""
     req = schemas.load(kind.schema, await read_body(request))
     if not req[kind.input_key]:
-        name = _validate(request, req)
+        name, _ = await _validate(request, req)
         return await _load_or_unload(request, kind.shape(name), name, req)
     async with completion_run(request, req, kind) as run:
         return await _respond(request, run)
