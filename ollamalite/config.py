@@ -27,7 +27,7 @@ BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 TOP_LEVEL_KEYS = frozenset({"models"})
 MODEL_KEYS = frozenset({"path", "num_ctx", "options", "system", "template", "keep_alive",
-                        "num_parallel"})
+                        "num_parallel", "embedding"})
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,7 @@ class ModelEntry:
     template: str | None = None
     keep_alive: float | None = None
     num_parallel: int | None = None
+    embedding: bool | None = None  # None: as the GGUF's metadata says
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,7 @@ def _entry(at: _Located, models: CommentedMap, name: str, base: Path) -> ModelEn
         template=_text(at, spec, name, "template"),
         keep_alive=_keep_alive(at, spec, name),
         num_parallel=_positive_int(at, spec, name, "num_parallel"),
+        embedding=_flag(at, spec, name, "embedding"),
     )
 
 
@@ -159,6 +161,13 @@ def _positive_int(at: _Located, spec: CommentedMap, name: str, key: str) -> int 
     value = spec.get(key)
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise at.error(spec, key, f"model {name!r}: `{key}` must be a positive integer")
+    return value
+
+
+def _flag(at: _Located, spec: CommentedMap, name: str, key: str) -> bool | None:
+    value = spec.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise at.error(spec, key, f"model {name!r}: `{key}` must be true or false")
     return value
 
 

@@ -10,7 +10,7 @@ from typing import Any, AsyncIterator, Callable
 
 from aiohttp import web
 
-from ollamalite import completion, schemas
+from ollamalite import completion, embedding, schemas
 from ollamalite.config import ModelEntry
 from ollamalite.engine.jobs import Event, Failed, Finished, TextChunk
 from ollamalite.errors import ApiError, BadRequest, NotFound
@@ -131,6 +131,8 @@ async def push(request: web.Request) -> web.Response:
 class GenerateShape:
     """How /api/generate spells a text chunk and its final object."""
 
+    endpoint = "generate"
+
     def __init__(self, model: str) -> None:
         self.model = model
 
@@ -147,6 +149,8 @@ class GenerateShape:
 
 class ChatShape(GenerateShape):
     """The same for /api/chat: text goes into an assistant `message`."""
+
+    endpoint = "chat"
 
     def returns_context(self, req: dict[str, Any]) -> bool:
         return False
@@ -217,6 +221,13 @@ def _check_capabilities(name: str, req: dict[str, Any]) -> None:
         raise BadRequest("logprobs are not supported yet")
 
 
+async def _require_completion(entry: ModelEntry, name: str, endpoint: str) -> None:
+    """An embedding model cannot generate: Ollama's 400, before anything is loaded."""
+    info = await _in_thread(read_header, entry.path)
+    if "completion" not in info.capabilities(entry.embedding):
+        raise BadRequest(f'"{name}" does not support {endpoint}')
+
+
 async def _load_or_unload(request: web.Request, shape: GenerateShape, name: str,
                           req: dict[str, Any]) -> web.Response:
     """An empty prompt loads the model, or unloads it with keep_alive 0 (one JSON object)."""
@@ -248,6 +259,7 @@ async def _complete(request: web.Request, schema: schemas.Schema, shape_type: ty
     name = require_model(req)
     scheduler = _scheduler(request)
     entry = scheduler.entry(name)
+    await _require_completion(entry, name, shape_type.endpoint)
     _check_capabilities(name, req)
     shape = shape_type(name)
     if not req[input_key]:
@@ -268,6 +280,38 @@ async def chat(request: web.Request) -> web.StreamResponse:
     return await _complete(request, schemas.CHAT, ChatShape, "messages", _chat_prompt)
 
 
+# -- embeddings ---------------------------------------------------------------------------------
+
+async def embed(request: web.Request) -> web.Response:
+    """`/api/embed`: one unit-length vector per input; no input only loads the model."""
+    started = time.perf_counter()
+    req = schemas.load(schemas.EMBED, await read_body(request))
+    name = require_model(req)
+    scheduler = _scheduler(request)
+    opts = run_options(merge(scheduler.entry(name).options, req["options"]))
+    async with scheduler.use(name, opts.num_ctx, req["keep_alive"]) as lease:
+        result = await embedding.embed(lease.runner, req["input"] or [], opts, req["truncate"])
+    vectors = embedding.shorten(embedding.normalize(result.vectors), req["dimensions"])
+    body: dict[str, Any] = {"model": name, "embeddings": vectors.tolist()}
+    if result.prompt_eval_count:
+        body.update(total_duration=int((time.perf_counter() - started) * 1e9),
+                    load_duration=int(lease.load_duration * 1e9),
+                    prompt_eval_count=result.prompt_eval_count)
+    return json_response(body)
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    """The legacy `/api/embeddings`: the raw pooled vector of `prompt`, not normalised."""
+    req = schemas.load(schemas.EMBEDDINGS, await read_body(request))
+    name = require_model(req)
+    scheduler = _scheduler(request)
+    opts = run_options(merge(scheduler.entry(name).options, req["options"]))
+    texts = [req["prompt"]] if req["prompt"] else []
+    async with scheduler.use(name, opts.num_ctx, req["keep_alive"]) as lease:
+        result = await embedding.embed(lease.runner, texts, opts)
+    return json_response({"embedding": result.vectors[0].tolist() if texts else []})
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/", index)
     app.router.add_get("/api/version", version)
@@ -276,5 +320,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/show", show)
     app.router.add_post("/api/generate", generate)
     app.router.add_post("/api/chat", chat)
+    app.router.add_post("/api/embed", embed)
+    app.router.add_post("/api/embeddings", embeddings)
     app.router.add_post("/api/pull", pull)
     app.router.add_post("/api/push", push)

@@ -71,6 +71,6 @@ def show_body(entry: ModelEntry, info: GGUFInfo, mtime: float, verbose: bool,
         body["system"] = system
     body["details"] = info.details()
     body["model_info"] = info.model_info(verbose)
-    body["capabilities"] = info.capabilities()
+    body["capabilities"] = info.capabilities(entry.embedding)
     body["modified_at"] = local_time(mtime)
     return body
