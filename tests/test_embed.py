@@ -121,6 +121,9 @@ def test_legacy_embeddings_is_the_raw_pooled_vector(http: httpx.Client) -> None:
     assert np.allclose(raw / np.linalg.norm(raw), vectors(embed(http, CAT))[0], atol=TOL)
     empty = http.post("/api/embeddings", json={"model": MODEL, "prompt": ""})
     assert empty.json() == {"embedding": []}
+    unload = http.post("/api/embeddings", json={"model": MODEL, "prompt": "", "keep_alive": 0})
+    assert unload.json() == {"embedding": []}
+    assert http.get("/api/ps").json()["models"] == []
 
 
 @pytest.mark.parametrize("path, body, status, error", [
@@ -130,6 +133,7 @@ def test_legacy_embeddings_is_the_raw_pooled_vector(http: httpx.Client) -> None:
      "input: invalid input type: expected a string or a list of strings"),
     ("/api/embed", {"input": {"text": "x"}}, 400,
      "input: invalid input type: expected a string or a list of strings"),
+    ("/api/embed", {"input": ["ok", ""]}, 400, "input 1 is empty: nothing to embed"),
     ("/api/embed", {"input": "x", "dimensions": 0}, 400,
      "dimensions: Must be greater than or equal to 1."),
     ("/api/embed", {"input": "x", "dimensions": "8"}, 400, "dimensions: Not a valid integer."),

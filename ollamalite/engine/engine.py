@@ -3,7 +3,8 @@
 Each step packs one token for every generating slot plus prompt chunks of newly admitted jobs
 into a single `llama_batch` and calls `llama_decode` once. A job goes to the free slot whose
 KV cache shares the longest prefix with its prompt, so a chat's next turn only evaluates the
-new messages.
+new messages. Embedding jobs run on the same thread, one batch after each generation step, in
+a second context (`embedder.py`).
 """
 
 from __future__ import annotations
