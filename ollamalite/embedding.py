@@ -62,13 +62,18 @@ def normalize(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(norms, 1e-12)
 
 
+def check_dimensions(dimensions: int | None, n_embd: int) -> None:
+    """`dimensions` may shorten a vector, never lengthen it (checked before any inference)."""
+    if dimensions is not None and not 1 <= dimensions <= n_embd:
+        raise BadRequest(f"dimensions must be between 1 and {n_embd}, the model's "
+                         "embedding size")
+
+
 def shorten(vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
     """Keep the first `dimensions` values of each normalised row and normalise again."""
+    check_dimensions(dimensions, vectors.shape[1])
     if dimensions is None or dimensions == vectors.shape[1]:
         return vectors
-    if not 1 <= dimensions <= vectors.shape[1]:
-        raise BadRequest(f"dimensions must be between 1 and {vectors.shape[1]}, the model's "
-                         "embedding size")
     return normalize(vectors[:, :dimensions])
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import math
+import socket
 import threading
 import time
 from typing import Any, Iterator
@@ -206,6 +207,22 @@ def test_embedding_beside_a_stream_changes_neither(http: httpx.Client, base_url:
     assert results[0][1] < stream_end, "the embedding did not run while the stream was going"
     for got, _ in results:
         assert np.allclose(got, alone_vectors, atol=TOL)
+
+
+def test_client_disconnect_drops_the_embedding_job(http: httpx.Client, server: LiveServer,
+                                                   base_url: str) -> None:
+    embed(http, CAT)  # loaded, so the request below reaches the engine at once
+    host, port = base_url.removeprefix("http://").split(":")
+    body = json.dumps({"model": MODEL, "input": [f"Item {i} is here." for i in range(512)]})
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(b"POST /api/embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                     + f"\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode())
+        time.sleep(0.2)  # submitted (tokenizing takes milliseconds), far from done (8 batches)
+    deadline = time.monotonic() + 60
+    while "embedding cancelled: client went away" not in server.log():
+        assert time.monotonic() < deadline, "the embedding job was not dropped"
+        time.sleep(0.05)
+    assert vectors(embed(http, [CAT])).shape == (1, N_EMBD)
 
 
 def test_concurrent_embed_requests(base_url: str, http: httpx.Client) -> None:

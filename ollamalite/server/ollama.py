@@ -290,6 +290,7 @@ async def embed(request: web.Request) -> web.Response:
     scheduler = _scheduler(request)
     opts = run_options(merge(scheduler.entry(name).options, req["options"]))
     async with scheduler.use(name, opts.num_ctx, req["keep_alive"]) as lease:
+        embedding.check_dimensions(req["dimensions"], lease.runner.model.n_embd)
         result = await embedding.embed(lease.runner, req["input"] or [], opts, req["truncate"])
     vectors = embedding.shorten(embedding.normalize(result.vectors), req["dimensions"])
     body: dict[str, Any] = {"model": name, "embeddings": vectors.tolist()}
