@@ -106,6 +106,14 @@ def test_long_input_is_cut_to_the_context_or_refused(http: httpx.Client) -> None
     assert fits["prompt_eval_count"] == 20
 
 
+def test_a_larger_num_ctx_does_not_reload(http: httpx.Client) -> None:
+    embed(http, CAT)
+    body = embed(http, CAT, options={"num_ctx": 4096})
+    assert body["load_duration"] == 0
+    loaded = {m["name"]: m["context_length"] for m in http.get("/api/ps").json()["models"]}
+    assert loaded == {MODEL: 2048}
+
+
 def test_empty_input_only_loads_the_model(http: httpx.Client) -> None:
     http.post("/api/generate", json={"model": MODEL, "keep_alive": 0})
     assert MODEL not in {m["name"] for m in http.get("/api/ps").json()["models"]}

@@ -282,34 +282,39 @@ async def chat(request: web.Request) -> web.StreamResponse:
 
 # -- embeddings ---------------------------------------------------------------------------------
 
+async def _embed(request: web.Request, req: dict[str, Any], texts: list[str],
+                 truncate: bool = True, dimensions: int | None = None,
+                 ) -> tuple[embedding.Embeddings, float]:
+    """Embed `texts` with the requested model; also the seconds spent loading it. A larger
+    `num_ctx` does not reload the model: inputs are bounded by its embedding context."""
+    name = require_model(req)
+    scheduler = _scheduler(request)
+    opts = run_options(merge(scheduler.entry(name).options, req["options"]))
+    async with scheduler.use(name, keep_alive=req["keep_alive"]) as lease:
+        embedding.check_dimensions(dimensions, lease.runner.model.n_embd)
+        result = await embedding.embed(lease.runner, texts, opts, truncate)
+    return result, lease.load_duration
+
+
 async def embed(request: web.Request) -> web.Response:
     """`/api/embed`: one unit-length vector per input; no input only loads the model."""
     started = time.perf_counter()
     req = schemas.load(schemas.EMBED, await read_body(request))
-    name = require_model(req)
-    scheduler = _scheduler(request)
-    opts = run_options(merge(scheduler.entry(name).options, req["options"]))
-    async with scheduler.use(name, opts.num_ctx, req["keep_alive"]) as lease:
-        embedding.check_dimensions(req["dimensions"], lease.runner.model.n_embd)
-        result = await embedding.embed(lease.runner, req["input"] or [], opts, req["truncate"])
+    result, load_s = await _embed(request, req, req["input"] or [], req["truncate"],
+                                  req["dimensions"])
     vectors = embedding.shorten(embedding.normalize(result.vectors), req["dimensions"])
-    body: dict[str, Any] = {"model": name, "embeddings": vectors.tolist()}
+    body: dict[str, Any] = {"model": req["model"], "embeddings": vectors.tolist()}
     if result.prompt_eval_count:
         body.update(total_duration=int((time.perf_counter() - started) * 1e9),
-                    load_duration=int(lease.load_duration * 1e9),
-                    prompt_eval_count=result.prompt_eval_count)
+                    load_duration=int(load_s * 1e9), prompt_eval_count=result.prompt_eval_count)
     return json_response(body)
 
 
 async def embeddings(request: web.Request) -> web.Response:
     """The legacy `/api/embeddings`: the raw pooled vector of `prompt`, not normalised."""
     req = schemas.load(schemas.EMBEDDINGS, await read_body(request))
-    name = require_model(req)
-    scheduler = _scheduler(request)
-    opts = run_options(merge(scheduler.entry(name).options, req["options"]))
     texts = [req["prompt"]] if req["prompt"] else []
-    async with scheduler.use(name, opts.num_ctx, req["keep_alive"]) as lease:
-        result = await embedding.embed(lease.runner, texts, opts)
+    result, _ = await _embed(request, req, texts)
     return json_response({"embedding": result.vectors[0].tolist() if texts else []})
 
 
