@@ -20,6 +20,8 @@ import ollama
 import pytest
 
 from tests.conftest import MODEL, LiveServer, start_server, stop_server
+from tests.tiny_bert import N_CTX, write_tiny_bert
+from tests.tiny_bert import N_EMBD as BERT_EMBD
 
 CAT = "The cat sat on the mat."
 KITTEN = "A small kitten is sleeping on the rug."
@@ -286,3 +288,46 @@ def test_inputs_beyond_one_batch_of_tokens(embedder: LiveServer) -> None:
     assert together["prompt_eval_count"] == sum(s["prompt_eval_count"] for s in singles)
     assert_batched_like_solo(vectors(together), np.vstack([vectors(s) for s in singles]))
     assert cut["prompt_eval_count"] == 64
+
+
+# -- an embedding GGUF (a tiny random BERT: encoder, WordPiece, CLS pooling) -------------------
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    folder = tmp_path_factory.mktemp("bert")
+    write_tiny_bert(folder / "tiny-bert.gguf")
+    config = folder / "models.yaml"
+    config.write_text("models:\n  tinybert: tiny-bert.gguf\n")
+    live = start_server(config, folder / "server.log")
+    with httpx.Client(base_url=live.url, timeout=120) as client:
+        yield client
+    assert "embedding context: 64 tokens, pooling 2" in live.log()  # the GGUF's CLS pooling
+    stop_server(live)
+
+
+def test_embedding_gguf_is_detected_and_refuses_generation(bert: httpx.Client) -> None:
+    assert bert.post("/api/show", json={"model": "tinybert"}).json()["capabilities"] == [
+        "embedding"]
+    resp = bert.post("/api/chat", json={"model": "tinybert",
+                                        "messages": [{"role": "user", "content": "hi"}]})
+    assert (resp.status_code, resp.json()) == (400, {"error": '"tinybert" does not support chat'})
+
+
+def test_embedding_gguf_embeds_in_batches_and_truncates(bert: httpx.Client) -> None:
+    texts = ["the cat sat on the mat.", "a dog ran on a rug.", "the stock market fell."]
+
+    def run(inputs: Any, **fields: Any) -> httpx.Response:
+        return bert.post("/api/embed", json={"model": "tinybert", "input": inputs, **fields})
+
+    together = run(texts).json()
+    v = vectors(together)
+    assert v.shape == (3, BERT_EMBD)
+    assert np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-6)
+    singles = [run(t).json() for t in texts]
+    assert [s["prompt_eval_count"] for s in singles] == [9, 9, 7]  # with [CLS] and [SEP]
+    assert_batched_like_solo(v, np.vstack([vectors(s) for s in singles]))
+    long = " ".join(["the cat sat on the mat."] * 20)
+    assert run(long).json()["prompt_eval_count"] == N_CTX
+    refused = run(long, truncate=False)
+    assert (refused.status_code, refused.json()) == (
+        400, {"error": "the input length exceeds the context length"})

@@ -10,9 +10,11 @@ import pytest
 
 from ollamalite import config
 from ollamalite.embedding import TOO_LONG, fit, normalize, shorten
-from ollamalite.engine.embedder import MAX_SEQS, pack
+from ollamalite.engine.embedder import MAX_SEQS, pack, pooling_for
+from ollamalite.engine.llama import LlamaModel
 from ollamalite.errors import BadRequest, ConfigError
 from ollamalite.gguf_meta import read_header
+from tests.tiny_bert import write_tiny_bert
 
 
 def test_pack_fills_a_batch_by_tokens_and_sequences() -> None:
@@ -82,3 +84,16 @@ def test_models_yaml_embedding_flag(tmp_path: Path) -> None:
     path.write_text(f"models:\n  e:\n    path: {gguf_path}\n    embedding: yes please\n")
     with pytest.raises(ConfigError, match=r"models.yaml:4: model 'e': `embedding` must be true"):
         config.load(path)
+
+
+@pytest.mark.parametrize("pooling, used", [(gguf.PoolingType.CLS, gguf.PoolingType.CLS),
+                                           (gguf.PoolingType.NONE, gguf.PoolingType.MEAN)])
+def test_pooling_comes_from_the_gguf(tmp_path: Path, pooling: int, used: int) -> None:
+    model = LlamaModel(write_tiny_bert(tmp_path / "bert.gguf", pooling))
+    try:
+        assert model.pooling_type == pooling and pooling_for(model) == used
+        assert model.adds_eos  # [SEP] closes every input: truncation keeps it
+        tokens = model.tokenize("the cat sat")
+        assert [model.token_text(t) for t in (tokens[0], tokens[-1])] == ["[CLS]", "[SEP]"]
+    finally:
+        model.close()

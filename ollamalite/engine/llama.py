@@ -110,8 +110,9 @@ class LlamaModel:
 
     @property
     def adds_eos(self) -> bool:
-        """Embedding models end every input with a separator (BERT's `[SEP]`)."""
-        return bool(llama_cpp.llama_vocab_get_add_eos(self.vocab))
+        """Whether tokenizing closes every input with EOS or a separator (BERT's `[SEP]`)."""
+        return bool(llama_cpp.llama_vocab_get_add_eos(self.vocab)
+                    or llama_cpp.llama_vocab_get_add_sep(self.vocab))
 
     def meta(self, key: str) -> str | None:
         """A GGUF metadata value as llama.cpp prints it, or None when the key is absent."""
