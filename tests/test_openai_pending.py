@@ -17,8 +17,6 @@ from tests.conftest import MODEL
 GREEDY = {"temperature": 0, "seed": 42}
 TOOLS = pytest.mark.skip(reason="needs tool-call parsing into message.tool_calls from branch "
                                 "tools-thinking")
-EMBED = pytest.mark.skip(reason="needs the embedding core from branch embed (wire it into "
-                                "server/openai.py::_embed)")
 PERSON = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
           "required": ["name", "age"]}
 ASK_PERSON = [{"role": "user", "content": "Describe a person as JSON with a name and an age."}]
@@ -82,7 +80,6 @@ def test_tool_results_continue_the_conversation(client: openai.OpenAI) -> None:
     assert resp.choices[0].message.content
 
 
-@EMBED
 def test_embeddings_float_base64_and_dimensions(client: openai.OpenAI) -> None:
     resp = client.embeddings.create(model=MODEL, input=["hello", "world"],
                                     encoding_format="float")

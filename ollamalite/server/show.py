@@ -81,6 +81,6 @@ def show_body(entry: ModelEntry, info: GGUFInfo, mtime: float, verbose: bool,
     if entry.messages:
         body["messages"] = [dict(m) for m in entry.messages]
     body["model_info"] = info.model_info(verbose)
-    body["capabilities"] = info.capabilities()
+    body["capabilities"] = info.capabilities(entry.embedding)
     body["modified_at"] = local_time(mtime)
     return body
