@@ -14,7 +14,7 @@ import llama_cpp
 import numpy as np
 
 from ollamalite.engine.jobs import Embedded, EmbedJob
-from ollamalite.engine.llama import LlamaModel
+from ollamalite.engine.llama import LlamaModel, put_token
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,8 @@ class Embedder:
                 raise ValueError(f"an input of {len(tokens)} tokens cannot be embedded in a "
                                  f"context of {self.n_ctx} tokens")
             for pos, token in enumerate(tokens):
-                self._put(n, token, pos, seq_id)
+                # every token is an output: llama.cpp's mean pooling averages all of them
+                put_token(self.batch, n, token, pos, seq_id, True)
                 n += 1
         self.batch.n_tokens = n
         if self.mem:  # encoder-only models (BERT) keep no KV cache
@@ -99,15 +100,6 @@ class Embedder:
         if rc != 0:
             raise RuntimeError(f"llama_decode returned {rc} for an embedding batch")
         return [self._pooled(seq_id) for seq_id in range(len(chunk))]
-
-    def _put(self, i: int, token: int, pos: int, seq_id: int) -> None:
-        """Every token is an output: llama.cpp's mean pooling averages all of them."""
-        b = self.batch
-        b.token[i] = token
-        b.pos[i] = pos
-        b.n_seq_id[i] = 1
-        b.seq_id[i][0] = seq_id
-        b.logits[i] = True
 
     def _pooled(self, seq_id: int) -> np.ndarray:
         ptr = llama_cpp.llama_get_embeddings_seq(self.ctx, seq_id)

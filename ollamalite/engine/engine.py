@@ -20,7 +20,7 @@ import llama_cpp
 
 from ollamalite.engine.embedder import Embedder
 from ollamalite.engine.jobs import Embedded, EmbedJob, Event, Failed, Finished, Job, TextChunk
-from ollamalite.engine.llama import LlamaModel
+from ollamalite.engine.llama import LlamaModel, put_token
 from ollamalite.engine.sampling import GrammarError, SamplerChain
 from ollamalite.engine.text import TextAssembler
 
@@ -100,17 +100,16 @@ class Engine:
     # -- called from any thread -------------------------------------------------------------
 
     def submit(self, job: Job) -> None:
-        with self._cond:
-            if self._closing:
-                raise RuntimeError("engine is shutting down")
-            self._queue.append(job)
-            self._cond.notify()
+        self._enqueue(self._queue, job)
 
     def submit_embed(self, job: EmbedJob) -> None:
+        self._enqueue(self._embeds, job)
+
+    def _enqueue(self, queue: deque, job: Job | EmbedJob) -> None:
         with self._cond:
             if self._closing:
                 raise RuntimeError("engine is shutting down")
-            self._embeds.append(job)
+            queue.append(job)
             self._cond.notify()
 
     @property
@@ -244,7 +243,7 @@ class Engine:
         for slot in active:
             slot.logit_index = -1
             if slot.next_token is not None:
-                self._put(n, slot.next_token, len(slot.cached), slot.seq_id, True)
+                put_token(self.batch, n, slot.next_token, len(slot.cached), slot.seq_id, True)
                 slot.cached.append(slot.next_token)
                 slot.next_token = None
                 slot.logit_index = n
@@ -256,21 +255,13 @@ class Engine:
             chunk, slot.pending = slot.pending[:take], slot.pending[take:]
             for i, token in enumerate(chunk):
                 last = not slot.pending and i == take - 1
-                self._put(n, token, len(slot.cached), slot.seq_id, last)
+                put_token(self.batch, n, token, len(slot.cached), slot.seq_id, last)
                 slot.cached.append(token)
                 if last:
                     slot.logit_index = n
                 n += 1
         self.batch.n_tokens = n
         return n
-
-    def _put(self, i: int, token: int, pos: int, seq_id: int, logits: bool) -> None:
-        b = self.batch
-        b.token[i] = token
-        b.pos[i] = pos
-        b.n_seq_id[i] = 1
-        b.seq_id[i][0] = seq_id
-        b.logits[i] = logits
 
     def _on_logits(self, slot: Slot) -> None:
         job = slot.job

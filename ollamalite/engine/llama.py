@@ -144,6 +144,17 @@ class LlamaModel:
             self.ptr = None
 
 
+def put_token(batch: llama_cpp.llama_batch, i: int, token: int, pos: int, seq_id: int,
+              output: bool) -> None:
+    """Fill entry `i` of a one-sequence-per-token batch; `output` asks for its logits (or,
+    in an embedding context, makes it count in the pooled vector)."""
+    batch.token[i] = token
+    batch.pos[i] = pos
+    batch.n_seq_id[i] = 1
+    batch.seq_id[i][0] = seq_id
+    batch.logits[i] = output
+
+
 def _load_mode(use_mmap: bool, use_mlock: bool) -> int:
     if use_mmap:
         return llama_cpp.LLAMA_LOAD_MODE_MMAP_MLOCK if use_mlock else llama_cpp.LLAMA_LOAD_MODE_MMAP
