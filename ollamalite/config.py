@@ -33,7 +33,7 @@ BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 TOP_LEVEL_KEYS = frozenset({"models", "model_dirs"})
 MODEL_KEYS = frozenset({"path", "num_ctx", "options", "system", "template", "keep_alive",
-                        "num_parallel", "messages", "license"})
+                        "num_parallel", "messages", "license", "embedding"})
 MESSAGE_ROLES = frozenset({"system", "user", "assistant", "tool"})
 # What a missing models.yaml means: the bundled model alone (written out on the first edit).
 DEFAULT_TEXT = f"""\
@@ -65,6 +65,7 @@ class ModelEntry:
     origin: str = CONFIGURED
     digest: str | None = None  # known digest (an Ollama manifest's), else the GGUF is hashed
     go_template: str | None = None  # an Ollama store's Go template: kept, never rendered
+    embedding: bool | None = None  # None: as the GGUF's metadata says
 
     def fields(self) -> dict[str, Any]:
         """This entry as models.yaml would spell it (absolute path), for copies of it."""
@@ -73,7 +74,7 @@ class ModelEntry:
                    "num_parallel": self.num_parallel, "keep_alive": keep_alive,
                    "system": self.system, "template": self.template,
                    "options": _plain(self.options), "messages": [dict(m) for m in self.messages],
-                   "license": self.license}
+                   "license": self.license, "embedding": self.embedding}
         return {k: v for k, v in spelled.items() if v not in (None, {}, [])}
 
 
@@ -189,6 +190,7 @@ def _entry(at: _Located, models: CommentedMap, name: str, base: Path) -> ModelEn
         num_parallel=_positive_int(at, spec, name, "num_parallel"),
         messages=_messages(at, spec, name),
         license=_text(at, spec, name, "license"),
+        embedding=_flag(at, spec, name, "embedding"),
     )
 
 
@@ -229,6 +231,13 @@ def _positive_int(at: _Located, spec: CommentedMap, name: str, key: str) -> int 
     value = spec.get(key)
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise at.error(spec, key, f"model {name!r}: `{key}` must be a positive integer")
+    return value
+
+
+def _flag(at: _Located, spec: CommentedMap, name: str, key: str) -> bool | None:
+    value = spec.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise at.error(spec, key, f"model {name!r}: `{key}` must be true or false")
     return value
 
 

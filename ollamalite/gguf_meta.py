@@ -33,6 +33,12 @@ FILE_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9:
 FIM_KEYS = (("fim_pre", "prefix"), ("fim_suf", "suffix"), ("fim_mid", "middle"))
 
 
+# Architectures that only embed (llama.cpp builds them without a KV cache or output head).
+EMBEDDING_ARCHITECTURES = frozenset({"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2",
+                                     "jina-bert-v3", "neo-bert", "modern-bert",
+                                     "gemma-embedding"})
+
+
 class GGUFError(ValueError):
     """The file is not a GGUF this reader understands."""
 
@@ -62,7 +68,10 @@ class GGUFInfo:
 
     @property
     def is_embedding(self) -> bool:
-        return self.arch_value("pooling_type") is not None
+        """An embedding model: an encoder architecture, or a pooling type (Qwen3-Embedding
+        is a `qwen3` GGUF with `qwen3.pooling_type`)."""
+        return (self.architecture in EMBEDDING_ARCHITECTURES
+                or self.arch_value("pooling_type") is not None)
 
     def details(self) -> dict[str, Any]:
         """Ollama's `details` object."""
@@ -99,8 +108,9 @@ class GGUFInfo:
         return all(any(f"tokenizer.ggml.{name}_token_id" in self.metadata for name in names)
                    for names in FIM_KEYS)
 
-    def capabilities(self) -> list[str]:
-        if self.is_embedding:
+    def capabilities(self, embedding: bool | None = None) -> list[str]:
+        """`embedding` (from models.yaml) overrides what the metadata says."""
+        if self.is_embedding if embedding is None else embedding:
             return ["embedding"]
         return ["completion", "insert"] if self.has_fim_tokens else ["completion"]
 

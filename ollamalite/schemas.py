@@ -195,6 +195,32 @@ class ChatRequest(CompletionRequest):
     tools = fields.List(fields.Nested(Tool), load_default=None, allow_none=True)
 
 
+class EmbedInput(fields.Field):
+    """`/api/embed`'s `input`: a string (empty: nothing) or a list of strings, as a list."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list:
+        if value is None or value == "":
+            return []
+        if isinstance(value, str):
+            return [value]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return value
+        raise ValidationError("invalid input type: expected a string or a list of strings")
+
+
+class EmbedRequest(ModelRequest):
+    input = EmbedInput(load_default=list, allow_none=True)
+    truncate = fields.Boolean(load_default=True)
+    dimensions = fields.Integer(strict=True, load_default=None, allow_none=True,
+                                validate=validate.Range(min=1))
+
+
+class EmbeddingsRequest(ModelRequest):
+    """The legacy `/api/embeddings`: one `prompt`."""
+
+    prompt = fields.String(load_default="")
+
+
 class ShowRequest(ModelRequest):
     name = fields.String(load_default="")
     verbose = fields.Boolean(load_default=False)
@@ -307,3 +333,5 @@ PULL = PullRequest()
 CREATE = CreateRequest()
 COPY = CopyRequest()
 DELETE = DeleteRequest()
+EMBED = EmbedRequest()
+EMBEDDINGS = EmbeddingsRequest()

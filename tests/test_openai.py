@@ -210,12 +210,6 @@ def test_unknown_model_is_not_found(client: openai.OpenAI) -> None:
         client.chat.completions.create(model="ghost", messages=HELLO)
 
 
-def test_embeddings_answer_a_clear_error_until_the_core_lands(client: openai.OpenAI) -> None:
-    """Delete when branch `embed` is merged (tests/test_openai_pending.py takes over)."""
-    with pytest.raises(openai.BadRequestError, match="embeddings are not supported yet"):
-        client.embeddings.create(model=MODEL, input="hello")
-
-
 def test_embedding_requests_are_checked(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError):
         client.embeddings.create(model="ghost", input="hello")

@@ -15,8 +15,6 @@ import pytest
 from tests.conftest import MODEL
 
 GREEDY = {"temperature": 0, "seed": 42}
-EMBED = pytest.mark.skip(reason="needs the embedding core from branch embed (wire it into "
-                                "server/openai.py::_embed)")
 PERSON = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
           "required": ["name", "age"]}
 ASK_PERSON = [{"role": "user", "content": "Describe a person as JSON with a name and an age."}]
@@ -46,7 +44,6 @@ def test_json_schema_is_followed_streamed_or_not(client: openai.OpenAI) -> None:
     assert text == resp.choices[0].message.content
 
 
-@EMBED
 def test_embeddings_float_base64_and_dimensions(client: openai.OpenAI) -> None:
     resp = client.embeddings.create(model=MODEL, input=["hello", "world"],
                                     encoding_format="float")

@@ -3,7 +3,8 @@
 Each step packs one token for every generating slot plus prompt chunks of newly admitted jobs
 into a single `llama_batch` and calls `llama_decode` once. A job goes to the free slot whose
 KV cache shares the longest prefix with its prompt, so a chat's next turn only evaluates the
-new messages.
+new messages. Embedding jobs run on the same thread, one batch after each generation step, in
+a second context (`embedder.py`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from pathlib import Path
 
 import llama_cpp
 
-from ollamalite.engine.jobs import Event, Failed, Finished, Job, TextChunk
-from ollamalite.engine.llama import LlamaModel
+from ollamalite.engine.embedder import Embedder
+from ollamalite.engine.jobs import Embedded, EmbedJob, Event, Failed, Finished, Job, TextChunk
+from ollamalite.engine.llama import LlamaModel, put_token
 from ollamalite.engine.sampling import GrammarError, SamplerChain
 from ollamalite.engine.text import TextAssembler
 
@@ -81,11 +83,14 @@ class Engine:
         self.n_slots = n_slots
         self.slot_ctx = slot_ctx
         self.n_batch = max(n_batch, n_slots)
-        self.ctx = _new_context(model, n_slots, slot_ctx, self.n_batch, n_threads)
+        self.n_threads = n_threads or (os.cpu_count() or 1)
+        self.ctx = _new_context(model, n_slots, slot_ctx, self.n_batch, self.n_threads)
         self.mem = llama_cpp.llama_get_memory(self.ctx)
         self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self.slots = [Slot(i) for i in range(n_slots)]
         self._queue: deque[Job] = deque()
+        self._embeds: deque[EmbedJob] = deque()
+        self._embedder: Embedder | None = None  # created by the engine thread when first needed
         self._cond = threading.Condition()
         self._closing = False
         self._thread = threading.Thread(target=self._run, name=f"engine:{Path(model.path).stem}",
@@ -95,11 +100,22 @@ class Engine:
     # -- called from any thread -------------------------------------------------------------
 
     def submit(self, job: Job) -> None:
+        self._enqueue(self._queue, job)
+
+    def submit_embed(self, job: EmbedJob) -> None:
+        self._enqueue(self._embeds, job)
+
+    def _enqueue(self, queue: deque, job: Job | EmbedJob) -> None:
         with self._cond:
             if self._closing:
                 raise RuntimeError("engine is shutting down")
-            self._queue.append(job)
+            queue.append(job)
             self._cond.notify()
+
+    @property
+    def embed_ctx(self) -> int:
+        """The longest input an embedding job may hold: one input must fit one batch."""
+        return min(self.slot_ctx, self.n_batch)
 
     def close(self, reason: str = "model unloaded") -> None:
         """Stop the thread, fail whatever is still queued or running with `reason`, free
@@ -113,9 +129,12 @@ class Engine:
             if slot.job is not None:
                 _emit(slot.job, Failed(reason))
                 slot.release(now)
-        for job in self._queue:
+        for job in [*self._queue, *self._embeds]:
             _emit(job, Failed(reason))
         self._queue.clear()
+        self._embeds.clear()
+        if self._embedder is not None:
+            self._embedder.close()
         llama_cpp.llama_batch_free(self.batch)
         llama_cpp.llama_free(self.ctx)
 
@@ -124,16 +143,20 @@ class Engine:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._closing and not self._queue and not self._active():
+                while (not self._closing and not self._queue and not self._embeds
+                       and not self._active()):
                     self._cond.wait()
                 if self._closing:
                     return
                 self._admit_queued()
+                embed = self._embeds[0] if self._embeds else None
             try:
                 self._step()
             except Exception as exc:  # keep serving other models' requests and later jobs
                 log.exception("engine step failed")
                 self._fail_active(f"inference failed: {exc}")
+            if embed is not None:
+                self._embed_step(embed)
 
     def _active(self) -> list[Slot]:
         return [s for s in self.slots if s.job is not None]
@@ -220,7 +243,7 @@ class Engine:
         for slot in active:
             slot.logit_index = -1
             if slot.next_token is not None:
-                self._put(n, slot.next_token, len(slot.cached), slot.seq_id, True)
+                put_token(self.batch, n, slot.next_token, len(slot.cached), slot.seq_id, True)
                 slot.cached.append(slot.next_token)
                 slot.next_token = None
                 slot.logit_index = n
@@ -232,21 +255,13 @@ class Engine:
             chunk, slot.pending = slot.pending[:take], slot.pending[take:]
             for i, token in enumerate(chunk):
                 last = not slot.pending and i == take - 1
-                self._put(n, token, len(slot.cached), slot.seq_id, last)
+                put_token(self.batch, n, token, len(slot.cached), slot.seq_id, last)
                 slot.cached.append(token)
                 if last:
                     slot.logit_index = n
                 n += 1
         self.batch.n_tokens = n
         return n
-
-    def _put(self, i: int, token: int, pos: int, seq_id: int, logits: bool) -> None:
-        b = self.batch
-        b.token[i] = token
-        b.pos[i] = pos
-        b.n_seq_id[i] = 1
-        b.seq_id[i][0] = seq_id
-        b.logits[i] = logits
 
     def _on_logits(self, slot: Slot) -> None:
         job = slot.job
@@ -291,6 +306,31 @@ class Engine:
         ))
         slot.release(now)
 
+    def _embed_step(self, job: EmbedJob) -> None:
+        """One batch of the oldest embedding job: as much engine time as a generation step."""
+        if job.cancelled:
+            log.info("embedding cancelled: client went away")
+        try:
+            finished = job.cancelled or self._embed_batch(job)
+        except Exception as exc:
+            log.exception("embedding step failed")
+            _emit(job, Failed(f"embedding failed: {exc}"))
+            finished = True
+        if finished:
+            if self._embedder is not None:
+                self._embedder.forget()
+            with self._cond:
+                self._embeds.popleft()
+
+    def _embed_batch(self, job: EmbedJob) -> bool:
+        """True once the job's last batch is done and its result emitted."""
+        if self._embedder is None:
+            self._embedder = Embedder(self.model, self.embed_ctx, self.n_threads)
+        result = self._embedder.step(job)
+        if result is not None:
+            _emit(job, result)
+        return result is not None
+
     def _fail_active(self, message: str) -> None:
         now = time.perf_counter()
         for slot in self._active():
@@ -300,7 +340,7 @@ class Engine:
             slot.release(now)
 
 
-def _emit(job: Job, event: Event) -> None:
+def _emit(job: Job | EmbedJob, event: Event | Embedded) -> None:
     try:
         job.emit(event)
     except RuntimeError:  # the submitter's event loop is gone: nobody is listening
@@ -315,7 +355,7 @@ def _new_context(model: LlamaModel, n_slots: int, slot_ctx: int, n_batch: int,
     params.n_ubatch = n_batch
     params.n_seq_max = n_slots
     params.kv_unified = False  # per-slot KV: a slot's numerics do not depend on its neighbours
-    params.n_threads = params.n_threads_batch = n_threads or (os.cpu_count() or 1)
+    params.n_threads = params.n_threads_batch = n_threads
     params.no_perf = True
     ctx = llama_cpp.llama_init_from_model(model.ptr, params)
     if not ctx:

@@ -6,6 +6,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Union
 
+import numpy as np
+
 from ollamalite.options import SamplingParams
 
 
@@ -35,7 +37,17 @@ class Failed:
     message: str
 
 
+@dataclass(frozen=True, eq=False)
+class Embedded:
+    """The one result of an embedding job: a pooled vector per input (rows, in input order,
+    not normalised) and the tokens evaluated for them."""
+
+    vectors: np.ndarray  # float32, shape (len(inputs), n_embd)
+    prompt_eval_count: int
+
+
 Event = Union[TextChunk, Finished, Failed]
+EmbedEvent = Union[Embedded, Failed]
 
 
 @dataclass(eq=False)
@@ -56,6 +68,22 @@ class Job:
     grammar: str | None = None  # GBNF the output must follow (structured outputs)
     cancelled: bool = False
     submitted_at: float = field(default_factory=time.perf_counter)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+@dataclass(eq=False)
+class EmbedJob:
+    """Inputs (token ids, already cut to the embedding context) to embed in one request.
+
+    The engine thread runs them in batches between generation steps and emits one `Embedded`
+    or `Failed`; `cancelled` drops the job at its next batch.
+    """
+
+    inputs: list[list[int]]
+    emit: Callable[[EmbedEvent], None]
+    cancelled: bool = False
 
     def cancel(self) -> None:
         self.cancelled = True

@@ -54,6 +54,7 @@ class LlamaModel:
         self.vocab = llama_cpp.llama_model_get_vocab(ptr)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(ptr)
+        self.n_embd = llama_cpp.llama_model_n_embd_out(ptr)
         self.size = llama_cpp.llama_model_size(ptr)
         self._pieces: dict[int, bytes] = {}
 
@@ -118,10 +119,40 @@ class LlamaModel:
     def adds_bos(self) -> bool:
         return bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
 
+    @property
+    def adds_eos(self) -> bool:
+        """Whether tokenizing closes every input with EOS or a separator (BERT's `[SEP]`)."""
+        return bool(llama_cpp.llama_vocab_get_add_eos(self.vocab)
+                    or llama_cpp.llama_vocab_get_add_sep(self.vocab))
+
+    def meta(self, key: str) -> str | None:
+        """A GGUF metadata value as llama.cpp prints it, or None when the key is absent."""
+        buf = ctypes.create_string_buffer(256)
+        n = llama_cpp.llama_model_meta_val_str(self.ptr, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", errors="replace") if n >= 0 else None
+
+    @property
+    def pooling_type(self) -> int | None:
+        """The GGUF's `<arch>.pooling_type` (set by embedding models), else None."""
+        arch = self.meta("general.architecture")
+        value = self.meta(f"{arch}.pooling_type") if arch else None
+        return int(value) if value is not None and value.lstrip("-").isdigit() else None
+
     def close(self) -> None:
         if self.ptr:
             llama_cpp.llama_model_free(self.ptr)
             self.ptr = None
+
+
+def put_token(batch: llama_cpp.llama_batch, i: int, token: int, pos: int, seq_id: int,
+              output: bool) -> None:
+    """Fill entry `i` of a one-sequence-per-token batch; `output` asks for its logits (or,
+    in an embedding context, makes it count in the pooled vector)."""
+    batch.token[i] = token
+    batch.pos[i] = pos
+    batch.n_seq_id[i] = 1
+    batch.seq_id[i][0] = seq_id
+    batch.logits[i] = output
 
 
 def _load_mode(use_mmap: bool, use_mlock: bool) -> int:

@@ -12,7 +12,7 @@ from typing import Any, AsyncIterator, Callable
 
 from aiohttp import web
 
-from ollamalite import completion, prompt, schemas, sources, structured, template_info
+from ollamalite import completion, embedding, prompt, schemas, sources, structured, template_info
 from ollamalite.config import ModelEntry
 from ollamalite.engine.jobs import Event, Failed, Finished, TextChunk
 from ollamalite.errors import ApiError, BadRequest
@@ -152,6 +152,8 @@ async def push(request: web.Request) -> web.Response:
 class GenerateShape:
     """How /api/generate spells a text chunk and its final object."""
 
+    endpoint = "generate"
+
     def __init__(self, model: str) -> None:
         self.model = model
 
@@ -171,6 +173,8 @@ class GenerateShape:
 
 class ChatShape(GenerateShape):
     """The same for /api/chat: text goes into an assistant `message`."""
+
+    endpoint = "chat"
 
     def returns_context(self, req: dict[str, Any]) -> bool:
         return False
@@ -265,12 +269,17 @@ def _check_capabilities(name: str, req: dict[str, Any]) -> None:
         raise BadRequest("logprobs are not supported yet")
 
 
-async def _check_insert(name: str, entry: ModelEntry, req: dict[str, Any]) -> None:
-    """A `suffix` needs fill-in-the-middle tokens: checked on the GGUF header, before loading."""
-    if req.get("suffix"):
-        info = await _in_thread(read_header, entry.path)
-        if "insert" not in info.capabilities():
-            raise BadRequest(f'"{name}" does not support insert')
+async def _check_model(name: str, entry: ModelEntry, req: dict[str, Any],
+                       endpoint: str) -> None:
+    """What the GGUF itself must offer, read from its header before anything loads: an
+    embedding model cannot generate (Ollama's 400), a `suffix` needs fill-in-the-middle
+    tokens."""
+    info = await _in_thread(read_header, entry.path)
+    capabilities = info.capabilities(entry.embedding)
+    if "completion" not in capabilities:
+        raise BadRequest(f'"{name}" does not support {endpoint}')
+    if req.get("suffix") and "insert" not in capabilities:
+        raise BadRequest(f'"{name}" does not support insert')
 
 
 async def _load_or_unload(request: web.Request, shape: GenerateShape, name: str,
@@ -325,13 +334,14 @@ GENERATE = CompletionKind(schemas.GENERATE, "prompt", GenerateShape, _generate_p
 CHAT = CompletionKind(schemas.CHAT, "messages", ChatShape, _chat_prompt)
 
 
-async def _validate(request: web.Request, req: dict[str, Any]) -> tuple[str, str | None]:
+async def _validate(request: web.Request, req: dict[str, Any],
+                    kind: CompletionKind) -> tuple[str, str | None]:
     """The requested model name and the grammar its `format` asks for, once the model exists
     and can serve this request (all checked before anything loads)."""
     name = require_model(req)
     entry = _scheduler(request).entry(name)
     _check_capabilities(name, req)
-    await _check_insert(name, entry, req)
+    await _check_model(name, entry, req, kind.shape.endpoint)
     return name, await _in_thread(structured.grammar_for, req["format"])
 
 
@@ -343,7 +353,7 @@ async def completion_run(request: web.Request, req: dict[str, Any],
     `req` is a request loaded by `kind.schema`; the model stays held while the run is used.
     """
     started = time.perf_counter()
-    name, grammar = await _validate(request, req)
+    name, grammar = await _validate(request, req, kind)
     scheduler = _scheduler(request)
     entry = scheduler.entry(name)
     features = await _in_thread(_features, entry, req.get("template"))
@@ -364,7 +374,7 @@ async def _complete(request: web.Request, kind: CompletionKind) -> web.StreamRes
     """The common body of /api/generate and /api/chat."""
     req = schemas.load(kind.schema, await read_body(request))
     if not req[kind.input_key]:
-        name, _ = await _validate(request, req)
+        name, _ = await _validate(request, req, kind)
         return await _load_or_unload(request, kind.shape(name), name, req)
     async with completion_run(request, req, kind) as run:
         return await _respond(request, run)
@@ -378,6 +388,52 @@ async def chat(request: web.Request) -> web.StreamResponse:
     return await _complete(request, CHAT)
 
 
+# -- embeddings ---------------------------------------------------------------------------------
+
+async def _embed(request: web.Request, req: dict[str, Any], texts: list[str],
+                 truncate: bool = True, dimensions: int | None = None,
+                 ) -> tuple[embedding.Embeddings, float]:
+    """Embed `texts` with the requested model; also the seconds spent loading it. A larger
+    `num_ctx` does not reload the model: inputs are bounded by its embedding context."""
+    name = require_model(req)
+    scheduler = _scheduler(request)
+    opts = run_options(merge(scheduler.entry(name).options, req["options"]))
+    async with scheduler.use(name, keep_alive=req["keep_alive"]) as lease:
+        embedding.check_dimensions(dimensions, lease.runner.model.n_embd)
+        result = await embedding.embed(lease.runner, texts, opts, truncate)
+    return result, lease.load_duration
+
+
+async def embed_request(request: web.Request, req: dict[str, Any]
+                        ) -> tuple[list[list[float]], int, float]:
+    """A loaded /api/embed request -> unit-length vectors (cut to `dimensions`), the prompt
+    tokens evaluated and the seconds spent loading; /v1/embeddings uses it too."""
+    result, load_s = await _embed(request, req, req["input"] or [], req["truncate"],
+                                  req["dimensions"])
+    vectors = embedding.shorten(embedding.normalize(result.vectors), req["dimensions"])
+    return vectors.tolist(), result.prompt_eval_count, load_s
+
+
+async def embed(request: web.Request) -> web.Response:
+    """`/api/embed`: one unit-length vector per input; no input only loads the model."""
+    started = time.perf_counter()
+    req = schemas.load(schemas.EMBED, await read_body(request))
+    vectors, prompt_eval_count, load_s = await embed_request(request, req)
+    body: dict[str, Any] = {"model": req["model"], "embeddings": vectors}
+    if prompt_eval_count:
+        body.update(total_duration=int((time.perf_counter() - started) * 1e9),
+                    load_duration=int(load_s * 1e9), prompt_eval_count=prompt_eval_count)
+    return json_response(body)
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    """The legacy `/api/embeddings`: the raw pooled vector of `prompt`, not normalised."""
+    req = schemas.load(schemas.EMBEDDINGS, await read_body(request))
+    texts = [req["prompt"]] if req["prompt"] else []
+    result, _ = await _embed(request, req, texts)
+    return json_response({"embedding": result.vectors[0].tolist() if texts else []})
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/", index)
     app.router.add_get("/api/version", version)
@@ -386,5 +442,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/show", show)
     app.router.add_post("/api/generate", generate)
     app.router.add_post("/api/chat", chat)
+    app.router.add_post("/api/embed", embed)
+    app.router.add_post("/api/embeddings", embeddings)
     app.router.add_post("/api/pull", pull)
     app.router.add_post("/api/push", push)

@@ -26,7 +26,7 @@ from ollamalite.engine.jobs import Finished
 from ollamalite.errors import ApiError, BadRequest, ModelNotFound
 from ollamalite.server import ollama
 from ollamalite.server.keys import SCHEDULER
-from ollamalite.server.ollama import read_body, require_model
+from ollamalite.server.ollama import read_body
 from ollamalite.server.stream import SseStream, json_response
 
 PREFIX = "/v1/"
@@ -383,10 +383,10 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
 
 async def _embed(request: web.Request, native: dict[str, Any]) -> tuple[list[list[float]], int]:
-    """The seam for the native embedding core (branch `embed`): vectors and prompt tokens.
-    Until it lands, a known model gets a clear 400."""
-    request.app[SCHEDULER].entry(require_model(native))
-    raise BadRequest("embeddings are not supported yet")
+    """Through the native /api/embed core: unit vectors and the prompt tokens."""
+    vectors, prompt_tokens, _ = await ollama.embed_request(request,
+                                                           schemas.load(schemas.EMBED, native))
+    return vectors, prompt_tokens
 
 
 async def embeddings(request: web.Request) -> web.Response:

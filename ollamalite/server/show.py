@@ -89,6 +89,9 @@ def show_body(entry: ModelEntry, info: GGUFInfo, mtime: float, verbose: bool,
     if entry.messages:
         body["messages"] = [dict(m) for m in entry.messages]
     body["model_info"] = info.model_info(verbose)
-    body["capabilities"] = info.capabilities() + list(template_capabilities)
+    capabilities = info.capabilities(entry.embedding)
+    if "completion" in capabilities:
+        capabilities += template_capabilities
+    body["capabilities"] = capabilities
     body["modified_at"] = local_time(mtime)
     return body
