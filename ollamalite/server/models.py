@@ -6,7 +6,7 @@ import asyncio
 
 from aiohttp import web
 
-from ollamalite import lifecycle, schemas
+from ollamalite import model_edits, schemas
 from ollamalite.blobs import CHUNK, BlobStore, parse_digest
 from ollamalite.errors import NotFound
 from ollamalite.server.keys import LIBRARY, SETTINGS
@@ -19,7 +19,7 @@ BLOBS = web.AppKey("blobs", BlobStore)
 async def create(request: web.Request) -> web.StreamResponse:
     """All the work is done before the first line, so any failure keeps its HTTP status."""
     req = schemas.load(schemas.CREATE, await read_body(request))
-    statuses = await lifecycle.create(request.app[LIBRARY], request.app[BLOBS], req)
+    statuses = await model_edits.create(request.app[LIBRARY], request.app[BLOBS], req)
     if not req["stream"]:
         return json_response({"status": "success"})
     out = NdjsonStream(request)
@@ -30,13 +30,13 @@ async def create(request: web.Request) -> web.StreamResponse:
 
 async def copy(request: web.Request) -> web.Response:
     req = schemas.load(schemas.COPY, await read_body(request))
-    await lifecycle.copy(request.app[LIBRARY], req["source"], req["destination"])
+    await model_edits.copy(request.app[LIBRARY], req["source"], req["destination"])
     return web.Response(status=200)
 
 
 async def delete(request: web.Request) -> web.Response:
     req = schemas.load(schemas.DELETE, await read_body(request))
-    await lifecycle.delete(request.app[LIBRARY], req["model"] or req["name"],
+    await model_edits.delete(request.app[LIBRARY], req["model"] or req["name"],
                            request.app[SETTINGS].models_dir)
     return web.Response(status=200)
 
