@@ -1,6 +1,6 @@
-"""/v1 behaviour that rides on features other branches are building. The /v1 routes already
-map these fields onto the native ones (`format`, the embedding seam `server/openai.py::_embed`);
-enable each test when its branch is merged. (Tools on /v1: tests/test_tools_thinking.py.)"""
+"""/v1 on the native features: `response_format` through the structured-output grammar and
+`/v1/embeddings` through the embedding core, with the official `openai` SDK (tools and
+reasoning on /v1 are in test_tools_thinking.py)."""
 
 from __future__ import annotations
 
