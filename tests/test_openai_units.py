@@ -18,7 +18,7 @@ from ollamalite.errors import BadRequest, Busy
 from ollamalite.output import Delta
 from ollamalite.server import openai as oa
 from ollamalite.server.app import errors_middleware
-from ollamalite.server.ollama import ChatShape, NativeRun
+from ollamalite.server.generation import ChatShape, NativeRun
 
 PNG = "iVBORw0KGgo="
 

@@ -12,7 +12,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from ollamalite.engine.jobs import Event, Finished, TextChunk
 from ollamalite.output import ReplyParser, ThinkingSplitter, ToolCallParser
 from ollamalite.server.app import errors_middleware
-from ollamalite.server.ollama import ChatShape, GenerateShape, NativeRun, _respond
+from ollamalite.server.generation import ChatShape, GenerateShape, NativeRun
+from ollamalite.server.ollama import _respond
 
 PIECES = ["<thi", "nk>Weather", " needed.</th", "ink>\n\nChecking", ". <tool", "_call>\n",
           '{"name": "get_weather", ', '"arguments": {"city": "Oslo"}}\n</tool_call>']

@@ -11,7 +11,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from ollamalite.engine.jobs import Event, Failed, TextChunk
 from ollamalite.server.app import errors_middleware
-from ollamalite.server.ollama import GenerateShape, NativeRun, _respond
+from ollamalite.server.generation import GenerateShape, NativeRun
+from ollamalite.server.ollama import _respond
 
 
 def app_streaming(events: list[Event], stream: bool) -> web.Application:

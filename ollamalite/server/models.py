@@ -10,7 +10,7 @@ from ollamalite import model_edits, schemas
 from ollamalite.blobs import CHUNK, BlobStore, parse_digest
 from ollamalite.errors import NotFound
 from ollamalite.server.keys import LIBRARY, SETTINGS
-from ollamalite.server.ollama import read_body
+from ollamalite.server.request import read_body
 from ollamalite.server.stream import NdjsonStream, json_response
 
 BLOBS = web.AppKey("blobs", BlobStore)

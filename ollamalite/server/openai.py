@@ -1,7 +1,7 @@
 """The OpenAI-compatible routes (/v1/*): thin adapters over the native /api core.
 
 As in Ollama's OpenAI middleware, a /v1 request is translated into the body /api/chat or
-/api/generate would receive, runs through the same `ollama.completion_run`, and the native
+/api/generate would receive, runs through the same `generation.completion_run`, and the native
 wire objects it yields (content, thinking, tool calls, metrics) are translated back into
 OpenAI's objects. So whatever the native routes learn (formats, tools, thinking) /v1 gets too.
 """
@@ -24,9 +24,9 @@ from aiohttp import web
 from ollamalite import openai_schemas, schemas
 from ollamalite.engine.jobs import Finished
 from ollamalite.errors import ApiError, BadRequest, ModelNotFound
-from ollamalite.server import ollama
+from ollamalite.server import generation, ollama
 from ollamalite.server.keys import SCHEDULER
-from ollamalite.server.ollama import read_body
+from ollamalite.server.request import read_body
 from ollamalite.server.stream import SseStream, json_response
 
 PREFIX = "/v1/"
@@ -340,7 +340,7 @@ def model_object(name: str, mtime: float) -> dict[str, Any]:
 
 # -- handlers -------------------------------------------------------------------------------------
 
-async def _stream(request: web.Request, run: ollama.NativeRun, fmt: _Formatter,
+async def _stream(request: web.Request, run: generation.NativeRun, fmt: _Formatter,
                   include_usage: bool) -> web.StreamResponse:
     """SSE; an engine failure after the first event is sent as an error event (the OpenAI
     clients raise it) and the stream ends without `[DONE]`."""
@@ -359,10 +359,10 @@ async def _stream(request: web.Request, run: ollama.NativeRun, fmt: _Formatter,
     return await out.done()
 
 
-async def _complete(request: web.Request, kind: ollama.CompletionKind, native: dict[str, Any],
+async def _complete(request: web.Request, kind: generation.CompletionKind, native: dict[str, Any],
                     fmt: _Formatter, stream_options: dict[str, Any] | None) -> web.StreamResponse:
     req = schemas.load(kind.schema, native)
-    async with ollama.completion_run(request, req, kind) as run:
+    async with generation.completion_run(request, req, kind) as run:
         if not run.stream:
             async for obj in run.objects():
                 return json_response(fmt.completion(obj, usage(run.finished)))
@@ -372,19 +372,19 @@ async def _complete(request: web.Request, kind: ollama.CompletionKind, native: d
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     req = schemas.load(openai_schemas.CHAT, await read_body(request))
-    return await _complete(request, ollama.CHAT, native_chat(req), ChatFormatter(req["model"]),
+    return await _complete(request, generation.CHAT, native_chat(req), ChatFormatter(req["model"]),
                            req["stream_options"])
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
     req = schemas.load(openai_schemas.COMPLETION, await read_body(request))
-    return await _complete(request, ollama.GENERATE, native_generate(req),
+    return await _complete(request, generation.GENERATE, native_generate(req),
                            TextFormatter(req["model"]), req["stream_options"])
 
 
 async def _embed(request: web.Request, native: dict[str, Any]) -> tuple[list[list[float]], int]:
     """Through the native /api/embed core: unit vectors and the prompt tokens."""
-    vectors, prompt_tokens, _ = await ollama.embed_request(request,
+    vectors, prompt_tokens, _ = await generation.embed_request(request,
                                                            schemas.load(schemas.EMBED, native))
     return vectors, prompt_tokens
 

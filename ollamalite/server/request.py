@@ -1,0 +1,39 @@
+"""What every handler does with its request: read the JSON body, name the model, reach the
+scheduler, run blocking work off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from aiohttp import web
+
+from ollamalite.errors import BadRequest
+from ollamalite.scheduler import Scheduler
+from ollamalite.server.keys import SCHEDULER
+
+
+async def read_body(request: web.Request) -> Any:
+    raw = await request.read()
+    if not raw.strip():
+        raise BadRequest("missing request body")
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"invalid JSON: {exc}") from None
+
+
+def require_model(req: dict[str, Any]) -> str:
+    name = req.get("model") or req.get("name")
+    if not name:
+        raise BadRequest("model is required")
+    return name
+
+
+def scheduler_of(request: web.Request) -> Scheduler:
+    return request.app[SCHEDULER]
+
+
+async def in_thread(fn: Any, *args: Any) -> Any:
+    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
