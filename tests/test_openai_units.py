@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import struct
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -19,6 +19,7 @@ from ollamalite.output import Delta
 from ollamalite.server import openai as oa
 from ollamalite.server.app import errors_middleware
 from ollamalite.server.generation import ChatShape, NativeRun
+from tests.scripted import post_once, scripted
 
 PNG = "iVBORw0KGgo="
 
@@ -187,28 +188,15 @@ def test_model_object_owner_is_the_namespace() -> None:
 FIN = Finished("stop", 5, 5, 1, 2, 1, ())
 
 
-def sse_app(events: list[Event]) -> web.Application:
-    async def scripted() -> AsyncIterator[Event]:
-        for event in events:
-            yield event
-
-    async def handler(request: web.Request) -> web.StreamResponse:
-        run = NativeRun(ChatShape("m"), scripted(), True, 0.0, 0.0)
+async def fetch(events: list[Event]) -> tuple[int, str, str]:
+    async def respond(request: web.Request) -> web.StreamResponse:
+        run = NativeRun(ChatShape("m"), scripted(events), True, 0.0, 0.0)
         return await oa._stream(request, run, oa.ChatFormatter("m"), True)
-
-    app = web.Application(middlewares=[errors_middleware])
-    app.router.add_post("/v1/chat/completions", handler)
-    return app
-
-
-async def fetch(app: web.Application) -> tuple[int, str, str]:
-    async with TestClient(TestServer(app)) as client:
-        resp = await client.post("/v1/chat/completions")
-        return resp.status, resp.headers["Content-Type"], await resp.text()
+    return await post_once(respond, "/v1/chat/completions")
 
 
 async def test_sse_stream_ends_with_usage_and_done() -> None:
-    status, ctype, body = await fetch(sse_app([TextChunk("Hi", 2), FIN]))
+    status, ctype, body = await fetch([TextChunk("Hi", 2), FIN])
     events = body.split("\n\n")
     assert (status, ctype, events[-2:]) == (200, "text/event-stream", ["data: [DONE]", ""])
     usage = json.loads(events[-3][len("data: "):])
@@ -216,7 +204,7 @@ async def test_sse_stream_ends_with_usage_and_done() -> None:
 
 
 async def test_sse_failure_after_first_event_is_an_error_event() -> None:
-    status, _, body = await fetch(sse_app([TextChunk("Hel", 1), Failed("boom")]))
+    status, _, body = await fetch([TextChunk("Hel", 1), Failed("boom")])
     events = [e for e in body.split("\n\n") if e]
     assert status == 200 and json.loads(events[0][6:])["choices"][0]["delta"]["content"] == "Hel"
     assert json.loads(events[-1][6:]) == oa.error_body(500, "boom")
@@ -224,7 +212,7 @@ async def test_sse_failure_after_first_event_is_an_error_event() -> None:
 
 
 async def test_sse_failure_before_any_output_is_a_real_status() -> None:
-    status, ctype, body = await fetch(sse_app([Failed("boom")]))
+    status, ctype, body = await fetch([Failed("boom")])
     assert (status, json.loads(body)) == (500, {"error": {
         "message": "boom", "type": "api_error", "param": None, "code": None}})
     assert ctype.startswith("application/json")

@@ -4,16 +4,14 @@
 from __future__ import annotations
 
 import json
-from typing import AsyncIterator
 
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
 
-from ollamalite.engine.jobs import Event, Finished, TextChunk
+from ollamalite.engine.jobs import Finished, TextChunk
 from ollamalite.output import ReplyParser, ThinkingSplitter, ToolCallParser
-from ollamalite.server.app import errors_middleware
 from ollamalite.server.generation import ChatShape, GenerateShape, NativeRun
 from ollamalite.server.ollama import _respond
+from tests.scripted import post_once, scripted
 
 PIECES = ["<thi", "nk>Weather", " needed.</th", "ink>\n\nChecking", ". <tool", "_call>\n",
           '{"name": "get_weather", ', '"arguments": {"city": "Oslo"}}\n</tool_call>']
@@ -26,20 +24,12 @@ def parser() -> ReplyParser:
 
 
 async def lines(shape: GenerateShape, stream: bool) -> list[dict]:
-    async def scripted() -> AsyncIterator[Event]:
-        for piece in PIECES:
-            yield TextChunk(piece, 1)
-        yield DONE
-
-    async def handler(request: web.Request) -> web.StreamResponse:
-        return await _respond(request, NativeRun(shape, scripted(), stream, 0.0, 0.0,
+    async def respond(request: web.Request) -> web.StreamResponse:
+        events = [*(TextChunk(piece, 1) for piece in PIECES), DONE]
+        return await _respond(request, NativeRun(shape, scripted(events), stream, 0.0, 0.0,
                                                  parser=parser()))
-
-    app = web.Application(middlewares=[errors_middleware])
-    app.router.add_post("/", handler)
-    async with TestClient(TestServer(app)) as client:
-        resp = await client.post("/")
-        return [json.loads(line) for line in (await resp.text()).splitlines()]
+    _, _, body = await post_once(respond)
+    return [json.loads(line) for line in body.splitlines()]
 
 
 async def test_chat_stream() -> None:

@@ -14,7 +14,7 @@ import llama_cpp
 import numpy as np
 
 from ollamalite.engine.jobs import Embedded, EmbedJob
-from ollamalite.engine.llama import LlamaModel, put_token
+from ollamalite.engine.llama import LlamaModel, new_context, put_token
 
 log = logging.getLogger(__name__)
 
@@ -128,9 +128,4 @@ def _new_context(model: LlamaModel, n_ctx: int, pooling: int,
     # vector >= 0.9997); plain attention by 6e-8 (median; worst 1.6e-3, cosine >= 0.99998).
     params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
     params.pooling_type = pooling
-    params.n_threads = params.n_threads_batch = n_threads
-    params.no_perf = True
-    ctx = llama_cpp.llama_init_from_model(model.ptr, params)
-    if not ctx:
-        raise RuntimeError(f"llama.cpp could not create an embedding context of {n_ctx} tokens")
-    return ctx
+    return new_context(model, params, n_threads, "an embedding context")

@@ -20,7 +20,7 @@ import llama_cpp
 
 from ollamalite.engine.embedder import Embedder
 from ollamalite.engine.jobs import Embedded, EmbedJob, Event, Failed, Finished, Job, TextChunk
-from ollamalite.engine.llama import LlamaModel, put_token
+from ollamalite.engine.llama import LlamaModel, new_context, put_token
 from ollamalite.engine.sampling import GrammarError, SamplerChain
 from ollamalite.engine.text import TextAssembler
 
@@ -355,9 +355,4 @@ def _new_context(model: LlamaModel, n_slots: int, slot_ctx: int, n_batch: int,
     params.n_ubatch = n_batch
     params.n_seq_max = n_slots
     params.kv_unified = False  # per-slot KV: a slot's numerics do not depend on its neighbours
-    params.n_threads = params.n_threads_batch = n_threads
-    params.no_perf = True
-    ctx = llama_cpp.llama_init_from_model(model.ptr, params)
-    if not ctx:
-        raise RuntimeError(f"llama.cpp could not create a context of {params.n_ctx} tokens")
-    return ctx
+    return new_context(model, params, n_threads, "a context")

@@ -144,6 +144,18 @@ class LlamaModel:
             self.ptr = None
 
 
+def new_context(model: LlamaModel, params: llama_cpp.llama_context_params, n_threads: int,
+                what: str) -> llama_cpp.llama_context_p:
+    """A context on `model` with `params`, `n_threads` for prompts and decoding alike; raise
+    if llama.cpp cannot make it (mostly: no memory for its KV cache)."""
+    params.n_threads = params.n_threads_batch = n_threads
+    params.no_perf = True
+    ctx = llama_cpp.llama_init_from_model(model.ptr, params)
+    if not ctx:
+        raise RuntimeError(f"llama.cpp could not create {what} of {params.n_ctx} tokens")
+    return ctx
+
+
 def put_token(batch: llama_cpp.llama_batch, i: int, token: int, pos: int, seq_id: int,
               output: bool) -> None:
     """Fill entry `i` of a one-sequence-per-token batch; `output` asks for its logits (or,
