@@ -54,7 +54,7 @@ async def create(library: Library, blobs: BlobStore, req: dict[str, Any]) -> lis
     if req["from_"]:
         base = library.registry.get(req["from_"]) if names.is_valid(req["from_"]) else None
         if base is not None:
-            digest = await _in_thread(_gguf_digest, base.path)
+            digest = await asyncio.to_thread(_gguf_digest, base.path)
             await _derive(library, base, name, overlay.fields)
             return [f"using existing layer sha256:{digest}", *overlay.statuses,
                     "writing manifest"]
@@ -90,7 +90,7 @@ async def delete(library: Library, name: str, models_dir: Path) -> None:
     if not await library.edit(lambda f: f.remove(name)):
         raise NotFound(f"model '{name}' not found")
     in_use = {e.path for e in library.registry.models.values()}
-    await _in_thread(_remove_if_owned, entry.path, models_dir, in_use)
+    await asyncio.to_thread(_remove_if_owned, entry.path, models_dir, in_use)
 
 
 async def _derive(library: Library, base: ModelEntry, name: str,
@@ -105,7 +105,7 @@ async def _derive(library: Library, base: ModelEntry, name: str,
 
 async def _from_gguf(library: Library, name: str, overlay: Overlay,
                      locate: Callable[[], tuple[Path, str]]) -> list[str]:
-    path, digest = await _in_thread(locate)
+    path, digest = await asyncio.to_thread(locate)
     fields = overlay_fields({"path": str(path)}, overlay.fields)
     await library.edit(lambda f: f.add(name, fields))
     return ["parsing GGUF", f"using existing layer sha256:{digest}", *overlay.statuses,
@@ -223,9 +223,3 @@ def _remove_if_owned(path: Path, models_dir: Path, in_use: set[Path]) -> None:
     """Blocking: delete a GGUF ollamalite made, once no entry uses it; never the user's."""
     if path.is_relative_to(models_dir.resolve()) and path not in in_use:
         path.unlink(missing_ok=True)
-
-
-async def _in_thread(fn: Callable[..., Any], *args: Any) -> Any:
-    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
-
-

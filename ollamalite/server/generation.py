@@ -9,6 +9,7 @@ One way through: handler -> `completion_run` (checks, `Scheduler.use`, `completi
 
 from __future__ import annotations
 
+import asyncio
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from ollamalite.gguf_meta import GGUFError, read_header
 from ollamalite.options import RunOptions, merge, run_options
 from ollamalite.output import Delta, ReplyParser
 from ollamalite.scheduler import Runner
-from ollamalite.server.request import in_thread, require_model, scheduler_of
+from ollamalite.server.request import require_model, scheduler_of
 from ollamalite.server.stream import created_at
 
 
@@ -204,7 +205,7 @@ async def validate(request: web.Request, req: dict[str, Any], kind: CompletionKi
     name = require_model(req)
     entry = scheduler_of(request).entry(name)
     _check_request(name, req)
-    grammar, features = await in_thread(_inspect, name, entry, req, kind.shape.endpoint)
+    grammar, features = await asyncio.to_thread(_inspect, name, entry, req, kind.shape.endpoint)
     return Checked(name, grammar, features)
 
 

@@ -19,7 +19,7 @@ from ollamalite.server import generation
 from ollamalite.server import show as show_fmt
 from ollamalite.server.generation import CHAT, GENERATE, CompletionKind, GenerateShape, NativeRun
 from ollamalite.server.keys import PULLER
-from ollamalite.server.request import in_thread, read_body, require_model, scheduler_of
+from ollamalite.server.request import read_body, require_model, scheduler_of
 from ollamalite.server.stream import NdjsonStream, json_response, local_time
 
 log = logging.getLogger(__name__)
@@ -37,13 +37,17 @@ async def version(_: web.Request) -> web.Response:
     return json_response({"version": OLLAMA_API_VERSION})
 
 
-async def model_summary(entry: ModelEntry) -> dict[str, Any]:
-    """One `/api/tags` row; header and digest are read in a thread and cached."""
-    info = await in_thread(read_header, entry.path)
-    digest = entry.digest or await in_thread(file_digest, entry.path)
-    stat = await in_thread(entry.path.stat)
+def _summary(entry: ModelEntry) -> dict[str, Any]:
+    """Blocking (header and digest are cached after the first read)."""
+    info, stat = read_header(entry.path), entry.path.stat()
     return {"name": entry.name, "model": entry.name, "modified_at": local_time(stat.st_mtime),
-            "size": stat.st_size, "digest": digest, "details": info.details()}
+            "size": stat.st_size, "digest": entry.digest or file_digest(entry.path),
+            "details": info.details()}
+
+
+async def model_summary(entry: ModelEntry) -> dict[str, Any]:
+    """One `/api/tags` row, read off the event loop."""
+    return await asyncio.to_thread(_summary, entry)
 
 
 async def available_models(request: web.Request) -> list[dict[str, Any]]:
@@ -82,11 +86,15 @@ async def ps(request: web.Request) -> web.Response:
 async def show(request: web.Request) -> web.Response:
     req = schemas.load(schemas.SHOW, await read_body(request))
     entry = scheduler_of(request).entry(require_model(req))
-    info = await in_thread(read_header, entry.path)
-    stat = await in_thread(entry.path.stat)
-    features = await in_thread(template_info.features, show_fmt.active_template(entry, info))
-    return json_response(show_fmt.show_body(entry, info, stat.st_mtime, req["verbose"],
-                                            req.get("system"), features.capabilities()))
+    return json_response(await asyncio.to_thread(_show_body, entry, req))
+
+
+def _show_body(entry: ModelEntry, req: dict[str, Any]) -> dict[str, Any]:
+    """Blocking: the GGUF header (cached), the file's time, the template's features."""
+    info = read_header(entry.path)
+    features = template_info.features(show_fmt.active_template(entry, info))
+    return show_fmt.show_body(entry, info, entry.path.stat().st_mtime, req["verbose"],
+                              req.get("system"), features.capabilities())
 
 
 async def pull(request: web.Request) -> web.StreamResponse:

@@ -1,9 +1,8 @@
 """What every handler does with its request: read the JSON body, name the model, reach the
-scheduler, run blocking work off the event loop."""
+scheduler."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -33,7 +32,3 @@ def require_model(req: dict[str, Any]) -> str:
 
 def scheduler_of(request: web.Request) -> Scheduler:
     return request.app[SCHEDULER]
-
-
-async def in_thread(fn: Any, *args: Any) -> Any:
-    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
