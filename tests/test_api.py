@@ -301,6 +301,8 @@ def test_body_errors(http: httpx.Client, path: str) -> None:
     assert (empty.status_code, empty.json()) == (400, {"error": "missing request body"})
     bad = http.post(path, content=b"{not json")
     assert bad.status_code == 400 and bad.json()["error"].startswith("invalid JSON")
+    deep = http.post(path, content=b"[" * 100000 + b"]" * 100000)
+    assert (deep.status_code, deep.json()) == (400, {"error": "invalid JSON: nested too deeply"})
     not_object = http.post(path, json=[1, 2])
     assert not_object.status_code == 400 and "JSON object" in not_object.json()["error"]
     missing = http.post(path, json={})
