@@ -43,6 +43,12 @@ class Runner:
     retired: bool = False  # its entry was deleted or changed: closed once its requests end
     _timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
+    @property
+    def size(self) -> int:
+        """Memory it holds, as `/api/ps` reports it: weights plus the KV cache of every slot."""
+        return self.model.size + self.model.kv_bytes_per_token * self.num_ctx * \
+            self.engine.n_slots
+
     def close(self, reason: str = "model unloaded") -> None:
         """Blocking: joins the engine thread (its jobs fail with `reason`) and frees
         llama.cpp memory."""

@@ -243,6 +243,20 @@ def test_load_and_unload_answer_one_object_even_when_streaming(http: httpx.Clien
         assert rfc3339(ps[MODEL]["expires_at"]) > rfc3339(load["created_at"])
 
 
+def test_ps_size_counts_weights_and_every_slots_kv_cache(http: httpx.Client) -> None:
+    """As in Ollama, `size` is the memory the model holds: here the weights plus an f16 K and V
+    per layer, KV head and token for 4 slots of 2048 tokens (~189 MB beside ~97 MB)."""
+    http.post("/api/generate", json={"model": MODEL, "prompt": ""})
+    info = http.post("/api/show", json={"model": MODEL}).json()["model_info"]
+    head_dim = info["llama.embedding_length"] // info["llama.attention.head_count"]
+    kv_per_token = info["llama.block_count"] * 2 * info["llama.attention.head_count_kv"] * \
+        head_dim * 2
+    [tags_row] = [m for m in http.get("/api/tags").json()["models"] if m["name"] == MODEL]
+    [ps_row] = [m for m in http.get("/api/ps").json()["models"] if m["name"] == MODEL]
+    weights = ps_row["size"] - 4 * 2048 * kv_per_token
+    assert 0.95 * tags_row["size"] < weights <= tags_row["size"]
+
+
 def test_keep_alive_expiry_unloads_and_lru_keeps_one_model(http: httpx.Client) -> None:
     def loaded() -> list[str]:
         return [m["name"] for m in http.get("/api/ps").json()["models"]]

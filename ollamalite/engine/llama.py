@@ -56,6 +56,7 @@ class LlamaModel:
         self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(ptr)
         self.n_embd = llama_cpp.llama_model_n_embd_out(ptr)
         self.size = llama_cpp.llama_model_size(ptr)
+        self.kv_bytes_per_token = _kv_bytes_per_token(ptr)
         self._pieces: dict[int, bytes] = {}
 
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True,
@@ -142,6 +143,15 @@ class LlamaModel:
         if self.ptr:
             llama_cpp.llama_model_free(self.ptr)
             self.ptr = None
+
+
+def _kv_bytes_per_token(ptr: llama_cpp.llama_model_p) -> int:
+    """K and V of one token in every layer at f16 (the KV cache's default type); an estimate
+    for models whose key and value heads differ in size."""
+    n_head = max(1, llama_cpp.llama_model_n_head(ptr))
+    head_dim = llama_cpp.llama_model_n_embd(ptr) // n_head
+    return llama_cpp.llama_model_n_layer(ptr) * 2 * llama_cpp.llama_model_n_head_kv(ptr) * \
+        head_dim * 2
 
 
 def new_context(model: LlamaModel, params: llama_cpp.llama_context_params, n_threads: int,

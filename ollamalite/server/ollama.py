@@ -77,7 +77,7 @@ async def ps(request: web.Request) -> web.Response:
         row = await model_summary(runner.entry)
         del row["modified_at"]
         expires = show_fmt.expiry(runner.keep_alive, runner.expires_at, runner.refs > 0)
-        row.update(size=runner.model.size, expires_at=expires,
+        row.update(size=runner.size, expires_at=expires,
                    size_vram=0, context_length=runner.num_ctx)
         rows.append(row)
     return json_response({"models": rows})
