@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -85,6 +86,20 @@ def stop_server(server: LiveServer) -> None:
         server.process.wait(timeout=15)
     except subprocess.TimeoutExpired:
         server.process.kill()
+
+
+@contextmanager
+def serving(folder: Path, config_text: str,
+            env: dict[str, str] | None = None) -> Iterator[LiveServer]:
+    """A server of its own on `config_text` (written to `folder`/models.yaml, its log beside
+    it), stopped when the block ends."""
+    config = folder / "models.yaml"
+    config.write_text(config_text)
+    live = start_server(config, folder / "server.log", env=env)
+    try:
+        yield live
+    finally:
+        stop_server(live)
 
 
 @pytest.fixture(scope="session")

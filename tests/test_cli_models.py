@@ -13,7 +13,7 @@ import pytest
 
 from ollamalite.config import bundled_model_path
 from ollamalite.gguf_meta import file_digest
-from tests.conftest import MODEL, LiveServer, start_server, stop_server
+from tests.conftest import MODEL, LiveServer, serving
 from tests.fake_hub import FakeHub, tiny_gguf
 from tests.test_cli import Terminal, cli, columns
 
@@ -31,14 +31,11 @@ MESSAGE assistant Meow.
 @pytest.fixture(scope="module")
 def editable(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     folder = tmp_path_factory.mktemp("models-edit")
-    config = folder / "models.yaml"
-    config.write_text(f"models:\n  {MODEL}:\n    path: bundled\n    num_ctx: 1024\n")
     (folder / "ollama-store").mkdir()
-    live = start_server(config, folder / "server.log",
-                        env={"OLLAMALITE_HOME": str(folder / "home"),
-                             "OLLAMA_MODELS": str(folder / "ollama-store")})
-    yield live
-    stop_server(live)
+    with serving(folder, f"models:\n  {MODEL}:\n    path: bundled\n    num_ctx: 1024\n",
+                 {"OLLAMALITE_HOME": str(folder / "home"),
+                  "OLLAMA_MODELS": str(folder / "ollama-store")}) as live:
+        yield live
 
 
 def names(url: str) -> set[str]:

@@ -19,7 +19,7 @@ import numpy as np
 import ollama
 import pytest
 
-from tests.conftest import MODEL, LiveServer, start_server, stop_server
+from tests.conftest import MODEL, LiveServer, serving, start_server, stop_server
 from tests.tiny_bert import N_CTX, write_tiny_bert
 from tests.tiny_bert import N_EMBD as BERT_EMBD
 
@@ -249,12 +249,9 @@ def test_concurrent_embed_requests(base_url: str, http: httpx.Client) -> None:
 @pytest.fixture(scope="module")
 def embedder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     folder = tmp_path_factory.mktemp("embedder")
-    config = folder / "models.yaml"
-    config.write_text("models:\n  embedder:\n    path: bundled\n    num_ctx: 64\n"
-                      "    embedding: true\n")
-    live = start_server(config, folder / "server.log")
-    yield live
-    stop_server(live)
+    with serving(folder, "models:\n  embedder:\n    path: bundled\n    num_ctx: 64\n"
+                         "    embedding: true\n") as live:
+        yield live
 
 
 def test_embedding_model_embeds_but_does_not_generate(embedder: LiveServer,

@@ -14,7 +14,7 @@ import pytest
 
 from ollamalite.config import bundled_model_path
 from ollamalite.gguf_meta import GGUFInfo, read_header
-from tests.conftest import MODEL, LiveServer, start_server, stop_server
+from tests.conftest import MODEL, LiveServer, serving
 
 FIM_MODEL = "fim:latest"
 # Three distinct special tokens of SmolLM2's vocabulary: <jupyter_start>, <jupyter_text>,
@@ -59,12 +59,9 @@ def fim_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def fim_server(fim_gguf: Path) -> Iterator[LiveServer]:
     folder = fim_gguf.parent
-    config = folder / "models.yaml"
-    config.write_text(f"models:\n  {FIM_MODEL}:\n    path: {fim_gguf}\n    num_ctx: 512\n"
-                      f"  {MODEL}:\n    path: bundled\n    num_ctx: 512\n")
-    live = start_server(config, folder / "server.log")
-    yield live
-    stop_server(live)
+    with serving(folder, f"models:\n  {FIM_MODEL}:\n    path: {fim_gguf}\n    num_ctx: 512\n"
+                         f"  {MODEL}:\n    path: bundled\n    num_ctx: 512\n") as live:
+        yield live
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
-from tests.conftest import MODEL, LiveServer, start_server, stop_server
+from tests.conftest import MODEL, LiveServer, serving
 
 ROUTES = ("/api/generate", "/api/chat", "/api/embed", "/api/embeddings", "/api/show",
           "/api/pull", "/api/push", "/api/create", "/api/copy", "/v1/chat/completions",
@@ -49,12 +49,9 @@ BODIES: tuple[Any, ...] = (
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """Answers are cut at 4 tokens, so the bodies that are valid stay quick."""
     folder = tmp_path_factory.mktemp("malformed")
-    config = folder / "models.yaml"
-    config.write_text(f"models:\n  {MODEL}:\n    path: bundled\n    num_ctx: 1024\n"
-                      "    options:\n      num_predict: 4\n")
-    server = start_server(config, folder / "server.log")
-    yield server
-    stop_server(server)
+    with serving(folder, f"models:\n  {MODEL}:\n    path: bundled\n    num_ctx: 1024\n"
+                         "    options:\n      num_predict: 4\n") as server:
+        yield server
 
 
 def error_message(route: str, resp: httpx.Response) -> Any:

@@ -15,7 +15,7 @@ import ollama
 import pytest
 
 from ollamalite.config import bundled_model_path
-from tests.conftest import MODEL, LiveServer, start_server, stop_server
+from tests.conftest import MODEL, LiveServer, serving
 
 KEPT_COMMENT = "# my own notes: this line must survive every edit"
 CONFIG = f"""\
@@ -32,10 +32,8 @@ GREEDY = {"temperature": 0, "num_predict": 3}
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     folder = tmp_path_factory.mktemp("lifecycle")
-    (folder / "models.yaml").write_text(CONFIG)
-    server = start_server(folder / "models.yaml", folder / "server.log")
-    yield server
-    stop_server(server)
+    with serving(folder, CONFIG) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

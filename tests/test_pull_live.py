@@ -16,7 +16,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from ollamalite.config import bundled_model_path
-from tests.conftest import LiveServer, start_server, stop_server
+from tests.conftest import LiveServer, serving
 from tests.fake_hub import FakeHub, tiny_gguf
 
 REPO = "test/SmolLM2-135M-Instruct-GGUF"
@@ -41,13 +41,10 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def live(hub: FakeHub, home: Path) -> Iterator[LiveServer]:
-    config = home / "models.yaml"
-    config.write_text("# kept by the test\nmodels:\n  smollm2:135m: bundled\n")
-    server = start_server(config, home / "server.log",
-                          env={"HF_ENDPOINT": hub.url, "HF_HOME": str(home / "hf"),
-                               "OLLAMALITE_HOME": str(home)})
-    yield server
-    stop_server(server)
+    with serving(home, "# kept by the test\nmodels:\n  smollm2:135m: bundled\n",
+                 {"HF_ENDPOINT": hub.url, "HF_HOME": str(home / "hf"),
+                  "OLLAMALITE_HOME": str(home)}) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ import openai
 import pytest
 
 from tests import chat_templates
-from tests.conftest import MODEL, LiveServer, start_server, stop_server
+from tests.conftest import MODEL, LiveServer, serving
 
 GREEDY = {"temperature": 0, "seed": 7, "num_predict": 40}
 WEATHER = {"type": "function", "function": {
@@ -56,11 +56,8 @@ models:
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     folder: Path = tmp_path_factory.mktemp("tools")
-    (folder / "models.yaml").write_text(CONFIG)
-    server = start_server(folder / "models.yaml", folder / "server.log",
-                          env={"OLLAMA_MAX_LOADED_MODELS": "3"})
-    yield server
-    stop_server(server)
+    with serving(folder, CONFIG, {"OLLAMA_MAX_LOADED_MODELS": "3"}) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
