@@ -58,8 +58,7 @@ async def create(library: Library, blobs: BlobStore, req: dict[str, Any]) -> lis
             await _derive(library, base, name, overlay.fields)
             return [f"using existing layer sha256:{digest}", *overlay.statuses,
                     "writing manifest"]
-        path = _local_gguf(req["from_"])
-        return await _from_gguf(library, name, overlay, lambda: (path, _gguf_digest(path)))
+        return await _from_gguf(library, name, overlay, lambda: _local_gguf(req["from_"]))
     if req["files"]:
         return await _from_gguf(library, name, overlay, lambda: _adopt_blob(blobs, req["files"]))
     raise BadRequest("neither 'from' or 'files' was specified")
@@ -174,8 +173,9 @@ def _preset_message(message: dict[str, Any]) -> dict[str, str]:
     return {"role": message["role"], "content": message["content"] or ""}
 
 
-def _local_gguf(text: str) -> Path:
-    """`from` that is no known model: a GGUF file on this machine, or a 404."""
+def _local_gguf(text: str) -> tuple[Path, str]:
+    """Blocking: `from` that is no known model is a GGUF file on this machine (its path and
+    digest), or a 404."""
     path = Path(text).expanduser()
     looks_like_path = text.startswith(("/", "./", "../", "~")) or text.lower().endswith(".gguf")
     if not looks_like_path:
@@ -185,7 +185,7 @@ def _local_gguf(text: str) -> Path:
     if not path.is_file():
         raise BadRequest(f"file {text} not found")
     _check_gguf(path)
-    return path.absolute()  # as given: a symlink stays one
+    return path.absolute(), _gguf_digest(path)  # as given: a symlink stays one
 
 
 def _adopt_blob(blobs: BlobStore, files: dict[str, str]) -> tuple[Path, str]:
