@@ -25,19 +25,22 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 
-from common import N_CTX, THREADS, Run
+from common import N_CTX, THREADS, Run, cpu_plan
 
 N_BATCH = 512  # ollamalite's default (its engine uses max(n_batch, slots) for both sizes)
 
 
 class BareModel:
-    """Weights and vocabulary, loaded as ollamalite loads them (CPU, mmap)."""
+    """Weights and vocabulary, loaded as ollamalite loads them (CPU, mmap, its extra buffer
+    types decision)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, extra_bufts: bool | None = None) -> None:
+        """`extra_bufts`: llama.cpp's extra CPU buffer types, by default as ollamalite decides."""
         logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp's load chatter
         llama_cpp.llama_backend_init()
         params = llama_cpp.llama_model_default_params()
         params.n_gpu_layers = 0
+        params.use_extra_bufts = cpu_plan().extra_bufts if extra_bufts is None else extra_bufts
         self.ptr = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
         if not self.ptr:
             raise RuntimeError(f"llama.cpp could not load {path}")

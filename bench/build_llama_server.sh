@@ -10,7 +10,7 @@
 #
 # Usage: bench/build_llama_server.sh
 #   stdout: only the absolute path of the binary (exit 0), e.g.
-#           ~/.cache/ollamalite/bench/llama-server-<ver>/llama-server
+#           ~/.cache/ollamalite/bench/llama-server-<ver>-cpu<key>/llama-server
 #   stderr: progress; on failure the build log's tail, then a one-line reason as the last line,
 #           and exit 3 (callers then skip llama-server). The first run compiles (~8 minutes on
 #           2 cores at nice 10, longer on a busy machine); later runs return at once if the
@@ -18,8 +18,10 @@
 #   env:    OLLAMALITE_BENCH_CACHE  cache folder (default ~/.cache/ollamalite/bench)
 #           OLLAMALITE_BENCH_JOBS   parallel compile jobs (default 2)
 #
-# The binary is built for this machine's CPU (-march=native, like the bindings): do not share
-# the cache folder between machines with different CPUs.
+# The binary is built for this machine's CPU (-march=native, like the bindings), so its cache
+# folder is keyed on the CPU (scripts/cpu_key.sh) as the bindings' wheel is. On a CPU that
+# reports AMX but traps it, bench/run.py starts it with --no-repack, as ollamalite then loads
+# without llama.cpp's extra buffer types (docs/cpu.md): the same CPU code on both sides.
 set -euo pipefail
 
 prog=build_llama_server
@@ -59,9 +61,11 @@ req="$repo/requirements/runtime.txt"
 ver=$(sed -nE 's/^[[:space:]]*llama[-_.]cpp[-_.]python[[:space:]]*==[[:space:]]*([^[:space:];#]+).*/\1/Ip' "$req" | head -n 1)
 [ -n "$ver" ] || die "no 'llama-cpp-python==<version>' pin in $req"
 
+. "$repo/scripts/cpu_key.sh"
+variant="$ver-cpu$(cpu_key)"
 cache_root="${OLLAMALITE_BENCH_CACHE:-$HOME/.cache/ollamalite/bench}"
 case "$cache_root" in /*) ;; *) cache_root="$PWD/$cache_root" ;; esac
-dest_dir="$cache_root/llama-server-$ver"
+dest_dir="$cache_root/llama-server-$variant"
 dest="$dest_dir/llama-server"
 
 # works BINARY: it exists and `--version` exits 0.
@@ -83,14 +87,14 @@ fi
 
 mkdir -p "$cache_root" || die "cannot create cache folder $cache_root"
 cache_root=$(cd "$cache_root" && pwd)
-dest_dir="$cache_root/llama-server-$ver"
+dest_dir="$cache_root/llama-server-$variant"
 dest="$dest_dir/llama-server"
 
 # One build at a time per version: a second caller waits, then finds the cache filled.
 if command -v flock >/dev/null 2>&1; then
-    exec 9>"$cache_root/.llama-server-$ver.lock"
+    exec 9>"$cache_root/.llama-server-$variant.lock"
     if ! flock -n 9; then
-        log "another build of llama-server $ver is running; waiting for it"
+        log "another build of llama-server $variant is running; waiting for it"
         flock 9
     fi
     if works "$dest"; then
@@ -200,7 +204,7 @@ if command -v ldd >/dev/null 2>&1; then
 fi
 
 # --- install into the cache, atomically ----------------------------------------------------
-stage=$(mktemp -d "$cache_root/.llama-server-$ver.tmp.XXXXXX") || die "cannot create a staging dir in $cache_root"
+stage=$(mktemp -d "$cache_root/.llama-server-$variant.tmp.XXXXXX") || die "cannot create a staging dir in $cache_root"
 cp "$built" "$stage/llama-server" || die "cannot copy llama-server into $stage"
 chmod 755 "$stage" "$stage/llama-server"
 works "$stage/llama-server" || die "the built llama-server does not run (--version failed)"

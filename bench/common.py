@@ -18,12 +18,15 @@ import tempfile
 import time
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import IO, Iterator
 
 import llama_cpp
 
 from ollamalite.config import bundled_model_path
+from ollamalite.engine.cpu import CpuPlan, CpuPolicy
+from ollamalite.settings import current
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -81,12 +84,42 @@ class Run:
         return (self.arrivals[0] - self.started) * 1e3 if self.arrivals else float("nan")
 
 
+# -- the CPU kernels every system runs ----------------------------------------------------------
+
+@lru_cache(maxsize=None)
+def cpu_plan() -> CpuPlan:
+    """ollamalite's decision on this machine (OLLAMALITE_REPACK, else its cached probe), which
+    every system then follows: the same llama.cpp build and the same extra buffer types (AMX,
+    repacked weights), or the comparison would measure kernels instead of serving."""
+    settings = current()
+    plan = CpuPolicy(settings.repack, settings.data_dir).plan(bundled_model_path())
+    print(plan.describe(), file=sys.stderr)
+    return plan
+
+
+def repack_env() -> dict[str, str]:
+    """For an ollamalite server: the plan, forced, so it needs no probe of its own."""
+    return {"OLLAMALITE_REPACK": "on" if cpu_plan().extra_bufts else "off"}
+
+
 # -- llama-cpp-python's high-level API, in process ----------------------------------------------
 
 def load_llama() -> llama_cpp.Llama:
-    """`Llama` as a user would create it (flash attention stays off, its default)."""
-    return llama_cpp.Llama(model_path=str(bundled_model_path()), n_ctx=N_CTX,
-                           n_threads=THREADS, n_threads_batch=THREADS, verbose=False)
+    """`Llama` as a user would create it (flash attention stays off, its default). It takes
+    no extra-buffer-types argument, so its default model parameters carry the plan's."""
+    defaults = llama_cpp.llama_cpp.llama_model_default_params
+
+    def planned_defaults() -> llama_cpp.llama_model_params:
+        params = defaults()
+        params.use_extra_bufts = cpu_plan().extra_bufts
+        return params
+
+    llama_cpp.llama_cpp.llama_model_default_params = planned_defaults
+    try:
+        return llama_cpp.Llama(model_path=str(bundled_model_path()), n_ctx=N_CTX,
+                               n_threads=THREADS, n_threads_batch=THREADS, verbose=False)
+    finally:
+        llama_cpp.llama_cpp.llama_model_default_params = defaults
 
 
 def run_llama(llm: llama_cpp.Llama, prompt: str, n: int) -> Run:
@@ -204,5 +237,6 @@ def ollamalite_server(name: str, config: Path,
     port = free_port()
     cmd = [sys.executable, "-m", "ollamalite", "serve", "--host", HOST, "--port", str(port),
            "--config", str(config)]
-    full_env = {**os.environ, "OLLAMALITE_NUM_THREADS": str(THREADS), **(env or {})}
+    full_env = {**os.environ, "OLLAMALITE_NUM_THREADS": str(THREADS), **repack_env(),
+                **(env or {})}
     return serving(name, cmd, port, "/", full_env)

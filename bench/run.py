@@ -58,7 +58,7 @@ import report
 from bare_loop import BareLoop, BareModel
 from clients import (LLAMA_SERVER_COMPLETION, OLLAMA_CHAT, OLLAMA_GENERATE, OPENAI_CHAT, Api,
                      chat, concurrent, new_session)
-from common import (HOST, MODEL, N_CTX, PROMPTS, REPO, THREADS, Run, Server, free_port,
+from common import (HOST, MODEL, N_CTX, PROMPTS, REPO, THREADS, Run, Server, cpu_plan, free_port,
                     load_llama, ollamalite_server, rss_mb, run_llama, serving, write_config)
 from conversation import opening, questions
 from ollamalite.config import bundled_model_path
@@ -122,6 +122,8 @@ def llama_server(name: str, binary: str, n_parallel: int) -> AbstractContextMana
     cmd = [binary, "-m", str(bundled_model_path()), "--host", HOST, "--port", str(port),
            "-np", str(n_parallel), "-t", str(THREADS), "-tb", str(THREADS),
            "-c", str(N_CTX * n_parallel)]
+    if not cpu_plan().extra_bufts:
+        cmd.append("--no-repack")  # llama-server's name for the same switch
     return serving(name, cmd, port, "/health")
 
 

@@ -12,9 +12,11 @@ import time
 from collections import OrderedDict
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import AsyncIterator
 
-from ollamalite.config import ModelEntry, Registry
+from ollamalite.config import ModelEntry, Registry, bundled_model_path
+from ollamalite.engine.cpu import CpuPlan, CpuPolicy
 from ollamalite.engine.engine import Engine
 from ollamalite.engine.llama import LlamaModel
 from ollamalite.errors import Busy, ModelNotFound
@@ -73,6 +75,14 @@ class Scheduler:
         self._released = asyncio.Condition()
         self._requests = 0  # inside `use`: generating, or waiting for a slot or a load
         self._closing = False
+        self.cpu = CpuPolicy(settings.repack, settings.data_dir)
+
+    async def cpu_plan(self, entry: ModelEntry | None = None) -> CpuPlan | None:
+        """How this process loads models on this CPU (decided once, off the event loop). A
+        probe, if one is needed, decodes with the small bundled model when it is installed,
+        else with `entry`'s; None when there is neither yet."""
+        model = _probe_model(entry)
+        return None if model is None else await asyncio.to_thread(self.cpu.plan, model)
 
     def entry(self, name: str) -> ModelEntry:
         entry = self.registry.get(name)
@@ -240,9 +250,12 @@ class Scheduler:
         ctx = _context_size(entry, info, num_ctx)
         slots = entry.num_parallel or self.settings.num_parallel
         opts = entry.options
+        plan = await self.cpu_plan(entry)
+        assert plan is not None  # an entry always gives the probe a model
         model = await loop.run_in_executor(
-            None, lambda: LlamaModel(entry.path, opts.get("use_mmap", True),
-                                     opts.get("use_mlock", False)))
+            None, lambda: LlamaModel(entry.path, extra_bufts=plan.extra_bufts,
+                                     use_mmap=opts.get("use_mmap", True),
+                                     use_mlock=opts.get("use_mlock", False)))
         try:
             engine = await loop.run_in_executor(
                 None, lambda: Engine(model, slots, ctx, n_batch=opts.get("num_batch", 512),
@@ -264,6 +277,16 @@ class Scheduler:
             del self._loaded[key]
         await asyncio.get_running_loop().run_in_executor(None, runner.close, reason)
         log.info("unloaded %s", runner.entry.name)
+
+
+def _probe_model(entry: ModelEntry | None) -> Path | None:
+    try:
+        bundled = bundled_model_path()
+    except FileNotFoundError:
+        bundled = None
+    if bundled is not None and bundled.is_file():
+        return bundled
+    return entry.path if entry is not None else None
 
 
 def _loads_alike(new: ModelEntry, old: ModelEntry) -> bool:

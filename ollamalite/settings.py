@@ -37,6 +37,8 @@ class Settings:
     load_timeout: float = 300.0  # longest wait for a model to load (or for room to load it)
     num_threads: int = 0
     prefix_cache: bool = True
+    # llama.cpp's extra CPU buffer types (AMX, repacked weights): auto (probed), on or off.
+    repack: str = "auto"
     debug: bool = False
     # Files ollamalite creates: blobs/sha256-<hex> (uploads), models/ (GGUFs it made or fetched).
     data_dir: Path = DEFAULT_HOME.expanduser()
@@ -118,6 +120,19 @@ def _duration(env: Mapping[str, str], key: str, default: float) -> float:
     return value if value > 0 else default
 
 
+def _repack(env: Mapping[str, str]) -> str:
+    """`auto`, or a forced `on`/`off` (Ollama's boolean words count too)."""
+    text = env_var(env, "OLLAMALITE_REPACK").lower()
+    if text in ("", "auto"):
+        return "auto"
+    if text in ("1", "t", "true", "yes", "on"):
+        return "on"
+    if text in ("0", "f", "false", "no", "off"):
+        return "off"
+    log.warning("invalid OLLAMALITE_REPACK=%r (auto, on or off), using auto", text)
+    return "auto"
+
+
 def _keep_alive(env: Mapping[str, str]) -> float:
     text = env_var(env, "OLLAMA_KEEP_ALIVE")
     if not text:
@@ -153,6 +168,7 @@ def from_env(
         load_timeout=_duration(env, "OLLAMA_LOAD_TIMEOUT", 300.0),
         num_threads=_uint(env, "OLLAMALITE_NUM_THREADS", 0),
         prefix_cache=_bool(env, "OLLAMALITE_PREFIX_CACHE", True),
+        repack=_repack(env),
         debug=_bool(env, "OLLAMA_DEBUG", False),
         data_dir=_path(env, "OLLAMALITE_HOME", DEFAULT_HOME),
         ollama_models=_path(env, "OLLAMA_MODELS", DEFAULT_OLLAMA_MODELS),

@@ -11,9 +11,13 @@ import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Generator, Iterator
 
 import pytest
+
+from ollamalite import settings
+from ollamalite.config import bundled_model_path
+from ollamalite.engine.cpu import CpuPlan, CpuPolicy
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "smollm2:135m"
@@ -35,6 +39,44 @@ models:
       temperature: 0
       num_predict: 8
 """
+
+
+PLAN = pytest.StashKey[CpuPlan]()
+GATE = "gate"  # the marker of tests that prove this machine can run the engine at all
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Decide once, as a server would, whether llama.cpp's extra buffer types (AMX, repacked
+    weights) are safe on this CPU, and hand the verdict to every server and model the tests
+    start: each server has a home folder of its own, so each would otherwise probe again. The
+    probe's verdict is cached in pytest's cache folder, per CPU."""
+    policy = CpuPolicy(settings.current().repack, config.cache.mkdir("cpu-probe"))
+    config.stash[PLAN] = plan = policy.plan(bundled_model_path())
+    os.environ["OLLAMALITE_REPACK"] = "on" if plan.extra_bufts else "off"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return config.stash[PLAN].describe()
+
+
+def extra_bufts() -> bool:
+    """What models loaded by the tests themselves use (see `pytest_configure`)."""
+    return os.environ["OLLAMALITE_REPACK"] == "on"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Gate tests run first: if the engine cannot decode here, nothing after them can pass."""
+    items.sort(key=lambda item: item.get_closest_marker(GATE) is None)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.failed and item.get_closest_marker(GATE) is not None:
+        item.session.shouldstop = ("the engine cannot run on this machine (see the failure "
+                                   "above): every test that loads a model would fail after it")
+    return report
 
 
 def free_port() -> int:

@@ -14,6 +14,7 @@ from ollamalite.engine.embedder import MAX_SEQS, pack, pooling_for
 from ollamalite.engine.llama import LlamaModel
 from ollamalite.errors import BadRequest, ConfigError
 from ollamalite.gguf_meta import read_header
+from tests.conftest import extra_bufts
 from tests.tiny_bert import write_tiny_bert
 
 
@@ -89,7 +90,8 @@ def test_models_yaml_embedding_flag(tmp_path: Path) -> None:
 @pytest.mark.parametrize("pooling, used", [(gguf.PoolingType.CLS, gguf.PoolingType.CLS),
                                            (gguf.PoolingType.NONE, gguf.PoolingType.MEAN)])
 def test_pooling_comes_from_the_gguf(tmp_path: Path, pooling: int, used: int) -> None:
-    model = LlamaModel(write_tiny_bert(tmp_path / "bert.gguf", pooling))
+    model = LlamaModel(write_tiny_bert(tmp_path / "bert.gguf", pooling),
+                       extra_bufts=extra_bufts())
     try:
         assert model.pooling_type == pooling and pooling_for(model) == used
         assert model.adds_eos  # [SEP] closes every input: truncation keeps it

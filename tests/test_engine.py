@@ -15,13 +15,14 @@ from ollamalite.engine.llama import LlamaModel
 from ollamalite.gguf_meta import read_header
 from ollamalite.options import SamplingParams
 from ollamalite.prompt import render_chat
+from tests.conftest import extra_bufts
 
 SLOT_CTX = 512
 
 
 @pytest.fixture(scope="module")
 def model() -> Iterator[LlamaModel]:
-    m = LlamaModel(bundled_model_path())
+    m = LlamaModel(bundled_model_path(), extra_bufts=extra_bufts())
     yield m
     m.close()
 

@@ -41,10 +41,14 @@ class ModelLoadError(RuntimeError):
 class LlamaModel:
     """Weights plus vocabulary. Thread-safe for reading; freed by `close()`."""
 
-    def __init__(self, path: Path, use_mmap: bool = True, use_mlock: bool = False) -> None:
+    def __init__(self, path: Path, *, extra_bufts: bool, use_mmap: bool = True,
+                 use_mlock: bool = False) -> None:
+        """`extra_bufts`: whether weights may go to llama.cpp's extra CPU buffer types (AMX,
+        repacked layouts); a required choice because some CPUs die from it (see `cpu.py`)."""
         init_backend()
         params = llama_cpp.llama_model_default_params()
         params.n_gpu_layers = 0
+        params.use_extra_bufts = extra_bufts
         params.load_mode = _load_mode(use_mmap, use_mlock)
         ptr = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
         if not ptr:
@@ -175,6 +179,28 @@ def put_token(batch: llama_cpp.llama_batch, i: int, token: int, pos: int, seq_id
     batch.n_seq_id[i] = 1
     batch.seq_id[i][0] = seq_id
     batch.logits[i] = output
+
+
+def decode_once(model: LlamaModel, n_tokens: int, n_threads: int = 1) -> int:
+    """Decode a batch of `n_tokens` tokens, then one more, in a context of its own; return
+    the greedy next token. The smallest run that proves this machine can serve `model`."""
+    params = llama_cpp.llama_context_default_params()
+    params.n_ctx = params.n_batch = params.n_ubatch = n_tokens + 1
+    ctx = new_context(model, params, n_threads, "a probe context")
+    batch = llama_cpp.llama_batch_init(n_tokens, 0, 1)
+    try:
+        prompt = model.tokenize("Why is the sky blue? " * n_tokens)[:n_tokens]
+        for step, tokens in enumerate((prompt, [0])):
+            batch.n_tokens = len(tokens)
+            for i, token in enumerate(tokens):
+                put_token(batch, i, token, step * n_tokens + i, 0, i == len(tokens) - 1)
+            if llama_cpp.llama_decode(ctx, batch) != 0:
+                raise RuntimeError("llama_decode failed")
+        logits = llama_cpp.llama_get_logits_ith(ctx, -1)
+        return max(range(model.n_vocab), key=lambda t: logits[t])
+    finally:
+        llama_cpp.llama_batch_free(batch)
+        llama_cpp.llama_free(ctx)
 
 
 def _load_mode(use_mmap: bool, use_mlock: bool) -> int:

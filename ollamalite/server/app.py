@@ -133,7 +133,9 @@ async def _finish_requests(app: web.Application) -> None:
 
 async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
     scheduler = app[SCHEDULER]
-    tasks = [asyncio.create_task(_warm_digests(scheduler.registry)),
+    # Decided (and logged) at start-up, so the first request rarely waits for an AMX probe.
+    tasks = [asyncio.create_task(scheduler.cpu_plan()),
+             asyncio.create_task(_warm_digests(scheduler.registry)),
              asyncio.create_task(app[LIBRARY].watch())]
     yield
     for task in tasks:
