@@ -113,7 +113,10 @@ def test_suffix_builds_pre_prefix_suf_suffix_mid(http: httpx.Client) -> None:
     assert body["context"][:len(expected)] == expected
     assert body["prompt_eval_count"] == len(expected)
     assert len(body["context"]) == len(expected) + body["eval_count"]
-    assert body["done_reason"] == "length" and body["eval_count"] == 3
+    # The ids stand for ordinary tokens in this model, so what follows is arbitrary text that may
+    # end early (and does on some CPUs' kernels): only the budget is certain.
+    assert (body["done_reason"], body["eval_count"]) == ("length", 3) or \
+        (body["done_reason"] == "stop" and 0 <= body["eval_count"] < 3)
 
 
 def test_suffix_text_spelling_a_special_token_stays_text(http: httpx.Client) -> None:
