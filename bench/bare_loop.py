@@ -24,7 +24,6 @@ from pathlib import Path
 
 import llama_cpp
 import numpy as np
-
 from common import N_CTX, THREADS, Run, cpu_plan
 
 N_BATCH = 512  # ollamalite's default (its engine uses max(n_batch, slots) for both sizes)

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import aiohttp
-
 from common import MODEL, Run
 
 Message = dict[str, str]

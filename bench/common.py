@@ -24,8 +24,8 @@ from typing import IO, Iterator
 
 import llama_cpp
 
-from ollamalite.config import bundled_model_path
-from ollamalite.engine.cpu import CpuPlan, CpuPolicy
+from ollamalite.registry.models_file import bundled_model_path
+from ollamalite.runtime.engine.cpu import CpuPlan, CpuPolicy
 from ollamalite.settings import current
 
 REPO = Path(__file__).resolve().parent.parent

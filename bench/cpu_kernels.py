@@ -26,8 +26,9 @@ from pathlib import Path
 
 from bare_loop import BareLoop, BareModel
 from common import THREADS
-from ollamalite.config import bundled_model_path
-from ollamalite.engine.cpu import CpuPolicy, signal_name
+
+from ollamalite.registry.models_file import bundled_model_path
+from ollamalite.runtime.engine.cpu import CpuPolicy, signal_name
 
 FTYPES = {"q4_0": 2}  # llama_ftype values of the types --quantize accepts
 

@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import aiohttp
-
 from clients import OLLAMA_GENERATE, concurrent, new_session
 from common import PROMPTS, Server, ollamalite_server, write_config
 

@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from matplotlib.figure import Figure  # no pyplot: a PNG is rendered with Agg, no display needed
-
 from common import Run
+from matplotlib.figure import Figure  # no pyplot: a PNG is rendered with Agg, no display needed
 
 LIMIT = "limit: bare llama.cpp loop"
 LLAMA = "llama-cpp-python Llama"

@@ -53,17 +53,52 @@ from typing import Awaitable, Callable
 
 import aiohttp
 import llama_cpp
-
 import report
 from bare_loop import BareLoop, BareModel
-from clients import (LLAMA_SERVER_COMPLETION, OLLAMA_CHAT, OLLAMA_GENERATE, OPENAI_CHAT, Api,
-                     chat, concurrent, new_session)
-from common import (HOST, MODEL, N_CTX, PROMPTS, REPO, THREADS, Run, Server, cpu_plan, free_port,
-                    load_llama, ollamalite_server, rss_mb, run_llama, serving, write_config)
+from clients import (
+    LLAMA_SERVER_COMPLETION,
+    OLLAMA_CHAT,
+    OLLAMA_GENERATE,
+    OPENAI_CHAT,
+    Api,
+    chat,
+    concurrent,
+    new_session,
+)
+from common import (
+    HOST,
+    MODEL,
+    N_CTX,
+    PROMPTS,
+    REPO,
+    THREADS,
+    Run,
+    Server,
+    cpu_plan,
+    free_port,
+    load_llama,
+    ollamalite_server,
+    rss_mb,
+    run_llama,
+    serving,
+    write_config,
+)
 from conversation import opening, questions
-from ollamalite.config import bundled_model_path
-from report import (LIMIT, LLAMA, LLAMA_SERVER_1, LLAMA_SERVER_4, LLAMA_SERVER_CHAT, NO_REUSE,
-                    OLLAMALITE_1, OLLAMALITE_4, REUSE, Key, Trial)
+from report import (
+    LIMIT,
+    LLAMA,
+    LLAMA_SERVER_1,
+    LLAMA_SERVER_4,
+    LLAMA_SERVER_CHAT,
+    NO_REUSE,
+    OLLAMALITE_1,
+    OLLAMALITE_4,
+    REUSE,
+    Key,
+    Trial,
+)
+
+from ollamalite.registry.models_file import bundled_model_path
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"

@@ -28,8 +28,17 @@ import sys
 import time
 from typing import Any, Callable, Iterator
 
-from common import (HOST, MODEL, PROMPTS, REPO, THREADS, Run, load_llama, ollamalite_server,
-                    run_llama)
+from common import (
+    HOST,
+    MODEL,
+    PROMPTS,
+    REPO,
+    THREADS,
+    Run,
+    load_llama,
+    ollamalite_server,
+    run_llama,
+)
 
 RAW, SERVER = "raw llama-cpp-python", "ollamalite"
 PROMPT = PROMPTS[0]

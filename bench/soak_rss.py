@@ -18,7 +18,6 @@ import tempfile
 from pathlib import Path
 
 import aiohttp
-
 from common import MODEL, PROMPTS, ollamalite_server, write_config
 
 CHECKPOINTS = (50, 250, 500, 750, 1000)

@@ -18,7 +18,7 @@ from ollamalite.errors import ConfigError
 from ollamalite.settings import DEFAULT_CONFIG, Settings, current
 
 if TYPE_CHECKING:
-    from ollamalite import config
+    from ollamalite.registry import models_file
 
 log = logging.getLogger("ollamalite")
 
@@ -59,20 +59,21 @@ def models_path(settings: Settings) -> Path:
     return settings.data_dir / DEFAULT_CONFIG
 
 
-def load_registry(settings: Settings) -> config.Registry:
+def load_registry(settings: Settings) -> models_file.Registry:
     """models.yaml plus the models found in `model_dirs` and the Ollama store."""
-    from ollamalite import config, discovery  # here, so that client commands start fast
+    from ollamalite import discovery  # here, so that client commands start fast
+    from ollamalite.registry import models_file
 
     path = models_path(settings)
     if not settings.config_explicit and not path.exists():
         log.info("no %s yet: serving the bundled model as smollm2:135m", path)
-        registry = config.load_or_default(path)
+        registry = models_file.load_or_default(path)
     else:
-        registry = config.load(path)
+        registry = models_file.load(path)
     return discovery.extend(registry, settings.ollama_models)
 
 
-async def serve(settings: Settings, registry: config.Registry) -> None:
+async def serve(settings: Settings, registry: models_file.Registry) -> None:
     from aiohttp import web
 
     from ollamalite.server.app import create_app

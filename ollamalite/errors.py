@@ -6,6 +6,8 @@ middleware, so handlers never format errors themselves.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ApiError(Exception):
     """An error with the HTTP status the client should see."""
@@ -45,3 +47,20 @@ class ModelNotFound(NotFound):
 
 class ConfigError(Exception):
     """A start-up problem in models.yaml or the environment, shown without a traceback."""
+
+
+def describe(messages: Any, prefix: str = "") -> str:
+    """marshmallow's nested error dict -> `field.sub: message; other: message`, for the one
+    readable 400 message of a request or a Modelfile's parameters."""
+    if isinstance(messages, dict):
+        parts = []
+        for key, value in messages.items():
+            path = prefix if key == "_schema" else (f"{prefix}.{key}" if prefix else str(key))
+            parts.append(describe(value, path))
+        return "; ".join(parts)
+    if isinstance(messages, list):
+        text = " ".join(str(m) for m in messages if not isinstance(m, (dict, list)))
+        nested = [describe(m, prefix) for m in messages if isinstance(m, (dict, list))]
+        head = f"{prefix}: {text}" if prefix and text else text
+        return "; ".join([p for p in [head, *nested] if p])
+    return f"{prefix}: {messages}" if prefix else str(messages)

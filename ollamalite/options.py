@@ -11,8 +11,9 @@ import logging
 from dataclasses import dataclass, fields, replace
 from typing import Any, Mapping
 
-from marshmallow import EXCLUDE, Schema, ValidationError, validate
+from marshmallow import EXCLUDE, Schema, ValidationError
 from marshmallow import fields as mf
+from marshmallow import validate
 
 log = logging.getLogger(__name__)
 

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from contextlib import contextmanager
@@ -16,8 +17,8 @@ from typing import Generator, Iterator
 import pytest
 
 from ollamalite import settings
-from ollamalite.config import bundled_model_path
-from ollamalite.engine.cpu import CpuPlan, CpuPolicy
+from ollamalite.registry.models_file import bundled_model_path
+from ollamalite.runtime.engine.cpu import CpuPlan, CpuPolicy
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "smollm2:135m"
@@ -50,7 +51,9 @@ def pytest_configure(config: pytest.Config) -> None:
     weights) are safe on this CPU, and hand the verdict to every server and model the tests
     start: each server has a home folder of its own, so each would otherwise probe again. The
     probe's verdict is cached in pytest's cache folder, per CPU."""
-    policy = CpuPolicy(settings.current().repack, config.cache.mkdir("cpu-probe"))
+    cache = getattr(config, "cache", None)  # absent under `-p no:cacheprovider`
+    folder = cache.mkdir("cpu-probe") if cache else Path(tempfile.mkdtemp(prefix="cpu-probe"))
+    policy = CpuPolicy(settings.current().repack, folder)
     config.stash[PLAN] = plan = policy.plan(bundled_model_path())
     os.environ["OLLAMALITE_REPACK"] = "on" if plan.extra_bufts else "off"
 

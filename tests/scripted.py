@@ -8,7 +8,7 @@ from typing import AsyncIterator, Awaitable, Callable, Iterable
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from ollamalite.engine.jobs import Event
+from ollamalite.runtime.engine.jobs import Event
 from ollamalite.server.app import errors_middleware
 
 

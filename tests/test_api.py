@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ollamalite.config import bundled_model_path
+from ollamalite.registry.models_file import bundled_model_path
 from tests.conftest import MODEL, PIRATE, PIRATE_SYSTEM
 
 GREEDY = {"temperature": 0, "num_predict": 16}

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ollamalite import modelfile
+from ollamalite.registry import modelfile
 from tests.conftest import MODEL, PIRATE, PIRATE_SYSTEM, REPO, LiveServer, free_port
 
 HEX12 = re.compile(r"^[0-9a-f]{12}$")

@@ -11,8 +11,8 @@ from typing import Iterator
 import httpx
 import pytest
 
-from ollamalite.config import bundled_model_path
-from ollamalite.gguf_meta import file_digest
+from ollamalite.registry.gguf_header import file_digest
+from ollamalite.registry.models_file import bundled_model_path
 from tests.conftest import MODEL, LiveServer, serving
 from tests.fake_hub import FakeHub, tiny_gguf
 from tests.test_cli import Terminal, cli, columns

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ollamalite import config
 from ollamalite.errors import ConfigError
+from ollamalite.registry import models_file
 from tests.conftest import REPO
 
 
@@ -20,10 +20,10 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_repo_models_yaml_serves_bundled_model() -> None:
-    registry = config.load(REPO / "models.yaml")
+    registry = models_file.load(REPO / "models.yaml")
     entry = registry.get("SmolLM2:135M")
     assert entry is not None and entry.name == "smollm2:135m"
-    assert entry.path == config.bundled_model_path().resolve()
+    assert entry.path == models_file.bundled_model_path().resolve()
     assert registry.get("smollm2") is None  # means smollm2:latest, which is not configured
 
 
@@ -41,7 +41,7 @@ models:
     system: be brief
     options: {temperature: 0.2, stop: ["\\n"]}
 """)
-    registry = config.load(path)
+    registry = models_file.load(path)
     assert set(registry.models) == {"tiny:latest", "tiny-chat:v1"}
     entry = registry.get("tiny-chat:V1")
     assert entry.path == gguf.resolve() and entry.num_ctx == 512
@@ -63,7 +63,7 @@ models:
 def test_errors_name_file_and_line(tmp_path: Path, text: str, line: int, fragment: str) -> None:
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as err:
-        config.load(path)
+        models_file.load(path)
     message = str(err.value)
     assert message.startswith(f"{path}:{line}:"), message
     assert fragment in message
@@ -71,7 +71,7 @@ def test_errors_name_file_and_line(tmp_path: Path, text: str, line: int, fragmen
 
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
-        config.load(tmp_path / "absent.yaml")
+        models_file.load(tmp_path / "absent.yaml")
 
 
 def test_serve_reports_config_errors_without_traceback(tmp_path: Path) -> None:
@@ -92,7 +92,7 @@ def test_tags_skips_a_model_whose_file_disappeared(tmp_path: Path) -> None:
     from tests.conftest import start_server, stop_server
 
     gguf = tmp_path / "copy.gguf"
-    shutil.copy(config.bundled_model_path(), gguf)
+    shutil.copy(models_file.bundled_model_path(), gguf)
     path = write(tmp_path, "models:\n  smollm2:135m: bundled\n  copy: copy.gguf\n")
     server = start_server(path, tmp_path / "server.log")
     try:

@@ -14,9 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from ollamalite.config import bundled_model_path
-from ollamalite.engine.cpu import (CACHE_FILE, Cpu, CpuPolicy, ProbeResult, interpret,
-                                   parse_system_info, read_cpu, run_probe, signal_name)
+from ollamalite.registry.models_file import bundled_model_path
+from ollamalite.runtime.engine.cpu import (
+    CACHE_FILE,
+    Cpu,
+    CpuPolicy,
+    ProbeResult,
+    interpret,
+    parse_system_info,
+    read_cpu,
+    run_probe,
+    signal_name,
+)
 from ollamalite.settings import from_env
 from tests.conftest import MODEL, PLAN, REPO, serving
 
@@ -27,10 +36,10 @@ AMX_BUILD = ("AVX2", "AVX512", "AMX_INT8")
 # One token through the real engine, as a server's first request makes it.
 DECODE_ONE = """
 import os, queue
-from ollamalite.config import bundled_model_path
-from ollamalite.engine.engine import Engine
-from ollamalite.engine.jobs import Job
-from ollamalite.engine.llama import LlamaModel
+from ollamalite.registry.models_file import bundled_model_path
+from ollamalite.runtime.engine.engine import Engine
+from ollamalite.runtime.engine.jobs import Job
+from ollamalite.runtime.engine.llama import LlamaModel
 from ollamalite.options import SamplingParams
 
 model = LlamaModel(bundled_model_path(), extra_bufts=os.environ["OLLAMALITE_REPACK"] == "on")

@@ -12,9 +12,9 @@ from typing import Iterator
 import httpx
 import pytest
 
-from ollamalite import discovery, modelfile
-from ollamalite.config import bundled_model_path
 from ollamalite.errors import BadRequest
+from ollamalite.registry import discovery, modelfile
+from ollamalite.registry.models_file import bundled_model_path
 from tests.conftest import MODEL, LiveServer, start_server, stop_server
 
 GO_TEMPLATE = "{{ if .System }}<|im_start|>system\n{{ .System }}<|im_end|>{{ end }}"

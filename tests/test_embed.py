@@ -20,8 +20,9 @@ import ollama
 import pytest
 
 from tests.conftest import MODEL, LiveServer, serving, start_server, stop_server
-from tests.tiny_bert import N_CTX, write_tiny_bert
+from tests.tiny_bert import N_CTX
 from tests.tiny_bert import N_EMBD as BERT_EMBD
+from tests.tiny_bert import write_tiny_bert
 
 CAT = "The cat sat on the mat."
 KITTEN = "A small kitten is sleeping on the rug."

@@ -8,12 +8,12 @@ import gguf
 import numpy as np
 import pytest
 
-from ollamalite import config
-from ollamalite.embedding import TOO_LONG, fit, normalize, shorten
-from ollamalite.engine.embedder import MAX_SEQS, pack, pooling_for
-from ollamalite.engine.llama import LlamaModel
 from ollamalite.errors import BadRequest, ConfigError
-from ollamalite.gguf_meta import read_header
+from ollamalite.generation.embedding import TOO_LONG, fit, normalize, shorten
+from ollamalite.registry import models_file
+from ollamalite.registry.gguf_header import read_header
+from ollamalite.runtime.engine.embedder import MAX_SEQS, pack, pooling_for
+from ollamalite.runtime.engine.llama import LlamaModel
 from tests.conftest import extra_bufts
 from tests.tiny_bert import write_tiny_bert
 
@@ -80,11 +80,11 @@ def test_models_yaml_embedding_flag(tmp_path: Path) -> None:
     path = tmp_path / "models.yaml"
     path.write_text(f"models:\n  e:\n    path: {gguf_path}\n    embedding: true\n"
                     f"  c: {gguf_path}\n")
-    registry = config.load(path)
+    registry = models_file.load(path)
     assert registry.get("e").embedding is True and registry.get("c").embedding is None
     path.write_text(f"models:\n  e:\n    path: {gguf_path}\n    embedding: yes please\n")
     with pytest.raises(ConfigError, match=r"models.yaml:4: model 'e': `embedding` must be true"):
-        config.load(path)
+        models_file.load(path)
 
 
 @pytest.mark.parametrize("pooling, used", [(gguf.PoolingType.CLS, gguf.PoolingType.CLS),

@@ -8,13 +8,13 @@ from typing import Iterator
 
 import pytest
 
-from ollamalite.config import bundled_model_path
-from ollamalite.engine.engine import Engine
-from ollamalite.engine.jobs import Failed, Finished, Job, TextChunk
-from ollamalite.engine.llama import LlamaModel
-from ollamalite.gguf_meta import read_header
+from ollamalite.generation.prompt import render_chat
 from ollamalite.options import SamplingParams
-from ollamalite.prompt import render_chat
+from ollamalite.registry.gguf_header import read_header
+from ollamalite.registry.models_file import bundled_model_path
+from ollamalite.runtime.engine.engine import Engine
+from ollamalite.runtime.engine.jobs import Failed, Finished, Job, TextChunk
+from ollamalite.runtime.engine.llama import LlamaModel
 from tests.conftest import extra_bufts
 
 SLOT_CTX = 512

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ollamalite.config import bundled_model_path
-from ollamalite.gguf_meta import GGUFError, file_digest, human_number, read_header
+from ollamalite.registry.gguf_header import GGUFError, file_digest, human_number, read_header
+from ollamalite.registry.models_file import bundled_model_path
 
 
 def test_bundled_header_details() -> None:

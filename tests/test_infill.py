@@ -12,8 +12,8 @@ import httpx
 import llama_cpp
 import pytest
 
-from ollamalite.config import bundled_model_path
-from ollamalite.gguf_meta import GGUFInfo, read_header
+from ollamalite.registry.gguf_header import GGUFInfo, read_header
+from ollamalite.registry.models_file import bundled_model_path
 from tests.conftest import MODEL, LiveServer, serving
 
 FIM_MODEL = "fim:latest"

@@ -14,7 +14,7 @@ import httpx
 import ollama
 import pytest
 
-from ollamalite.config import bundled_model_path
+from ollamalite.registry.models_file import bundled_model_path
 from tests.conftest import MODEL, LiveServer, serving
 
 KEPT_COMMENT = "# my own notes: this line must survive every edit"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ollamalite import config
 from ollamalite.errors import BadRequest, ConfigError
+from ollamalite.registry.models_file import ModelsFile
 
 ORIGINAL = """\
 # head comment: keep me
@@ -28,13 +28,13 @@ model_dirs: []
 
 
 @pytest.fixture
-def models_file(tmp_path: Path) -> config.ModelsFile:
+def models_file(tmp_path: Path) -> ModelsFile:
     path = tmp_path / "models.yaml"
     path.write_text(ORIGINAL)
-    return config.ModelsFile(path)
+    return ModelsFile(path)
 
 
-def test_add_appends_and_keeps_every_comment(models_file: config.ModelsFile) -> None:
+def test_add_appends_and_keeps_every_comment(models_file: ModelsFile) -> None:
     models_file.add("new:v1", {"path": "bundled", "system": "one\ntwo\n",
                                "options": {"num_predict": 3}})
     text = models_file.path.read_text()
@@ -49,7 +49,7 @@ def test_add_appends_and_keeps_every_comment(models_file: config.ModelsFile) -> 
     assert entry.system == "one\ntwo\n" and entry.options == {"num_predict": 3}
 
 
-def test_replace_keeps_place_and_matches_names_loosely(models_file: config.ModelsFile) -> None:
+def test_replace_keeps_place_and_matches_names_loosely(models_file: ModelsFile) -> None:
     models_file.add("A:latest", {"path": "bundled", "num_ctx": 64})
     registry = models_file.load()
     assert list(registry.models) == ["a:latest", "b:latest", "c:latest"]
@@ -57,7 +57,7 @@ def test_replace_keeps_place_and_matches_names_loosely(models_file: config.Model
     assert "  # about a\n  a:\n    path: bundled\n    num_ctx: 64\n" in models_file.path.read_text()
 
 
-def test_remove_keeps_the_comments_around(models_file: config.ModelsFile) -> None:
+def test_remove_keeps_the_comments_around(models_file: ModelsFile) -> None:
     assert models_file.remove("c") is True
     assert models_file.remove("c") is False
     assert models_file.remove("B:LATEST") is True
@@ -67,7 +67,7 @@ def test_remove_keeps_the_comments_around(models_file: config.ModelsFile) -> Non
     assert "    path: bundled   # eol a\n" in text
 
 
-def test_copy_duplicates_an_entry(models_file: config.ModelsFile) -> None:
+def test_copy_duplicates_an_entry(models_file: ModelsFile) -> None:
     assert models_file.copy("c", "d:copy") is True
     assert models_file.copy("nothing", "e") is False
     registry = models_file.load()
@@ -76,7 +76,7 @@ def test_copy_duplicates_an_entry(models_file: config.ModelsFile) -> None:
     assert "  # about c\n  c:\n    path: bundled\n    num_ctx: 512\n" in text
 
 
-def test_bad_edit_leaves_the_file_alone(models_file: config.ModelsFile) -> None:
+def test_bad_edit_leaves_the_file_alone(models_file: ModelsFile) -> None:
     with pytest.raises(ConfigError, match="GGUF file not found"):
         models_file.add("x", {"path": "missing.gguf"})
     with pytest.raises(BadRequest, match="invalid model name"):
@@ -86,13 +86,13 @@ def test_bad_edit_leaves_the_file_alone(models_file: config.ModelsFile) -> None:
 
 
 def test_missing_file_starts_from_the_bundled_model(tmp_path: Path) -> None:
-    models_file = config.ModelsFile(tmp_path / "home" / "models.yaml")
+    models_file = ModelsFile(tmp_path / "home" / "models.yaml")
     assert list(models_file.load().models) == ["smollm2:135m"]
     models_file.copy("smollm2:135m", "mine")
     assert list(models_file.load().models) == ["smollm2:135m", "mine:latest"]
 
 
-def test_concurrent_edits_are_all_kept(models_file: config.ModelsFile) -> None:
+def test_concurrent_edits_are_all_kept(models_file: ModelsFile) -> None:
     threads = [threading.Thread(target=models_file.add, args=(f"m{i}", {"path": "bundled"}))
                for i in range(16)]
     for thread in threads:
@@ -106,7 +106,7 @@ def test_comments_after_nested_lists_stay_at_the_end(tmp_path: Path) -> None:
     path = tmp_path / "models.yaml"
     path.write_text("models:\n  a:\n    path: bundled\n    options:\n      stop:\n      - x\n"
                     "      - END   # eol\n# after a\n")
-    models_file = config.ModelsFile(path)
+    models_file = ModelsFile(path)
     models_file.add("b", {"path": "bundled", "messages": [{"role": "user", "content": "hi"}]})
     models_file.add("c", {"path": "bundled"})
     assert path.read_text() == (
@@ -166,7 +166,7 @@ models:
 def test_untouched_text_survives_an_add_and_remove(tmp_path: Path, text: str) -> None:
     path = tmp_path / "models.yaml"
     path.write_text(text)
-    models_file = config.ModelsFile(path)
+    models_file = ModelsFile(path)
     models_file.add("tmp", {"path": "bundled", "options": {"stop": ["z"]}})
     assert path.read_text().startswith(text)
     models_file.remove("tmp")

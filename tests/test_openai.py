@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from ollamalite.config import bundled_model_path
+from ollamalite.registry.models_file import bundled_model_path
 from tests.conftest import MODEL, PIRATE
 
 GREEDY: dict[str, Any] = {"temperature": 0, "seed": 42}

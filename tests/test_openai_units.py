@@ -12,13 +12,14 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from ollamalite import openai_schemas, schemas
-from ollamalite.engine.jobs import Event, Failed, Finished, TextChunk
 from ollamalite.errors import BadRequest, Busy
-from ollamalite.output import Delta
+from ollamalite.generation.reply import Delta
+from ollamalite.runtime.engine.jobs import Event, Failed, Finished, TextChunk
 from ollamalite.server import openai as oa
 from ollamalite.server.app import errors_middleware
 from ollamalite.server.generation import ChatShape, NativeRun
+from ollamalite.wire import native as ollama_wire
+from ollamalite.wire import openai as wire
 from tests.scripted import post_once, scripted
 
 PNG = "iVBORw0KGgo="
@@ -26,9 +27,9 @@ PNG = "iVBORw0KGgo="
 
 def chat(**body: Any) -> dict[str, Any]:
     """A /v1/chat/completions body through both schemas, as the route loads it."""
-    req = schemas.load(openai_schemas.CHAT, {"model": "m", "messages": [
+    req = ollama_wire.load(wire.CHAT, {"model": "m", "messages": [
         {"role": "user", "content": "hi"}], **body})
-    return schemas.load(schemas.CHAT, oa.native_chat(req))
+    return ollama_wire.load(ollama_wire.CHAT, oa.native_chat(req))
 
 
 def test_chat_maps_sampling_fields_onto_ollama_options() -> None:
@@ -120,17 +121,17 @@ def test_bad_messages(message: dict, error: str) -> None:
 
 
 def test_completion_request_maps_to_a_templated_generate() -> None:
-    req = schemas.load(openai_schemas.COMPLETION, {"model": "m", "prompt": ["Hi"],
+    req = ollama_wire.load(wire.COMPLETION, {"model": "m", "prompt": ["Hi"],
                                                   "suffix": "end", "max_tokens": 4,
                                                   "logprobs": 2})
-    native = schemas.load(schemas.GENERATE, oa.native_generate(req))
+    native = ollama_wire.load(ollama_wire.GENERATE, oa.native_generate(req))
     assert (native["prompt"], native["suffix"], native["raw"]) == ("Hi", "end", False)
     assert native["options"] == {"temperature": 1.0, "top_p": 1.0, "num_predict": 4}
     assert (native["logprobs"], native["top_logprobs"]) == (True, 2)
 
 
 def test_embedding_request_and_list() -> None:
-    req = schemas.load(openai_schemas.EMBEDDING, {"model": "m", "input": "a", "dimensions": 2})
+    req = ollama_wire.load(wire.EMBEDDING, {"model": "m", "input": "a", "dimensions": 2})
     assert oa.native_embed(req) == {"model": "m", "input": ["a"], "dimensions": 2}
     vectors = [[0.5, -1.25], [2.0, 0.0]]
     floats = oa.embedding_list("m", vectors, 3, "float")

@@ -1,5 +1,5 @@
-"""The reply parser (ollamalite.output) on replies as real models write them, whole and split
-into every possible pair of chunks and into single characters."""
+"""The reply parser (ollamalite.generation.reply) on replies as real models write them, whole
+and split into every possible pair of chunks and into single characters."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Iterable
 
 import pytest
 
-from ollamalite.output import Delta, ReplyParser, ThinkingSplitter, ToolCallParser
+from ollamalite.generation.reply import Delta, ReplyParser, ThinkingSplitter, ToolCallParser
 
 TOOLS: dict[str, dict] = {"get_weather": {}, "get_time": {}}
 QWEN = ("<tool_call>", "</tool_call>")

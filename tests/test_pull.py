@@ -11,10 +11,10 @@ from typing import Any, Iterator
 import huggingface_hub.constants as hf_constants
 import pytest
 
-from ollamalite import sources
-from ollamalite.download import PullError
 from ollamalite.errors import BadRequest, NotFound
-from ollamalite.pull import Puller
+from ollamalite.pull import sources
+from ollamalite.pull.download import PullError
+from ollamalite.pull.puller import Puller
 from tests.fake_hub import COMMIT, FakeHub, tiny_gguf
 
 DATA = tiny_gguf(750_000)  # ~3 MB: several write chunks and progress lines

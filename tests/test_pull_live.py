@@ -15,7 +15,7 @@ import ollama
 import pytest
 from ruamel.yaml import YAML
 
-from ollamalite.config import bundled_model_path
+from ollamalite.registry.models_file import bundled_model_path
 from tests.conftest import LiveServer, serving
 from tests.fake_hub import FakeHub, tiny_gguf
 

@@ -7,8 +7,8 @@ import json
 
 from aiohttp import web
 
-from ollamalite.engine.jobs import Finished, TextChunk
-from ollamalite.output import ReplyParser, ThinkingSplitter, ToolCallParser
+from ollamalite.generation.reply import ReplyParser, ThinkingSplitter, ToolCallParser
+from ollamalite.runtime.engine.jobs import Finished, TextChunk
 from ollamalite.server.generation import ChatShape, GenerateShape, NativeRun
 from ollamalite.server.ollama import _respond
 from tests.scripted import post_once, scripted

@@ -7,7 +7,7 @@ import json
 
 from aiohttp import web
 
-from ollamalite.engine.jobs import Event, Failed, TextChunk
+from ollamalite.runtime.engine.jobs import Event, Failed, TextChunk
 from ollamalite.server.generation import GenerateShape, NativeRun
 from ollamalite.server.ollama import _respond
 from tests.scripted import post_once, scripted

@@ -15,7 +15,7 @@ from llama_cpp.llama_grammar import JSON_GBNF
 from pydantic import BaseModel, Field
 
 from ollamalite.errors import BadRequest
-from ollamalite.structured import ANY, grammar_for, normalise
+from ollamalite.generation.grammar import ANY, grammar_for, normalise
 from tests.conftest import MODEL
 
 GREEDY = {"temperature": 0, "num_predict": 120}

@@ -7,11 +7,11 @@ import json
 
 import pytest
 
-from ollamalite import prompt, template_info
-from ollamalite.config import bundled_model_path
 from ollamalite.errors import BadRequest
-from ollamalite.gguf_meta import read_header
-from ollamalite.template_info import TemplateFeatures
+from ollamalite.generation import prompt, templates
+from ollamalite.generation.templates import TemplateFeatures
+from ollamalite.registry.gguf_header import read_header
+from ollamalite.registry.models_file import bundled_model_path
 from tests import chat_templates as ct
 
 WEATHER = {"type": "function", "function": {
@@ -32,11 +32,11 @@ WEATHER = {"type": "function", "function": {
     ("{{ .Prompt }}", TemplateFeatures()),  # a Go template: nothing to probe
 ])
 def test_features(template: str | None, expected: TemplateFeatures) -> None:
-    assert template_info.features(template) == expected
+    assert templates.features(template) == expected
 
 
 def test_bundled_template_has_neither() -> None:
-    found = template_info.features(read_header(bundled_model_path()).chat_template)
+    found = templates.features(read_header(bundled_model_path()).chat_template)
     assert found == TemplateFeatures() and found.capabilities() == []
 
 
@@ -47,37 +47,37 @@ def test_capabilities_order() -> None:
 
 
 def test_check_request() -> None:
-    plain, thinker = TemplateFeatures(), template_info.features(ct.THINKING)
+    plain, thinker = TemplateFeatures(), templates.features(ct.THINKING)
     with pytest.raises(BadRequest, match='^"m" does not support tools$'):
-        template_info.check_request("m", plain, [WEATHER], None)
+        templates.check_request("m", plain, [WEATHER], None)
     with pytest.raises(BadRequest, match='^"m" does not support thinking$'):
-        template_info.check_request("m", plain, None, True)
+        templates.check_request("m", plain, None, True)
     with pytest.raises(BadRequest, match="thinking"):
-        template_info.check_request("m", plain, None, "high")
-    assert template_info.check_request("m", plain, None, False) is None
-    assert template_info.check_request("m", thinker, None, None) is True  # on by default
-    assert template_info.check_request("m", thinker, None, False) is False
-    assert template_info.check_request("m", thinker, None, "low") == "low"
+        templates.check_request("m", plain, None, "high")
+    assert templates.check_request("m", plain, None, False) is None
+    assert templates.check_request("m", thinker, None, None) is True  # on by default
+    assert templates.check_request("m", thinker, None, False) is False
+    assert templates.check_request("m", thinker, None, "low") == "low"
     # A grammar (format) holds the reply from its first token: no thinking to split off.
-    assert template_info.check_request("m", thinker, None, None, constrained=True) is False
-    assert template_info.check_request("m", thinker, None, False, constrained=True) is False
+    assert templates.check_request("m", thinker, None, None, constrained=True) is False
+    assert templates.check_request("m", thinker, None, False, constrained=True) is False
     with pytest.raises(BadRequest, match="think together with format"):
-        template_info.check_request("m", thinker, None, True, constrained=True)
-    assert template_info.check_request("m", plain, None, None, constrained=True) is None
+        templates.check_request("m", thinker, None, True, constrained=True)
+    assert templates.check_request("m", plain, None, None, constrained=True) is None
 
 
 def test_variables() -> None:
-    assert template_info.variables(None, None) == {}
-    assert template_info.variables([WEATHER], False) == {"tools": [WEATHER],
+    assert templates.variables(None, None) == {}
+    assert templates.variables([WEATHER], False) == {"tools": [WEATHER],
                                                           "enable_thinking": False}
-    assert template_info.variables(None, "high") == {"enable_thinking": True,
+    assert templates.variables(None, "high") == {"enable_thinking": True,
                                                      "reasoning_effort": "high"}
 
 
 def test_thinking_flag_reaches_the_template() -> None:
     msgs = [{"role": "user", "content": "Hi"}]
-    on = prompt.render_chat(ct.THINKING, msgs, "", "", template_info.variables(None, True))
-    off = prompt.render_chat(ct.THINKING, msgs, "", "", template_info.variables(None, False))
+    on = prompt.render_chat(ct.THINKING, msgs, "", "", templates.variables(None, True))
+    off = prompt.render_chat(ct.THINKING, msgs, "", "", templates.variables(None, False))
     assert on.endswith("<|im_start|>assistant\n<think>\n")
     assert off.endswith("<think>\n\n</think>\n\n")
 
@@ -95,7 +95,7 @@ def test_tool_conversation_renders() -> None:
     assert messages[2]["name"] == messages[2]["tool_name"] == "get_weather"
     assert messages[1]["tool_calls"][0]["type"] == "function"
     text = prompt.render_chat(ct.QWEN_TOOLS, messages, "", "",
-                              template_info.variables([WEATHER], None))
+                              templates.variables([WEATHER], None))
     assert json.dumps(WEATHER) in text
     assert ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n'
             '</tool_call><|im_end|>') in text
@@ -111,17 +111,17 @@ def test_template_messages_keep_only_what_is_set() -> None:
 
 
 def test_reply_parser_knows_a_pre_opened_block() -> None:
-    thinker = template_info.features(ct.THINKING)
-    parser = template_info.reply_parser(thinker, None, True, "<|im_start|>assistant\n<think>\n")
+    thinker = templates.features(ct.THINKING)
+    parser = templates.reply_parser(thinker, None, True, "<|im_start|>assistant\n<think>\n")
     assert [d.thinking for d in parser.feed("Easy.</think>4")] == ["Easy."]
-    assert template_info.reply_parser(thinker, None, False, "").thinking is None
+    assert templates.reply_parser(thinker, None, False, "").thinking is None
 
 
 def test_reply_parser_reads_xml_calls_with_schema_types() -> None:
     tool = {"type": "function", "function": {"name": "book", "parameters": {
         "type": "object", "properties": {"city": {"type": "string"}, "nights": {
             "type": "integer"}, "code": {"type": "string"}, "tags": {"type": "array"}}}}}
-    parser = template_info.reply_parser(template_info.features(ct.QWEN_XML_TOOLS), [tool],
+    parser = templates.reply_parser(templates.features(ct.QWEN_XML_TOOLS), [tool],
                                         None, "")
     reply = ("Booking.\n<tool_call>\n<function=book>\n<parameter=city>\nNew York\n"
              "</parameter>\n<parameter=nights>\n3\n</parameter>\n<parameter=code>\n007\n"

@@ -7,11 +7,11 @@ import math
 import pytest
 from marshmallow import ValidationError
 
-from ollamalite import names
 from ollamalite.durations import keep_alive_seconds, parse_go_duration
-from ollamalite.engine.text import TextAssembler
 from ollamalite.errors import BadRequest
 from ollamalite.options import SamplingParams, run_options, validate_options
+from ollamalite.registry import names
+from ollamalite.runtime.engine.text import TextAssembler
 from ollamalite.settings import from_env, parse_host
 
 

@@ -1,7 +1,7 @@
 """`ollamalite create NAME -f Modelfile`: the JSON `/api/create` body Ollama's CLI sends.
 
 The Modelfile text is parsed by the same parser the server uses for the legacy `modelfile`
-field (`ollamalite.modelfile`). What the client adds, as `ollama create` does: PARAMETER
+field (`ollamalite.registry.modelfile`). What the client adds, as `ollama create` does: PARAMETER
 values typed as their options are, and a FROM that names a GGUF file on this machine uploaded
 as a blob (`files`) rather than sent as a path the server may not see.
 """
@@ -15,10 +15,10 @@ from typing import Any
 
 from marshmallow import fields as mf
 
-from ollamalite import modelfile
 from ollamalite.errors import ApiError
-from ollamalite.gguf_meta import file_digest
 from ollamalite.options import OptionsSchema
+from ollamalite.registry import modelfile
+from ollamalite.registry.gguf_header import file_digest
 
 
 class CreateError(ValueError):

@@ -11,12 +11,12 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from ollamalite.config import ModelsFile, Registry
 from ollamalite.errors import ApiError
-from ollamalite.gguf_meta import file_digest
-from ollamalite.library import Library
-from ollamalite.pull import Puller, Register
-from ollamalite.scheduler import Scheduler
+from ollamalite.pull.puller import Puller, Register
+from ollamalite.registry.gguf_header import file_digest
+from ollamalite.registry.library import Library
+from ollamalite.registry.models_file import ModelsFile, Registry
+from ollamalite.runtime.scheduler import Scheduler
 from ollamalite.server import models, ollama, openai
 from ollamalite.server.keys import LIBRARY, PULLER, SCHEDULER, SETTINGS
 from ollamalite.server.stream import json_response
@@ -156,7 +156,8 @@ def create_app(settings: Settings, registry: Registry) -> web.Application:
                           client_max_size=64 * 1024 * 1024)
     app[SETTINGS] = settings
     app[SCHEDULER] = Scheduler(settings, registry)
-    app[LIBRARY] = Library(settings, ModelsFile(registry.path), app[SCHEDULER])
+    app[LIBRARY] = Library(settings, ModelsFile(registry.path), registry,
+                           app[SCHEDULER].set_registry)
     app[PULLER] = Puller(settings.models_dir, _registrar(app[LIBRARY]))
     app.cleanup_ctx.append(_scheduler_ctx)
     app.on_shutdown.append(_finish_requests)

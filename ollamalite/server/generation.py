@@ -17,16 +17,20 @@ from typing import Any, AsyncIterator, Callable
 
 from aiohttp import web
 
-from ollamalite import completion, embedding, prompt, schemas, structured, template_info
-from ollamalite.config import ModelEntry
-from ollamalite.engine.jobs import Event, Failed, Finished, TextChunk
 from ollamalite.errors import ApiError, BadRequest
-from ollamalite.gguf_meta import GGUFError, read_header
+from ollamalite.generation import embedding, grammar, prompt
+from ollamalite.generation import run as completion
+from ollamalite.generation import templates
+from ollamalite.generation.reply import Delta, ReplyParser
 from ollamalite.options import RunOptions, merge, run_options
-from ollamalite.output import Delta, ReplyParser
-from ollamalite.scheduler import Runner
+from ollamalite.registry import chat_template
+from ollamalite.registry.gguf_header import GGUFError, GGUFInfo, read_header
+from ollamalite.registry.models_file import ModelEntry
+from ollamalite.runtime.engine.jobs import Event, Failed, Finished, TextChunk
+from ollamalite.runtime.scheduler import Runner
 from ollamalite.server.request import require_model, scheduler_of
 from ollamalite.server.stream import created_at
+from ollamalite.wire import native
 
 
 class GenerateShape:
@@ -148,23 +152,23 @@ def _generate_prompt(runner: Runner, req: dict[str, Any], opts: RunOptions) -> l
     return completion.generate_tokens(runner, req["prompt"], opts, system=req["system"],
                                       template=req["template"], raw=req["raw"],
                                       context=req["context"],
-                                      variables=template_info.variables(None, req["think"]))
+                                      variables=templates.variables(None, req["think"]))
 
 
 def _chat_prompt(runner: Runner, req: dict[str, Any], opts: RunOptions) -> list[int]:
     messages = prompt.template_messages(req["messages"])
     return completion.chat_tokens(runner, messages, opts, req["truncate"],
-                                  template_info.variables(req["tools"], req["think"]))
+                                  templates.variables(req["tools"], req["think"]))
 
 
-def _features(entry: ModelEntry, override: str | None) -> template_info.TemplateFeatures:
+def _features(entry: ModelEntry, override: str | None) -> templates.TemplateFeatures:
     """What the template this request will use can do (blocking: header read, template
     probe). A model file that cannot be read fails later, when it loads."""
     try:
-        template = override or entry.template or read_header(entry.path).chat_template
+        info: GGUFInfo | None = read_header(entry.path)
     except (OSError, GGUFError):
-        template = override or entry.template
-    return template_info.features(template)
+        info = None
+    return templates.features(chat_template.pick(entry, info, override))
 
 
 @dataclass(frozen=True)
@@ -172,14 +176,14 @@ class CompletionKind:
     """What tells /api/generate from /api/chat: request schema, input field, wire shape and
     how the request becomes prompt tokens. The /v1 routes reuse these."""
 
-    schema: schemas.Schema
+    schema: native.Schema
     input_key: str
     shape: type[GenerateShape]
     tokenize: Callable[[Runner, dict, RunOptions], list[int]]
 
 
-GENERATE = CompletionKind(schemas.GENERATE, "prompt", GenerateShape, _generate_prompt)
-CHAT = CompletionKind(schemas.CHAT, "messages", ChatShape, _chat_prompt)
+GENERATE = CompletionKind(native.GENERATE, "prompt", GenerateShape, _generate_prompt)
+CHAT = CompletionKind(native.CHAT, "messages", ChatShape, _chat_prompt)
 
 
 @dataclass(frozen=True)
@@ -189,15 +193,15 @@ class Checked:
 
     name: str
     grammar: str | None
-    features: template_info.TemplateFeatures
+    features: templates.TemplateFeatures
 
 
 def _inspect(name: str, entry: ModelEntry, req: dict[str, Any],
-             endpoint: str) -> tuple[str | None, template_info.TemplateFeatures]:
+             endpoint: str) -> tuple[str | None, templates.TemplateFeatures]:
     """The blocking checks in one trip off the event loop (each is cached, so it is short;
     a trip per check cost a request milliseconds of time to first token)."""
     _check_model(name, entry, req, endpoint)
-    return structured.grammar_for(req["format"]), _features(entry, req.get("template"))
+    return grammar.grammar_for(req["format"]), _features(entry, req.get("template"))
 
 
 async def validate(request: web.Request, req: dict[str, Any], kind: CompletionKind) -> Checked:
@@ -219,13 +223,13 @@ async def completion_run(request: web.Request, req: dict[str, Any],
     started = time.perf_counter()
     checked = await validate(request, req, kind)
     name, features = checked.name, checked.features
-    req["think"] = template_info.check_request(name, features, req.get("tools"), req["think"],
+    req["think"] = templates.check_request(name, features, req.get("tools"), req["think"],
                                                constrained=checked.grammar is not None)
     scheduler = scheduler_of(request)
     opts = run_options(merge(scheduler.entry(name).options, req["options"]))
     async with scheduler.use(name, opts.num_ctx, req["keep_alive"]) as lease:
         tokens = await completion.prepare(kind.tokenize, lease.runner, req, opts)
-        parser = template_info.reply_parser(features, req.get("tools"), req["think"],
+        parser = templates.reply_parser(features, req.get("tools"), req["think"],
                                             completion.prompt_tail(lease.runner, tokens))
         shape = kind.shape(name)
         events = completion.generate(lease.runner, tokens, opts, checked.grammar)

@@ -2,9 +2,9 @@
 
 from aiohttp import web
 
-from ollamalite.library import Library
-from ollamalite.pull import Puller
-from ollamalite.scheduler import Scheduler
+from ollamalite.pull.puller import Puller
+from ollamalite.registry.library import Library
+from ollamalite.runtime.scheduler import Scheduler
 from ollamalite.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)

@@ -6,20 +6,21 @@ import asyncio
 
 from aiohttp import web
 
-from ollamalite import model_edits, schemas
-from ollamalite.blobs import CHUNK, BlobStore, parse_digest
 from ollamalite.errors import NotFound
+from ollamalite.registry import edits
+from ollamalite.registry.blobs import CHUNK, BlobStore, parse_digest
 from ollamalite.server.keys import LIBRARY, SETTINGS
 from ollamalite.server.request import read_body
 from ollamalite.server.stream import NdjsonStream, json_response
+from ollamalite.wire import native
 
 BLOBS = web.AppKey("blobs", BlobStore)
 
 
 async def create(request: web.Request) -> web.StreamResponse:
     """All the work is done before the first line, so any failure keeps its HTTP status."""
-    req = schemas.load(schemas.CREATE, await read_body(request))
-    statuses = await model_edits.create(request.app[LIBRARY], request.app[BLOBS], req)
+    req = native.load(native.CREATE, await read_body(request))
+    statuses = await edits.create(request.app[LIBRARY], request.app[BLOBS], req)
     if not req["stream"]:
         return json_response({"status": "success"})
     out = NdjsonStream(request)
@@ -29,14 +30,14 @@ async def create(request: web.Request) -> web.StreamResponse:
 
 
 async def copy(request: web.Request) -> web.Response:
-    req = schemas.load(schemas.COPY, await read_body(request))
-    await model_edits.copy(request.app[LIBRARY], req["source"], req["destination"])
+    req = native.load(native.COPY, await read_body(request))
+    await edits.copy(request.app[LIBRARY], req["source"], req["destination"])
     return web.Response(status=200)
 
 
 async def delete(request: web.Request) -> web.Response:
-    req = schemas.load(schemas.DELETE, await read_body(request))
-    await model_edits.delete(request.app[LIBRARY], req["model"] or req["name"],
+    req = native.load(native.DELETE, await read_body(request))
+    await edits.delete(request.app[LIBRARY], req["model"] or req["name"],
                            request.app[SETTINGS].models_dir)
     return web.Response(status=200)
 

@@ -10,17 +10,20 @@ from typing import Any, AsyncIterator
 
 from aiohttp import web
 
-from ollamalite import schemas, sources, template_info
-from ollamalite.config import ModelEntry
 from ollamalite.errors import ApiError, BadRequest
-from ollamalite.gguf_meta import GGUFError, file_digest, read_header
-from ollamalite.output import Delta
+from ollamalite.generation import templates
+from ollamalite.generation.reply import Delta
+from ollamalite.pull import sources
+from ollamalite.registry import chat_template
+from ollamalite.registry.gguf_header import GGUFError, file_digest, read_header
+from ollamalite.registry.models_file import ModelEntry
 from ollamalite.server import generation
 from ollamalite.server import show as show_fmt
 from ollamalite.server.generation import CHAT, GENERATE, CompletionKind, GenerateShape, NativeRun
 from ollamalite.server.keys import PULLER
 from ollamalite.server.request import read_body, require_model, scheduler_of
 from ollamalite.server.stream import NdjsonStream, json_response, local_time
+from ollamalite.wire import native
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +87,7 @@ async def ps(request: web.Request) -> web.Response:
 
 
 async def show(request: web.Request) -> web.Response:
-    req = schemas.load(schemas.SHOW, await read_body(request))
+    req = native.load(native.SHOW, await read_body(request))
     entry = scheduler_of(request).entry(require_model(req))
     return json_response(await asyncio.to_thread(_show_body, entry, req))
 
@@ -92,14 +95,14 @@ async def show(request: web.Request) -> web.Response:
 def _show_body(entry: ModelEntry, req: dict[str, Any]) -> dict[str, Any]:
     """Blocking: the GGUF header (cached), the file's time, the template's features."""
     info = read_header(entry.path)
-    features = template_info.features(show_fmt.active_template(entry, info))
+    features = templates.features(chat_template.pick(entry, info))
     return show_fmt.show_body(entry, info, entry.path.stat().st_mtime, req["verbose"],
                               req.get("system"), features.capabilities())
 
 
 async def pull(request: web.Request) -> web.StreamResponse:
     """A configured model is already "pulled"; hf.co repos and GGUF URLs are downloaded."""
-    req = schemas.load(schemas.PULL, await read_body(request))
+    req = native.load(native.PULL, await read_body(request))
     model = require_model(req)
     progress: AsyncIterator[dict[str, Any]] = _done()
     if scheduler_of(request).registry.get(sources.model_name(model)) is None:
@@ -123,7 +126,7 @@ async def _done() -> AsyncIterator[dict[str, Any]]:
 
 
 async def push(request: web.Request) -> web.Response:
-    req = schemas.load(schemas.PULL, await read_body(request))
+    req = native.load(native.PULL, await read_body(request))
     scheduler_of(request).entry(require_model(req))
     raise BadRequest("push is not supported: ollamalite serves local GGUF files")
 
@@ -159,7 +162,7 @@ async def _load_or_unload(request: web.Request, shape: GenerateShape, name: str,
 
 async def _complete(request: web.Request, kind: CompletionKind) -> web.StreamResponse:
     """The common body of /api/generate and /api/chat."""
-    req = schemas.load(kind.schema, await read_body(request))
+    req = native.load(kind.schema, await read_body(request))
     if not req[kind.input_key]:
         name = (await generation.validate(request, req, kind)).name
         return await _load_or_unload(request, kind.shape(name), name, req)
@@ -180,7 +183,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
 async def embed(request: web.Request) -> web.Response:
     """`/api/embed`: one unit-length vector per input; no input only loads the model."""
     started = time.perf_counter()
-    req = schemas.load(schemas.EMBED, await read_body(request))
+    req = native.load(native.EMBED, await read_body(request))
     vectors, prompt_eval_count, load_s = await generation.embed_request(request, req)
     body: dict[str, Any] = {"model": req["model"], "embeddings": vectors}
     if prompt_eval_count:
@@ -191,7 +194,7 @@ async def embed(request: web.Request) -> web.Response:
 
 async def embeddings(request: web.Request) -> web.Response:
     """The legacy `/api/embeddings`: the raw pooled vector of `prompt`, not normalised."""
-    req = schemas.load(schemas.EMBEDDINGS, await read_body(request))
+    req = native.load(native.EMBEDDINGS, await read_body(request))
     texts = [req["prompt"]] if req["prompt"] else []
     result, _ = await generation.embed_texts(request, req, texts)
     return json_response({"embedding": result.vectors[0].tolist() if texts else []})

@@ -21,13 +21,14 @@ from typing import Any, Sequence
 
 from aiohttp import web
 
-from ollamalite import openai_schemas, schemas
-from ollamalite.engine.jobs import Finished
 from ollamalite.errors import ApiError, BadRequest, ModelNotFound
+from ollamalite.runtime.engine.jobs import Finished
 from ollamalite.server import generation, ollama
 from ollamalite.server.keys import SCHEDULER
 from ollamalite.server.request import read_body
 from ollamalite.server.stream import SseStream, json_response
+from ollamalite.wire import native
+from ollamalite.wire import openai as wire
 
 PREFIX = "/v1/"
 FINGERPRINT = "fp_ollama"
@@ -346,8 +347,8 @@ async def _stream(request: web.Request, run: generation.NativeRun, fmt: _Formatt
     clients raise it) and the stream ends without `[DONE]`."""
     out = SseStream(request)
     try:
-        async for native in run.objects():
-            for chunk in fmt.chunks(native):
+        async for obj in run.objects():
+            for chunk in fmt.chunks(obj):
                 await out.send(chunk)
     except ApiError as exc:
         if not out.started:
@@ -359,9 +360,9 @@ async def _stream(request: web.Request, run: generation.NativeRun, fmt: _Formatt
     return await out.done()
 
 
-async def _complete(request: web.Request, kind: generation.CompletionKind, native: dict[str, Any],
+async def _complete(request: web.Request, kind: generation.CompletionKind, body: dict[str, Any],
                     fmt: _Formatter, stream_options: dict[str, Any] | None) -> web.StreamResponse:
-    req = schemas.load(kind.schema, native)
+    req = native.load(kind.schema, body)
     async with generation.completion_run(request, req, kind) as run:
         if not run.stream:
             async for obj in run.objects():
@@ -371,26 +372,26 @@ async def _complete(request: web.Request, kind: generation.CompletionKind, nativ
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    req = schemas.load(openai_schemas.CHAT, await read_body(request))
+    req = native.load(wire.CHAT, await read_body(request))
     return await _complete(request, generation.CHAT, native_chat(req), ChatFormatter(req["model"]),
                            req["stream_options"])
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
-    req = schemas.load(openai_schemas.COMPLETION, await read_body(request))
+    req = native.load(wire.COMPLETION, await read_body(request))
     return await _complete(request, generation.GENERATE, native_generate(req),
                            TextFormatter(req["model"]), req["stream_options"])
 
 
-async def _embed(request: web.Request, native: dict[str, Any]) -> tuple[list[list[float]], int]:
+async def _embed(request: web.Request, body: dict[str, Any]) -> tuple[list[list[float]], int]:
     """Through the native /api/embed core: unit vectors and the prompt tokens."""
     vectors, prompt_tokens, _ = await generation.embed_request(request,
-                                                           schemas.load(schemas.EMBED, native))
+                                                               native.load(native.EMBED, body))
     return vectors, prompt_tokens
 
 
 async def embeddings(request: web.Request) -> web.Response:
-    req = schemas.load(openai_schemas.EMBEDDING, await read_body(request))
+    req = native.load(wire.EMBEDDING, await read_body(request))
     vectors, prompt_tokens = await _embed(request, native_embed(req))
     return json_response(embedding_list(req["model"], vectors, prompt_tokens,
                                         req["encoding_format"]))

@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from ollamalite.errors import BadRequest
-from ollamalite.scheduler import Scheduler
+from ollamalite.runtime.scheduler import Scheduler
 from ollamalite.server.keys import SCHEDULER
 
 

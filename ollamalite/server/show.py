@@ -6,8 +6,9 @@ import math
 import time
 from typing import Any, Sequence
 
-from ollamalite.config import ModelEntry
-from ollamalite.gguf_meta import GGUFInfo
+from ollamalite.registry import chat_template
+from ollamalite.registry.gguf_header import GGUFInfo
+from ollamalite.registry.models_file import ModelEntry
 from ollamalite.server.stream import local_time
 
 # Ollama shows "forever" as the largest Go duration from now: around the year 2318.
@@ -64,17 +65,12 @@ def modelfile(entry: ModelEntry, template: str | None, system: str | None) -> st
     return "\n".join(lines) + "\n"
 
 
-def active_template(entry: ModelEntry, info: GGUFInfo) -> str | None:
-    """The chat template in use: models.yaml's override, else the GGUF's own."""
-    return entry.template or info.chat_template
-
-
 def show_body(entry: ModelEntry, info: GGUFInfo, mtime: float, verbose: bool,
               system_override: str | None = None,
               template_capabilities: Sequence[str] = ()) -> dict[str, Any]:
     """`template_capabilities`: what the template adds (`tools`, `thinking`), see
     template_info."""
-    template = active_template(entry, info)
+    template = chat_template.pick(entry, info)
     system = system_override or entry.system
     body: dict[str, Any] = {}
     license_text = entry.license or info.metadata.get("general.license")

@@ -18,11 +18,19 @@ from pathlib import Path
 
 import llama_cpp
 
-from ollamalite.engine.embedder import Embedder
-from ollamalite.engine.jobs import Embedded, EmbedJob, Event, Failed, Finished, Job, TextChunk
-from ollamalite.engine.llama import LlamaModel, new_context, put_token
-from ollamalite.engine.sampling import GrammarError, SamplerChain
-from ollamalite.engine.text import TextAssembler
+from ollamalite.runtime.engine.embedder import Embedder
+from ollamalite.runtime.engine.jobs import (
+    Embedded,
+    EmbedJob,
+    Event,
+    Failed,
+    Finished,
+    Job,
+    TextChunk,
+)
+from ollamalite.runtime.engine.llama import LlamaModel, new_context, put_token
+from ollamalite.runtime.engine.sampling import GrammarError, SamplerChain
+from ollamalite.runtime.engine.text import TextAssembler
 
 log = logging.getLogger(__name__)
 

@@ -18,14 +18,13 @@ from typing import Any, Callable
 
 from marshmallow import ValidationError
 
-from ollamalite import modelfile, names, prompt
-from ollamalite.blobs import BlobStore, parse_digest
-from ollamalite.config import CONFIGURED, ModelEntry, overlay_fields
-from ollamalite.errors import BadRequest, NotFound
-from ollamalite.gguf_meta import GGUF_MAGIC, file_digest
-from ollamalite.library import Library
+from ollamalite.errors import BadRequest, NotFound, describe
 from ollamalite.options import validate_options
-from ollamalite.schemas import describe
+from ollamalite.registry import chat_template, modelfile, names
+from ollamalite.registry.blobs import BlobStore, parse_digest
+from ollamalite.registry.gguf_header import GGUF_MAGIC, file_digest
+from ollamalite.registry.library import Library
+from ollamalite.registry.models_file import CONFIGURED, ModelEntry, overlay_fields
 
 # Fields Ollama's /api/create accepts that have no meaning for a GGUF served by llama.cpp.
 UNSUPPORTED = {"quantize": "quantize", "quantization": "quantize", "adapters": "adapters",
@@ -144,7 +143,7 @@ def _overlay(req: dict[str, Any]) -> Overlay:
         statuses.append(f"creating new layer sha256:{hashlib.sha256(data.encode()).hexdigest()}")
 
     if req["template"]:
-        prompt.check_template(req["template"])
+        chat_template.check(req["template"])
         put("template", req["template"], req["template"])
     if req["system"]:
         put("system", req["system"], req["system"])

@@ -21,7 +21,7 @@ from marshmallow import (
 )
 
 from ollamalite.durations import keep_alive_seconds
-from ollamalite.errors import BadRequest
+from ollamalite.errors import BadRequest, describe
 from ollamalite.options import validate_options
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -308,22 +308,6 @@ def load(schema: Schema, body: Any) -> dict[str, Any]:
         return schema.load(body)
     except ValidationError as exc:
         raise BadRequest(describe(exc.messages)) from None
-
-
-def describe(messages: Any, prefix: str = "") -> str:
-    """marshmallow's nested error dict -> `field.sub: message; other: message`."""
-    if isinstance(messages, dict):
-        parts = []
-        for key, value in messages.items():
-            path = prefix if key == "_schema" else (f"{prefix}.{key}" if prefix else str(key))
-            parts.append(describe(value, path))
-        return "; ".join(parts)
-    if isinstance(messages, list):
-        text = " ".join(str(m) for m in messages if not isinstance(m, (dict, list)))
-        nested = [describe(m, prefix) for m in messages if isinstance(m, (dict, list))]
-        head = f"{prefix}: {text}" if prefix and text else text
-        return "; ".join([p for p in [head, *nested] if p])
-    return f"{prefix}: {messages}" if prefix else str(messages)
 
 
 GENERATE = GenerateRequest()

@@ -203,7 +203,7 @@ def parse_system_info(info: str) -> tuple[str, ...]:
 
 def run_probe(model: Path, timeout: float = PROBE_TIMEOUT_S) -> ProbeResult:
     """Load `model` with the extra buffer types and decode one batch, in a child process."""
-    command = [sys.executable, "-m", "ollamalite.engine.cpu", str(model)]
+    command = [sys.executable, "-m", "ollamalite.runtime.engine.cpu", str(model)]
     try:
         child = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
                                stdin=subprocess.DEVNULL)
@@ -235,7 +235,7 @@ def signal_name(number: int) -> str:
 def _probe_child(path: Path) -> None:
     """In the child: decode one batch of `PROBE_BATCH` tokens and one more, as serving does
     (the batch takes AMX's tile kernels, the single token the vector ones)."""
-    from ollamalite.engine.llama import LlamaModel, decode_once
+    from ollamalite.runtime.engine.llama import LlamaModel, decode_once
 
     model = LlamaModel(path, extra_bufts=True)
     decode_once(model, PROBE_BATCH)
@@ -243,5 +243,5 @@ def _probe_child(path: Path) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m ollamalite.engine.cpu MODEL.gguf")
+        sys.exit("usage: python -m ollamalite.runtime.engine.cpu MODEL.gguf")
     _probe_child(Path(sys.argv[1]))

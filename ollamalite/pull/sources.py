@@ -23,8 +23,8 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import build_hf_headers
 
-from ollamalite import names
 from ollamalite.errors import ApiError, BadRequest, NotFound
+from ollamalite.registry import names
 
 HF_HOSTS = ("hf.co", "huggingface.co")
 DEFAULT_QUANT = "Q4_K_M"

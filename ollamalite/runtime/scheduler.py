@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator
 
-from ollamalite.config import ModelEntry, Registry, bundled_model_path
-from ollamalite.engine.cpu import CpuPlan, CpuPolicy
-from ollamalite.engine.engine import Engine
-from ollamalite.engine.llama import LlamaModel
 from ollamalite.errors import Busy, ModelNotFound
-from ollamalite.gguf_meta import GGUFInfo, read_header
+from ollamalite.registry.gguf_header import GGUFInfo, read_header
+from ollamalite.registry.models_file import ModelEntry, Registry, bundled_model_path
+from ollamalite.runtime.engine.cpu import CpuPlan, CpuPolicy
+from ollamalite.runtime.engine.engine import Engine
+from ollamalite.runtime.engine.llama import LlamaModel
 from ollamalite.settings import Settings
 
 log = logging.getLogger(__name__)

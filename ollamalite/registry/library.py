@@ -12,12 +12,11 @@ import asyncio
 import logging
 import os
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Awaitable, Callable, TypeVar
 
-from ollamalite import discovery
-from ollamalite.config import ModelsFile, Registry
 from ollamalite.errors import ApiError, ConfigError
-from ollamalite.scheduler import Scheduler
+from ollamalite.registry import discovery
+from ollamalite.registry.models_file import ModelsFile, Registry
 from ollamalite.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -27,17 +26,18 @@ Signature = tuple[tuple[str, int, int], ...]
 
 
 class Library:
-    def __init__(self, settings: Settings, models_file: ModelsFile, scheduler: Scheduler) -> None:
+    """Keeps `registry` current and hands each new one to `serve` (the scheduler's
+    `set_registry`), which is how the registry reaches the layers above it."""
+
+    def __init__(self, settings: Settings, models_file: ModelsFile, registry: Registry,
+                 serve: Callable[[Registry], Awaitable[None]]) -> None:
         self.settings = settings
         self.models_file = models_file
-        self.scheduler = scheduler
+        self.registry = registry
+        self._serve = serve
         self._signature: Signature = self._stat()
         self._lock = asyncio.Lock()
         self._pending: set[asyncio.Task] = set()
-
-    @property
-    def registry(self) -> Registry:
-        return self.scheduler.registry
 
     async def edit(self, change: Callable[[ModelsFile], T]) -> T:
         """Apply one ModelsFile edit off the event loop, then serve the result at once."""
@@ -60,7 +60,8 @@ class Library:
                 return False
             if registry is None:
                 return False
-            await self.scheduler.set_registry(registry)
+            await self._serve(registry)
+            self.registry = registry
             return True
 
     def reload_soon(self) -> None:

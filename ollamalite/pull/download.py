@@ -20,7 +20,7 @@ from typing import IO, Any, AsyncIterator, Callable
 import aiohttp
 
 from ollamalite.errors import ApiError
-from ollamalite.sources import Source
+from ollamalite.pull.sources import Source
 
 WRITE_CHUNK = 1 << 20
 PROGRESS_INTERVAL = 0.25  # seconds; a line is also sent for every 1% of the file

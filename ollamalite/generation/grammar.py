@@ -16,8 +16,8 @@ from typing import Any, Iterator
 
 from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
-from ollamalite.engine.sampling import GrammarError, check_grammar
 from ollamalite.errors import BadRequest
+from ollamalite.runtime.engine.sampling import GrammarError, check_grammar
 
 Schema = dict[str, Any]
 

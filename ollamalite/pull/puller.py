@@ -10,11 +10,11 @@ import weakref
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable
 
-from ollamalite import sources
-from ollamalite.download import Download, PullError, progress_line
 from ollamalite.errors import ConfigError
-from ollamalite.gguf_meta import GGUFError, file_digest, read_header
-from ollamalite.sources import Source
+from ollamalite.pull import sources
+from ollamalite.pull.download import Download, PullError, progress_line
+from ollamalite.pull.sources import Source
+from ollamalite.registry.gguf_header import GGUFError, file_digest, read_header
 
 log = logging.getLogger(__name__)
 Register = Callable[[str, Path], Awaitable[None]]

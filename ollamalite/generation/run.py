@@ -9,15 +9,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any, AsyncIterator, Sequence
 
-from ollamalite import prompt as prompts
-from ollamalite.engine.jobs import Event, Failed, Finished, Job
 from ollamalite.errors import BadRequest
+from ollamalite.generation import prompt as prompts
 from ollamalite.options import RunOptions
-from ollamalite.scheduler import Runner
-
-
-def _template(runner: Runner, override: str | None) -> str | None:
-    return override or runner.entry.template or runner.info.chat_template
+from ollamalite.registry import chat_template
+from ollamalite.runtime.engine.jobs import Event, Failed, Finished, Job
+from ollamalite.runtime.scheduler import Runner
 
 
 def _limit(runner: Runner, opts: RunOptions) -> int:
@@ -36,7 +33,7 @@ def chat_tokens(runner: Runner, messages: list[dict[str, Any]], opts: RunOptions
                 truncate: bool = True, variables: dict[str, Any] | None = None) -> list[int]:
     """Render a conversation (with extra template `variables`); unless `truncate` is off, drop
     its oldest turns to fit it (blocking: CPU)."""
-    template = _template(runner, None)
+    template = chat_template.pick(runner.entry, runner.info)
     model = runner.model
     entry = runner.entry
     messages = prompts.with_defaults(messages, entry.system, entry.messages)
@@ -56,8 +53,9 @@ def generate_tokens(runner: Runner, text: str, opts: RunOptions, *, system: str 
         preset = runner.entry.messages if context is None else ()  # as Ollama
         messages = prompts.with_defaults([{"role": "user", "content": text}],
                                          system or runner.entry.system, preset)
-        text = prompts.render_chat(_template(runner, template), messages, runner.model.bos_text,
-                                   runner.model.eos_text, variables)
+        text = prompts.render_chat(chat_template.pick(runner.entry, runner.info, template),
+                                   messages, runner.model.bos_text, runner.model.eos_text,
+                                   variables)
     tokens = _tokenize(runner, text, context or ())
     if len(tokens) >= _limit(runner, opts):
         raise BadRequest(prompts.TOO_LONG)

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ollamalite.engine.jobs import Embedded, EmbedEvent, EmbedJob, Failed
 from ollamalite.errors import ApiError, BadRequest
 from ollamalite.options import RunOptions
-from ollamalite.scheduler import Runner
+from ollamalite.runtime.engine.jobs import Embedded, EmbedEvent, EmbedJob, Failed
+from ollamalite.runtime.scheduler import Runner
 
 TOO_LONG = "the input length exceeds the context length"
 

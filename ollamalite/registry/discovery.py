@@ -16,10 +16,10 @@ from typing import Any, Iterator
 
 from marshmallow import ValidationError
 
-from ollamalite import names
-from ollamalite.config import MESSAGE_ROLES, ModelEntry, Registry
 from ollamalite.errors import BadRequest
 from ollamalite.options import validate_options
+from ollamalite.registry import names
+from ollamalite.registry.models_file import MESSAGE_ROLES, ModelEntry, Registry
 
 log = logging.getLogger(__name__)
 

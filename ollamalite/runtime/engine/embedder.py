@@ -13,8 +13,8 @@ import logging
 import llama_cpp
 import numpy as np
 
-from ollamalite.engine.jobs import Embedded, EmbedJob
-from ollamalite.engine.llama import LlamaModel, new_context, put_token
+from ollamalite.runtime.engine.jobs import Embedded, EmbedJob
+from ollamalite.runtime.engine.llama import LlamaModel, new_context, put_token
 
 log = logging.getLogger(__name__)
 

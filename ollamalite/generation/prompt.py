@@ -7,36 +7,17 @@ Ollama's Go templates are not interpreted: one given is rejected with a clear er
 
 from __future__ import annotations
 
-import re
-from functools import lru_cache
 from typing import Any, Callable, Mapping, Sequence
 
 import jinja2
-from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from ollamalite.errors import BadRequest
+from ollamalite.registry import chat_template
 
 Message = dict[str, Any]
-_GO_TEMPLATE = re.compile(r"\{\{-?\s*(\.|if \.|range \.)")
 TOO_LONG = ("the prompt is longer than the context length currently available to the model; "
             "shorten the prompt, adjust the context length in settings, or use a model with a "
             "longer context length")
-
-
-@lru_cache(maxsize=32)
-def _formatter(template: str, bos: str, eos: str) -> Jinja2ChatFormatter:
-    if _GO_TEMPLATE.search(template):
-        raise BadRequest("Go templates are not supported: `template` must be a Jinja2 chat "
-                         "template (like a GGUF's tokenizer.chat_template)")
-    try:
-        return Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
-    except jinja2.TemplateError as exc:
-        raise BadRequest(f"template error: {exc}") from None
-
-
-def check_template(template: str) -> None:
-    """Refuse a template that cannot be rendered (a Go template, a Jinja2 syntax error)."""
-    _formatter(template, "", "")
 
 
 def with_defaults(messages: Sequence[Message], system: str | None,
@@ -55,7 +36,8 @@ def render_chat(template: str | None, messages: Sequence[Message], bos: str, eos
     if template is None:
         return "".join(str(m.get("content", "")) for m in messages)
     try:
-        return _formatter(template, bos, eos)(messages=list(messages), **(variables or {})).prompt
+        render = chat_template.formatter(template, bos, eos)
+        return render(messages=list(messages), **(variables or {})).prompt
     except (jinja2.TemplateError, ValueError, TypeError) as exc:
         raise BadRequest(f"template error: {exc}") from None
 

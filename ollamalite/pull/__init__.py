@@ -1,0 +1,1 @@
+"""Pulling models: hf.co repositories and GGUF URLs, resumable verified downloads."""
