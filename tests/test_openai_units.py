@@ -1,5 +1,6 @@
-"""Pure logic of the /v1 adapters: OpenAI requests -> native bodies, native objects -> OpenAI,
-and the SSE writer's failure handling (the engine replaced by scripted events)."""
+"""Pure logic of the /v1 adapters: OpenAI requests -> the core's requests, the core's deltas ->
+OpenAI objects, and the SSE writer's failure handling (the engine replaced by scripted
+events)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,11 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from ollamalite.errors import BadRequest, Busy
 from ollamalite.generation.reply import Delta
+from ollamalite.generation.run import Generation
 from ollamalite.runtime.engine.jobs import Event, Failed, Finished, TextChunk
 from ollamalite.server import openai as oa
 from ollamalite.server.app import errors_middleware
-from ollamalite.server.generation import ChatShape, NativeRun
-from ollamalite.wire import native as ollama_wire
+from ollamalite.wire import load
 from ollamalite.wire import openai as wire
 from tests.scripted import post_once, scripted
 
@@ -26,10 +27,10 @@ PNG = "iVBORw0KGgo="
 
 
 def chat(**body: Any) -> dict[str, Any]:
-    """A /v1/chat/completions body through both schemas, as the route loads it."""
-    req = ollama_wire.load(wire.CHAT, {"model": "m", "messages": [
-        {"role": "user", "content": "hi"}], **body})
-    return ollama_wire.load(ollama_wire.CHAT, oa.native_chat(req))
+    """A /v1/chat/completions body as the route loads it, as the core's request (its fields)."""
+    req = load(wire.CHAT, {"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                           **body})
+    return vars(oa.chat_request(req))
 
 
 def test_chat_maps_sampling_fields_onto_ollama_options() -> None:
@@ -41,7 +42,6 @@ def test_chat_maps_sampling_fields_onto_ollama_options() -> None:
     assert chat()["options"] == {"temperature": 1.0, "top_p": 1.0}
     assert chat(max_completion_tokens=3, stop=["a", "b"])["options"]["num_predict"] == 3
     assert chat(stop=["a", "b"])["options"]["stop"] == ("a", "b")
-    assert chat(stream=True)["stream"] is True and chat()["stream"] is False
     assert chat(stream=None, stop=None, max_tokens=None, temperature=None, tools=None,
                 n=None, seed=None)["options"] == {"temperature": 1.0, "top_p": 1.0}
 
@@ -73,9 +73,9 @@ def test_reasoning_effort_becomes_think(body: dict, think: Any) -> None:
     assert chat(**body)["think"] == think
 
 
-def test_logprobs_reach_the_native_fields() -> None:
-    req = chat(logprobs=True, top_logprobs=3)
-    assert (req["logprobs"], req["top_logprobs"]) == (True, 3)
+def test_logprobs_are_asked_for() -> None:
+    assert chat(logprobs=True, top_logprobs=3)["logprobs"] is True
+    assert chat()["logprobs"] is False
 
 
 def test_messages_parts_images_roles_and_tool_turns() -> None:
@@ -121,18 +121,15 @@ def test_bad_messages(message: dict, error: str) -> None:
 
 
 def test_completion_request_maps_to_a_templated_generate() -> None:
-    req = ollama_wire.load(wire.COMPLETION, {"model": "m", "prompt": ["Hi"],
-                                                  "suffix": "end", "max_tokens": 4,
-                                                  "logprobs": 2})
-    native = ollama_wire.load(ollama_wire.GENERATE, oa.native_generate(req))
-    assert (native["prompt"], native["suffix"], native["raw"]) == ("Hi", "end", False)
-    assert native["options"] == {"temperature": 1.0, "top_p": 1.0, "num_predict": 4}
-    assert (native["logprobs"], native["top_logprobs"]) == (True, 2)
+    req = load(wire.COMPLETION, {"model": "m", "prompt": ["Hi"], "suffix": "end",
+                                 "max_tokens": 4, "logprobs": 2})
+    text = oa.text_request(req)
+    assert (text.prompt, text.suffix, text.raw, text.chat) == ("Hi", "end", False, False)
+    assert text.options == {"temperature": 1.0, "top_p": 1.0, "num_predict": 4}
+    assert text.logprobs is True
 
 
-def test_embedding_request_and_list() -> None:
-    req = ollama_wire.load(wire.EMBEDDING, {"model": "m", "input": "a", "dimensions": 2})
-    assert oa.native_embed(req) == {"model": "m", "input": ["a"], "dimensions": 2}
+def test_embedding_list() -> None:
     vectors = [[0.5, -1.25], [2.0, 0.0]]
     floats = oa.embedding_list("m", vectors, 3, "float")
     assert floats == {"object": "list", "model": "m", "usage": {"prompt_tokens": 3,
@@ -145,10 +142,8 @@ def test_embedding_request_and_list() -> None:
 
 def test_tool_calls_become_openai_calls_and_finish_reason() -> None:
     fmt = oa.ChatFormatter("m")
-    native = {"message": {"role": "assistant", "content": "", "tool_calls": [
-        {"function": {"name": "f", "arguments": {"x": 1}}}]}, "done": True,
-        "done_reason": "stop"}
-    body = fmt.completion(native, oa.usage(None))
+    whole = Delta(tool_calls=[{"function": {"name": "f", "arguments": {"x": 1}}}])
+    body = fmt.completion(whole, "stop", oa.usage(None))
     [call] = body["choices"][0]["message"]["tool_calls"]
     assert call["type"] == "function" and call["id"].startswith("call_")
     assert call["function"] == {"name": "f", "arguments": '{"x": 1}'} and call["index"] == 0
@@ -158,23 +153,21 @@ def test_tool_calls_become_openai_calls_and_finish_reason() -> None:
 
 def test_chat_chunks_role_first_no_empty_trailer_then_finish() -> None:
     fmt = oa.ChatFormatter("m")
-    shape = ChatShape("m")
-    first = fmt.chunks(shape.chunk(Delta(content="Hel")))
-    second = fmt.chunks(shape.chunk(Delta(content="lo")))
-    last = fmt.chunks({**shape.final(Delta(), "length")})
-    assert [c["choices"][0]["delta"] for c in first + second + last] == [
+    first = fmt.chunk(Delta(content="Hel"))
+    second = fmt.chunk(Delta(content="lo"))
+    last = fmt.finish("length")
+    assert [c["choices"][0]["delta"] for c in [first, second, *last]] == [
         {"role": "assistant", "content": "Hel"}, {"content": "lo"}, {}]
     assert last[0]["choices"][0]["finish_reason"] == "length"
+    assert {c["id"] for c in [first, second, *last]} == {fmt.id}
     # An empty answer still opens with the role.
-    empty = oa.ChatFormatter("m").chunks(shape.final(Delta(), "stop"))
+    empty = oa.ChatFormatter("m").finish("stop")
     assert [c["choices"][0]["delta"] for c in empty] == [{"role": "assistant", "content": ""},
                                                          {}]
 
 
 def test_thinking_is_sent_as_reasoning() -> None:
-    native = {"message": {"role": "assistant", "content": "", "thinking": "why"},
-              "done": False}
-    [chunk] = oa.ChatFormatter("m").chunks(native)
+    chunk = oa.ChatFormatter("m").chunk(Delta(thinking="why"))
     assert chunk["choices"][0]["delta"] == {"role": "assistant", "content": "",
                                             "reasoning": "why"}
 
@@ -191,8 +184,8 @@ FIN = Finished("stop", 5, 5, 1, 2, 1, ())
 
 async def fetch(events: list[Event]) -> tuple[int, str, str]:
     async def respond(request: web.Request) -> web.StreamResponse:
-        run = NativeRun(ChatShape("m"), scripted(events), True, 0.0, 0.0)
-        return await oa._stream(request, run, oa.ChatFormatter("m"), True)
+        gen = Generation("m", scripted(events), 0.0, 0.0)
+        return await oa._stream(request, gen, oa.ChatFormatter("m"), True)
     return await post_once(respond, "/v1/chat/completions")
 
 

@@ -8,9 +8,9 @@ import json
 from aiohttp import web
 
 from ollamalite.generation.reply import ReplyParser, ThinkingSplitter, ToolCallParser
+from ollamalite.generation.run import Generation
 from ollamalite.runtime.engine.jobs import Finished, TextChunk
-from ollamalite.server.generation import ChatShape, GenerateShape, NativeRun
-from ollamalite.server.ollama import _respond
+from ollamalite.server.ollama import ChatShape, GenerateShape, respond
 from tests.scripted import post_once, scripted
 
 PIECES = ["<thi", "nk>Weather", " needed.</th", "ink>\n\nChecking", ". <tool", "_call>\n",
@@ -24,11 +24,11 @@ def parser() -> ReplyParser:
 
 
 async def lines(shape: GenerateShape, stream: bool) -> list[dict]:
-    async def respond(request: web.Request) -> web.StreamResponse:
+    async def write(request: web.Request) -> web.StreamResponse:
         events = [*(TextChunk(piece, 1) for piece in PIECES), DONE]
-        return await _respond(request, NativeRun(shape, scripted(events), stream, 0.0, 0.0,
-                                                 parser=parser()))
-    _, _, body = await post_once(respond)
+        return await respond(request, Generation("m", scripted(events), 0.0, 0.0, parser()),
+                             shape, stream)
+    _, _, body = await post_once(write)
     return [json.loads(line) for line in body.splitlines()]
 
 

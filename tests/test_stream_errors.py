@@ -7,17 +7,17 @@ import json
 
 from aiohttp import web
 
+from ollamalite.generation.run import Generation
 from ollamalite.runtime.engine.jobs import Event, Failed, TextChunk
-from ollamalite.server.generation import GenerateShape, NativeRun
-from ollamalite.server.ollama import _respond
+from ollamalite.server.ollama import GenerateShape, respond
 from tests.scripted import post_once, scripted
 
 
 async def fetch(events: list[Event], stream: bool) -> tuple[int, str, str]:
-    async def respond(request: web.Request) -> web.StreamResponse:
-        return await _respond(request, NativeRun(GenerateShape("m"), scripted(events), stream,
-                                                 0.0, 0.0))
-    return await post_once(respond)
+    async def write(request: web.Request) -> web.StreamResponse:
+        return await respond(request, Generation("m", scripted(events), 0.0, 0.0),
+                             GenerateShape("m"), stream)
+    return await post_once(write)
 
 
 async def test_failure_after_first_chunk_is_a_final_error_line() -> None:

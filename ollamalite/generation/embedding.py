@@ -1,5 +1,8 @@
 """The one embedding path shared by every embedding route: texts -> tokens -> pooled vectors.
 
+/api/embed, /api/embeddings and /v1/embeddings call `embed_texts` (raw pooled vectors) or
+`embed_unit` (unit length, optionally shortened); nothing here knows HTTP.
+
 Tokenizing runs in an executor, inference on the model's engine thread (one batch per engine
 step, between generation steps); the event loop only waits for the result and normalises it.
 """
@@ -8,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from ollamalite.errors import ApiError, BadRequest
-from ollamalite.options import RunOptions
+from ollamalite.options import RunOptions, merge, run_options
 from ollamalite.runtime.engine.jobs import Embedded, EmbedEvent, EmbedJob, Failed
-from ollamalite.runtime.scheduler import Runner
+from ollamalite.runtime.scheduler import Runner, Scheduler
 
 TOO_LONG = "the input length exceeds the context length"
 
@@ -101,3 +105,37 @@ async def embed(runner: Runner, texts: list[str], opts: RunOptions,
         raise ApiError(event.message)
     assert isinstance(event, Embedded)
     return Embeddings(event.vectors, event.prompt_eval_count)
+
+
+@dataclass(frozen=True)
+class EmbedRequest:
+    """One embedding request in protocol-neutral terms."""
+
+    model: str
+    texts: list[str]
+    options: dict[str, Any]  # validated Ollama options
+    keep_alive: float | None = None
+    truncate: bool = True
+    dimensions: int | None = None
+
+
+async def embed_texts(scheduler: Scheduler, req: EmbedRequest) -> tuple[Embeddings, float]:
+    """Raw pooled vectors of the request's texts, and the seconds spent loading the model. A
+    larger `num_ctx` does not reload the model: inputs are bounded by its embedding context."""
+    if not req.model:
+        raise BadRequest("model is required")
+    entry = scheduler.entry(req.model)
+    opts = run_options(merge(entry.options, req.options))
+    async with scheduler.use(entry.name, keep_alive=req.keep_alive) as lease:
+        check_dimensions(req.dimensions, lease.runner.model.n_embd)
+        result = await embed(lease.runner, req.texts, opts, req.truncate)
+    return result, lease.load_duration
+
+
+async def embed_unit(scheduler: Scheduler, req: EmbedRequest
+                     ) -> tuple[list[list[float]], int, float]:
+    """Unit-length vectors (cut to `dimensions`), the prompt tokens evaluated and the seconds
+    spent loading: /api/embed's and /v1/embeddings' results."""
+    result, load_s = await embed_texts(scheduler, req)
+    vectors = shorten(normalize(result.vectors), req.dimensions)
+    return vectors.tolist(), result.prompt_eval_count, load_s

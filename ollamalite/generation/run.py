@@ -1,105 +1,142 @@
-"""The one generation path shared by every text route: prompt -> tokens -> engine events.
+"""The one text generation run, whatever protocol asked for it: check, load, tokenize, generate.
 
-Route modules only decide how a request becomes messages or a prompt and how events become
-their wire format; tokenizing, context fitting and the thread hand-off live here once.
+A protocol adapter (server/ollama.py, server/openai.py) turns its wire request into a
+`TextRequest`, opens `generate(scheduler, req)` and turns the `Delta`s of the `Generation` it
+gets into its own chunks. The request's registry entry is looked up once, so a models.yaml
+reload in between cannot validate one entry and load another. Nothing here knows HTTP.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator, Sequence
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import AsyncIterator
 
-from ollamalite.errors import BadRequest
-from ollamalite.generation import prompt as prompts
-from ollamalite.options import RunOptions
+from ollamalite.errors import ApiError, BadRequest
+from ollamalite.generation import grammar, templates
+from ollamalite.generation.reply import Delta, ReplyParser
+from ollamalite.generation.request import TextRequest
+from ollamalite.generation.tokens import prompt_tail, prompt_tokens
+from ollamalite.options import RunOptions, merge, run_options
 from ollamalite.registry import chat_template
-from ollamalite.runtime.engine.jobs import Event, Failed, Finished, Job
-from ollamalite.runtime.scheduler import Runner
+from ollamalite.registry.gguf_header import read_header
+from ollamalite.registry.models_file import ModelEntry
+from ollamalite.runtime.engine.jobs import Event, Failed, Finished, Job, TextChunk
+from ollamalite.runtime.scheduler import Runner, Scheduler
 
 
-def _limit(runner: Runner, opts: RunOptions) -> int:
-    return min(opts.num_ctx or runner.num_ctx, runner.num_ctx)
+@dataclass(frozen=True)
+class Checked:
+    """What the checks before loading settled: the entry, the grammar `format` asks for, what
+    the chat template can do, and the `think` value to run with."""
+
+    entry: ModelEntry
+    grammar: str | None
+    features: templates.TemplateFeatures
+    think: bool | str | None
 
 
-def _tokenize(runner: Runner, text: str, after: Sequence[int] = ()) -> list[int]:
-    """BOS is added only when the model wants it and the template did not write it already."""
-    model = runner.model
-    bos = model.bos_text
-    add_special = not after and not (bos and text.startswith(bos))
-    return list(after) + model.tokenize(text, add_special=add_special)
+class Generation:
+    """A generation under way: `deltas()` yields the reply as the parser splits it (content,
+    thinking, tool calls); then `finished` holds the engine's counts and tokens."""
+
+    def __init__(self, name: str, events: AsyncIterator[Event], started: float,
+                 load_duration: float, parser: ReplyParser | None = None) -> None:
+        self.name = name
+        self.events = events
+        self.started = started  # perf_counter() when the request arrived
+        self.load_duration = load_duration  # seconds this request waited for a load
+        self.parser = parser or ReplyParser()  # without one, the text is all content
+        self.finished: Finished | None = None
+
+    async def deltas(self) -> AsyncIterator[Delta]:
+        """Raises ApiError when the engine fails; a tool call is held back until complete."""
+        async for event in self.events:
+            if isinstance(event, Failed):
+                raise ApiError(event.message)
+            if isinstance(event, TextChunk):
+                deltas = self.parser.feed(event.text)
+            else:
+                deltas = self.parser.finish()
+            for delta in deltas:
+                yield delta
+            if isinstance(event, Finished):
+                self.finished = event
+
+    @property
+    def total_duration(self) -> float:
+        return time.perf_counter() - self.started
 
 
-def chat_tokens(runner: Runner, messages: list[dict[str, Any]], opts: RunOptions,
-                truncate: bool = True, variables: dict[str, Any] | None = None) -> list[int]:
-    """Render a conversation (with extra template `variables`); unless `truncate` is off, drop
-    its oldest turns to fit it (blocking: CPU)."""
-    template = chat_template.pick(runner.entry, runner.info)
-    model = runner.model
-    entry = runner.entry
-    messages = prompts.with_defaults(messages, entry.system, entry.messages)
-
-    def render(msgs: list[dict[str, Any]]) -> list[int]:
-        return _tokenize(runner, prompts.render_chat(template, msgs, model.bos_text,
-                                                     model.eos_text, variables))
-
-    return prompts.fit_chat(messages, render, _limit(runner, opts), truncate)
-
-
-def generate_tokens(runner: Runner, text: str, opts: RunOptions, *, system: str | None,
-                    template: str | None, raw: bool, context: Sequence[int] | None,
-                    variables: dict[str, Any] | None = None) -> list[int]:
-    """`/api/generate`'s prompt: templated as one user turn unless `raw` (blocking: CPU)."""
-    if not raw:
-        preset = runner.entry.messages if context is None else ()  # as Ollama
-        messages = prompts.with_defaults([{"role": "user", "content": text}],
-                                         system or runner.entry.system, preset)
-        text = prompts.render_chat(chat_template.pick(runner.entry, runner.info, template),
-                                   messages, runner.model.bos_text, runner.model.eos_text,
-                                   variables)
-    tokens = _tokenize(runner, text, context or ())
-    if len(tokens) >= _limit(runner, opts):
-        raise BadRequest(prompts.TOO_LONG)
-    return tokens
+async def check(scheduler: Scheduler, req: TextRequest) -> Checked:
+    """Everything that can be refused before a model loads is refused here."""
+    if not req.model:
+        raise BadRequest("model is required")
+    entry = scheduler.entry(req.model)
+    if req.images:
+        raise BadRequest(f'"{req.model}" does not support images')
+    if req.logprobs:
+        raise BadRequest("logprobs are not supported yet")
+    grammar_text, features = await asyncio.to_thread(_inspect, entry, req)
+    think = templates.check_request(req.model, features, req.tools, req.think,
+                                    constrained=grammar_text is not None)
+    return Checked(entry, grammar_text, features, think)
 
 
-def prompt_tail(runner: Runner, tokens: Sequence[int], n: int = 16) -> str:
-    """The last tokens of a prompt as text, special tokens spelled out: what a reply continues
-    (e.g. a template that already opened `<think>`)."""
-    return "".join(runner.model.token_text(t) for t in tokens[-n:])
+def _inspect(entry: ModelEntry, req: TextRequest
+             ) -> tuple[str | None, templates.TemplateFeatures]:
+    """The blocking checks in one trip off the event loop (each is cached, so it is short;
+    a trip per check cost a request milliseconds of time to first token): what the GGUF
+    offers (an embedding model cannot generate, a suffix needs fill-in-the-middle tokens),
+    the grammar, the template's features."""
+    info = read_header(entry.path)
+    capabilities = info.capabilities(entry.embedding)
+    if "completion" not in capabilities:
+        raise BadRequest(f'"{req.model}" does not support {req.endpoint}')
+    if req.suffix and "insert" not in capabilities:
+        raise BadRequest(f'"{req.model}" does not support insert')
+    features = templates.features(chat_template.pick(entry, info, req.template))
+    return grammar.grammar_for(req.format), features
 
 
-def infill_tokens(runner: Runner, prefix: str, suffix: str, opts: RunOptions,
-                  context: Sequence[int] | None) -> list[int]:
-    """Fill-in-the-middle, built as llama.cpp's server builds an infill prompt (PSM order):
-    [BOS] <PRE> prefix <SUF> suffix <MID>, the user's text tokenized without parsing special
-    tokens; no chat template (blocking: CPU)."""
-    model = runner.model
-    fim = model.fim_tokens
-    if fim is None:
-        raise BadRequest(f'"{runner.entry.name}" does not support insert')
-    pre, suf, mid = fim
-    head = list(context or ()) or (model.tokenize("", add_special=True) if model.adds_bos else [])
-    tokens = [*head, pre, *model.tokenize(prefix, add_special=False, parse_special=False),
-              suf, *model.tokenize(suffix, add_special=False, parse_special=False), mid]
-    if len(tokens) >= _limit(runner, opts):
-        raise BadRequest(prompts.TOO_LONG)
-    return tokens
+@asynccontextmanager
+async def generate(scheduler: Scheduler, req: TextRequest) -> AsyncIterator[Generation]:
+    """Check, load (the model stays held while the block runs), tokenize off the event loop,
+    and start the engine; leaving the block early cancels the job."""
+    started = time.perf_counter()
+    checked = await check(scheduler, req)
+    opts = run_options(merge(checked.entry.options, req.options))
+    async with scheduler.use(checked.entry.name, opts.num_ctx, req.keep_alive) as lease:
+        runner = lease.runner
+        tokens = await asyncio.to_thread(prompt_tokens, runner, checked.entry, req,
+                                         checked.think, opts)
+        parser = templates.reply_parser(checked.features, req.tools, checked.think,
+                                        prompt_tail(runner, tokens))
+        events = _events(runner, tokens, opts, checked.grammar)
+        yield Generation(checked.entry.name, events, started, lease.load_duration, parser)
 
 
-async def prepare(fn: Any, *args: Any, **kwargs: Any) -> list[int]:
-    """Run a tokenizing function off the event loop."""
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(None, lambda: fn(*args, **kwargs))
+async def load_or_unload(scheduler: Scheduler, req: TextRequest) -> str:
+    """Ollama's request with nothing to generate: keep_alive 0 unloads the model, anything
+    else loads it. Returns the `done_reason` Ollama reports (`unload`, `load`)."""
+    name = (await check(scheduler, req)).entry.name
+    if req.keep_alive == 0:
+        await scheduler.unload(name)
+        return "unload"
+    async with scheduler.use(name, keep_alive=req.keep_alive):
+        return "load"
 
 
-async def generate(runner: Runner, tokens: list[int], opts: RunOptions,
-                   grammar: str | None = None) -> AsyncIterator[Event]:
-    """Submit to the model's engine and yield its events; leaving early cancels the job.
-    `grammar` (GBNF, from `structured.grammar_for`) constrains the output."""
+async def _events(runner: Runner, tokens: list[int], opts: RunOptions,
+                  grammar_text: str | None) -> AsyncIterator[Event]:
+    """Submit to the model's engine and yield its events until the last; leaving early
+    cancels the job. `grammar_text` (GBNF) constrains the output."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Event] = asyncio.Queue()
     job = Job(prompt=tokens, sampling=opts.sampling, num_predict=opts.num_predict, stop=opts.stop,
-              num_ctx=opts.num_ctx, num_batch=opts.num_batch, grammar=grammar,
+              num_ctx=opts.num_ctx, num_batch=opts.num_batch, grammar=grammar_text,
               emit=lambda event: loop.call_soon_threadsafe(queue.put_nowait, event))
     runner.engine.submit(job)
     try:

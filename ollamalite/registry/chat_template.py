@@ -21,10 +21,10 @@ from ollamalite.registry.models_file import ModelEntry
 _GO_TEMPLATE = re.compile(r"\{\{-?\s*(\.|if \.|range \.)")
 
 
-def pick(entry: ModelEntry, info: GGUFInfo | None, override: str | None = None) -> str | None:
+def pick(entry: ModelEntry, info: GGUFInfo, override: str | None = None) -> str | None:
     """The template a request renders with: its own `override`, else models.yaml's, else the
-    GGUF's (`info` None when the header could not be read); None means no template at all."""
-    return override or entry.template or (info.chat_template if info else None)
+    GGUF's; None means no template at all."""
+    return override or entry.template or info.chat_template
 
 
 @lru_cache(maxsize=32)

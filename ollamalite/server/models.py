@@ -12,14 +12,14 @@ from ollamalite.registry.blobs import CHUNK, BlobStore, parse_digest
 from ollamalite.server.keys import LIBRARY, SETTINGS
 from ollamalite.server.request import read_body
 from ollamalite.server.stream import NdjsonStream, json_response
-from ollamalite.wire import native
+from ollamalite.wire import load, native
 
 BLOBS = web.AppKey("blobs", BlobStore)
 
 
 async def create(request: web.Request) -> web.StreamResponse:
     """All the work is done before the first line, so any failure keeps its HTTP status."""
-    req = native.load(native.CREATE, await read_body(request))
+    req = load(native.CREATE, await read_body(request))
     statuses = await edits.create(request.app[LIBRARY], request.app[BLOBS], req)
     if not req["stream"]:
         return json_response({"status": "success"})
@@ -30,13 +30,13 @@ async def create(request: web.Request) -> web.StreamResponse:
 
 
 async def copy(request: web.Request) -> web.Response:
-    req = native.load(native.COPY, await read_body(request))
+    req = load(native.COPY, await read_body(request))
     await edits.copy(request.app[LIBRARY], req["source"], req["destination"])
     return web.Response(status=200)
 
 
 async def delete(request: web.Request) -> web.Response:
-    req = native.load(native.DELETE, await read_body(request))
+    req = load(native.DELETE, await read_body(request))
     await edits.delete(request.app[LIBRARY], req["model"] or req["name"],
                            request.app[SETTINGS].models_dir)
     return web.Response(status=200)

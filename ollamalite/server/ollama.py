@@ -1,5 +1,6 @@
-"""Ollama's native routes (/api/*): thin handlers over the scheduler and the generation core
-(server/generation.py)."""
+"""Ollama's native routes (/api/*): the native wire requests become the generation core's
+requests (generation/run.py, generation/embedding.py), and its `Delta`s become Ollama's NDJSON
+objects."""
 
 from __future__ import annotations
 
@@ -11,19 +12,20 @@ from typing import Any, AsyncIterator
 from aiohttp import web
 
 from ollamalite.errors import ApiError, BadRequest
-from ollamalite.generation import templates
+from ollamalite.generation import embedding, run, templates
+from ollamalite.generation.embedding import EmbedRequest
 from ollamalite.generation.reply import Delta
+from ollamalite.generation.request import TextRequest
+from ollamalite.generation.run import Generation
 from ollamalite.pull import sources
 from ollamalite.registry import chat_template
 from ollamalite.registry.gguf_header import GGUFError, file_digest, read_header
 from ollamalite.registry.models_file import ModelEntry
-from ollamalite.server import generation
 from ollamalite.server import show as show_fmt
-from ollamalite.server.generation import CHAT, GENERATE, CompletionKind, GenerateShape, NativeRun
 from ollamalite.server.keys import PULLER
 from ollamalite.server.request import read_body, require_model, scheduler_of
-from ollamalite.server.stream import NdjsonStream, json_response, local_time
-from ollamalite.wire import native
+from ollamalite.server.stream import NdjsonStream, created_at, json_response, local_time
+from ollamalite.wire import load, native
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +89,7 @@ async def ps(request: web.Request) -> web.Response:
 
 
 async def show(request: web.Request) -> web.Response:
-    req = native.load(native.SHOW, await read_body(request))
+    req = load(native.SHOW, await read_body(request))
     entry = scheduler_of(request).entry(require_model(req))
     return json_response(await asyncio.to_thread(_show_body, entry, req))
 
@@ -102,7 +104,7 @@ def _show_body(entry: ModelEntry, req: dict[str, Any]) -> dict[str, Any]:
 
 async def pull(request: web.Request) -> web.StreamResponse:
     """A configured model is already "pulled"; hf.co repos and GGUF URLs are downloaded."""
-    req = native.load(native.PULL, await read_body(request))
+    req = load(native.PULL, await read_body(request))
     model = require_model(req)
     progress: AsyncIterator[dict[str, Any]] = _done()
     if scheduler_of(request).registry.get(sources.model_name(model)) is None:
@@ -126,22 +128,86 @@ async def _done() -> AsyncIterator[dict[str, Any]]:
 
 
 async def push(request: web.Request) -> web.Response:
-    req = native.load(native.PULL, await read_body(request))
+    req = load(native.PULL, await read_body(request))
     scheduler_of(request).entry(require_model(req))
     raise BadRequest("push is not supported: ollamalite serves local GGUF files")
 
 
 # -- generation ---------------------------------------------------------------------------------
 
-async def _respond(request: web.Request, run: NativeRun) -> web.StreamResponse:
-    objects = run.objects()
-    if not run.stream:
-        async for obj in objects:
-            return json_response(obj)
+def text_request(req: dict[str, Any], chat: bool) -> TextRequest:
+    """A loaded /api/chat or /api/generate body -> the one internal request."""
+    common: dict[str, Any] = dict(
+        model=require_model(req), format=req["format"], think=req["think"],
+        options=req["options"], keep_alive=req["keep_alive"], truncate=req["truncate"],
+        logprobs=bool(req["logprobs"] or req["top_logprobs"]))
+    if chat:
+        return TextRequest(messages=req["messages"], tools=req["tools"],
+                           images=any(m.get("images") for m in req["messages"]), **common)
+    return TextRequest(prompt=req["prompt"], suffix=req["suffix"], system=req["system"],
+                       template=req["template"], raw=req["raw"], context=req["context"],
+                       images=bool(req["images"]), **common)
+
+
+class GenerateShape:
+    """How /api/generate spells a text chunk and its final object."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+
+    def chunk(self, delta: Delta) -> dict[str, Any]:
+        body = {"model": self.model, "created_at": created_at(), "response": delta.content}
+        if delta.thinking:
+            body["thinking"] = delta.thinking
+        return {**body, "done": False}
+
+    def done(self, delta: Delta, reason: str) -> dict[str, Any]:
+        return {**self.chunk(delta), "done": True, "done_reason": reason}
+
+
+class ChatShape(GenerateShape):
+    """The same for /api/chat: text goes into an assistant `message`."""
+
+    def chunk(self, delta: Delta) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": delta.content}
+        if delta.thinking:
+            message["thinking"] = delta.thinking
+        if delta.tool_calls:
+            message["tool_calls"] = delta.tool_calls
+        return {"model": self.model, "created_at": created_at(), "message": message,
+                "done": False}
+
+
+def final(shape: GenerateShape, whole: Delta, gen: Generation, context: bool) -> dict[str, Any]:
+    """The last object: the reason, the token ids (templated /api/generate, as Ollama), and
+    the timings in nanoseconds."""
+    fin = gen.finished
+    assert fin is not None  # deltas() ended normally, so the engine's last event came
+    body = shape.done(whole, fin.done_reason)
+    if context:
+        body["context"] = list(fin.tokens)
+    body.update(total_duration=int(gen.total_duration * 1e9),
+                load_duration=int(gen.load_duration * 1e9),
+                prompt_eval_count=fin.prompt_eval_count,
+                prompt_eval_duration=fin.prompt_eval_duration, eval_count=fin.eval_count,
+                eval_duration=fin.eval_duration)
+    return body
+
+
+async def respond(request: web.Request, gen: Generation, shape: GenerateShape, stream: bool,
+                  context: bool = False) -> web.StreamResponse:
+    """One JSON object, or NDJSON: a chunk per delta, then the final object. An engine failure
+    before any output is a real status; after it, a last `{"error"}` line."""
+    if not stream:
+        whole = Delta()
+        async for delta in gen.deltas():
+            whole.add(delta)
+        return json_response(final(shape, whole, gen, context))
     out = NdjsonStream(request)
     try:
-        async for obj in objects:
-            await out.send(obj)
+        async for delta in gen.deltas():
+            await out.send(shape.chunk(delta))
+        await out.send(final(shape, Delta(), gen, context))
     except ApiError as exc:
         if not out.started:
             raise
@@ -149,42 +215,41 @@ async def _respond(request: web.Request, run: NativeRun) -> web.StreamResponse:
     return await out.close()
 
 
-async def _load_or_unload(request: web.Request, shape: GenerateShape, name: str,
-                          req: dict[str, Any]) -> web.Response:
-    """An empty prompt loads the model, or unloads it with keep_alive 0 (one JSON object)."""
-    scheduler = scheduler_of(request)
-    if req["keep_alive"] == 0:
-        await scheduler.unload(name)
-        return json_response(shape.final(Delta(), "unload"))
-    async with scheduler.use(name, keep_alive=req["keep_alive"]):
-        return json_response(shape.final(Delta(), "load"))
-
-
-async def _complete(request: web.Request, kind: CompletionKind) -> web.StreamResponse:
+async def _complete(request: web.Request, schema: native.Schema, chat: bool
+                    ) -> web.StreamResponse:
     """The common body of /api/generate and /api/chat."""
-    req = native.load(kind.schema, await read_body(request))
-    if not req[kind.input_key]:
-        name = (await generation.validate(request, req, kind)).name
-        return await _load_or_unload(request, kind.shape(name), name, req)
-    async with generation.completion_run(request, req, kind) as run:
-        return await _respond(request, run)
+    req = load(schema, await read_body(request))
+    text = text_request(req, chat)
+    shape = ChatShape(text.model) if chat else GenerateShape(text.model)
+    scheduler = scheduler_of(request)
+    if text.empty:
+        reason = await run.load_or_unload(scheduler, text)
+        return json_response(shape.done(Delta(), reason))
+    async with run.generate(scheduler, text) as gen:
+        return await respond(request, gen, shape, req["stream"], not chat and not text.raw)
 
 
 async def generate(request: web.Request) -> web.StreamResponse:
-    return await _complete(request, GENERATE)
+    return await _complete(request, native.GENERATE, chat=False)
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
-    return await _complete(request, CHAT)
+    return await _complete(request, native.CHAT, chat=True)
 
 
 # -- embeddings ---------------------------------------------------------------------------------
 
+def _embed_request(req: dict[str, Any], texts: list[str]) -> EmbedRequest:
+    return EmbedRequest(require_model(req), texts, req["options"], req["keep_alive"],
+                        req.get("truncate", True), req.get("dimensions"))
+
+
 async def embed(request: web.Request) -> web.Response:
     """`/api/embed`: one unit-length vector per input; no input only loads the model."""
     started = time.perf_counter()
-    req = native.load(native.EMBED, await read_body(request))
-    vectors, prompt_eval_count, load_s = await generation.embed_request(request, req)
+    req = load(native.EMBED, await read_body(request))
+    vectors, prompt_eval_count, load_s = await embedding.embed_unit(
+        scheduler_of(request), _embed_request(req, req["input"] or []))
     body: dict[str, Any] = {"model": req["model"], "embeddings": vectors}
     if prompt_eval_count:
         body.update(total_duration=int((time.perf_counter() - started) * 1e9),
@@ -194,9 +259,9 @@ async def embed(request: web.Request) -> web.Response:
 
 async def embeddings(request: web.Request) -> web.Response:
     """The legacy `/api/embeddings`: the raw pooled vector of `prompt`, not normalised."""
-    req = native.load(native.EMBEDDINGS, await read_body(request))
+    req = load(native.EMBEDDINGS, await read_body(request))
     texts = [req["prompt"]] if req["prompt"] else []
-    result, _ = await generation.embed_texts(request, req, texts)
+    result, _ = await embedding.embed_texts(scheduler_of(request), _embed_request(req, texts))
     return json_response({"embedding": result.vectors[0].tolist() if texts else []})
 
 

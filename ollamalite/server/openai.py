@@ -1,9 +1,9 @@
-"""The OpenAI-compatible routes (/v1/*): thin adapters over the native /api core.
+"""The OpenAI-compatible routes (/v1/*): an adapter over the same generation core as /api.
 
-As in Ollama's OpenAI middleware, a /v1 request is translated into the body /api/chat or
-/api/generate would receive, runs through the same `generation.completion_run`, and the native
-wire objects it yields (content, thinking, tool calls, metrics) are translated back into
-OpenAI's objects. So whatever the native routes learn (formats, tools, thinking) /v1 gets too.
+A /v1 request becomes the one internal request (`TextRequest`, `EmbedRequest`) directly, with
+Ollama's meanings where OpenAI's differ (as Ollama's OpenAI middleware maps them); the core's
+`Delta`s become OpenAI's chunks. So whatever the core learns (formats, tools, thinking), /v1
+gets too, without passing through the native schema or native wire objects.
 """
 
 from __future__ import annotations
@@ -20,15 +20,23 @@ from datetime import datetime
 from typing import Any, Sequence
 
 from aiohttp import web
+from marshmallow import ValidationError
 
-from ollamalite.errors import ApiError, BadRequest, ModelNotFound
+from ollamalite.errors import ApiError, BadRequest, ModelNotFound, describe
+from ollamalite.generation import embedding, run
+from ollamalite.generation.embedding import EmbedRequest
+from ollamalite.generation.reply import Delta
+from ollamalite.generation.request import TextRequest
+from ollamalite.generation.run import Generation
+from ollamalite.options import validate_options
 from ollamalite.runtime.engine.jobs import Finished
-from ollamalite.server import generation, ollama
+from ollamalite.server import ollama
 from ollamalite.server.keys import SCHEDULER
 from ollamalite.server.request import read_body
 from ollamalite.server.stream import SseStream, json_response
-from ollamalite.wire import native
+from ollamalite.wire import load
 from ollamalite.wire import openai as wire
+from ollamalite.wire.native import ROLES
 
 PREFIX = "/v1/"
 FINGERPRINT = "fp_ollama"
@@ -36,6 +44,7 @@ _ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error"}
 _IMAGE_PREFIXES = ("data:;base64,", *(f"data:image/{t};base64," for t in
                                       ("jpeg", "jpg", "png", "webp")))
 # OpenAI's reasoning efforts as Ollama's `think` values (Ollama clamps the ends of the scale).
+_ROLES = (*ROLES, "developer")  # OpenAI's newer name for the system role
 _THINK = {"none": False, "minimal": "low", "low": "low", "medium": "medium", "high": "high",
           "max": "max", "xhigh": "max", "ultra": "max"}
 
@@ -46,7 +55,7 @@ def error_body(status: int, message: str) -> dict[str, Any]:
                       "param": None, "code": None}}
 
 
-# -- requests: OpenAI -> the native /api bodies -----------------------------------------------
+# -- requests: OpenAI -> the internal requests ------------------------------------------------
 
 def _image(value: Any) -> str:
     """An `image_url` part (a base64 data URI, as Ollama accepts) -> the bare base64 data."""
@@ -100,8 +109,11 @@ def _native_tool_call(call: dict[str, Any]) -> dict[str, Any]:
     return native
 
 
-def _native_message(msg: dict[str, Any], tool_names: dict[str, str]) -> dict[str, Any]:
+def _native_message(msg: dict[str, Any], tool_names: dict[str, str], index: int
+                    ) -> dict[str, Any]:
     role = msg["role"].lower()
+    if role not in _ROLES:
+        raise BadRequest(f"messages.{index}.role: role must be one of {', '.join(ROLES)}")
     if msg["content"] is None and not msg["tool_calls"]:
         raise BadRequest("invalid message content: null content needs tool_calls")
     text, images = _content(msg["content"])
@@ -123,7 +135,7 @@ def native_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Messages as /api/chat takes them; a tool result is named after the call it answers."""
     tool_names = {c["id"]: c["function"]["name"] for m in messages
                   for c in (m["tool_calls"] or []) if c["id"]}
-    return [_native_message(m, tool_names) for m in messages]
+    return [_native_message(m, tool_names, i) for i, m in enumerate(messages)]
 
 
 def native_options(req: dict[str, Any], max_tokens: int | None) -> dict[str, Any]:
@@ -136,7 +148,10 @@ def native_options(req: dict[str, Any], max_tokens: int | None) -> dict[str, Any
         opts["stop"] = list(req["stop"])
     if max_tokens is not None:
         opts["num_predict"] = max_tokens
-    return opts
+    try:
+        return validate_options(opts)
+    except ValidationError as exc:
+        raise BadRequest(describe(exc.messages)) from None
 
 
 def _max_tokens(req: dict[str, Any]) -> int | None:
@@ -171,30 +186,28 @@ def native_think(req: dict[str, Any]) -> bool | str | None:
     return _THINK[effort] if effort else None
 
 
-def native_chat(req: dict[str, Any]) -> dict[str, Any]:
-    """A loaded /v1/chat/completions request -> the body /api/chat would receive."""
-    return {"model": req["model"], "messages": native_messages(req["messages"]),
-            "stream": bool(req["stream"]), "options": native_options(req, _max_tokens(req)),
-            "format": native_format(req["response_format"]),
-            "tools": native_tools(req["tools"], req["tool_choice"]),
-            "think": native_think(req), "logprobs": bool(req["logprobs"]),
-            "top_logprobs": req["top_logprobs"] or 0}
+def chat_request(req: dict[str, Any]) -> TextRequest:
+    """A loaded /v1/chat/completions request -> the internal request /api/chat would make."""
+    messages = native_messages(req["messages"])
+    return TextRequest(model=req["model"], messages=messages,
+                       images=any(m.get("images") for m in messages),
+                       options=native_options(req, _max_tokens(req)),
+                       format=native_format(req["response_format"]),
+                       tools=native_tools(req["tools"], req["tool_choice"]),
+                       think=native_think(req),
+                       logprobs=bool(req["logprobs"] or req["top_logprobs"]))
 
 
-def native_generate(req: dict[str, Any]) -> dict[str, Any]:
-    """A loaded /v1/completions request -> the body /api/generate would receive (templated)."""
-    return {"model": req["model"], "prompt": req["prompt"][0] if req["prompt"] else "",
-            "suffix": req["suffix"] or "", "stream": bool(req["stream"]),
-            "options": native_options(req, req["max_tokens"]),
-            "logprobs": req["logprobs"] is not None, "top_logprobs": req["logprobs"] or 0}
+def text_request(req: dict[str, Any]) -> TextRequest:
+    """A loaded /v1/completions request -> the internal request /api/generate would make
+    (templated, as Ollama does)."""
+    return TextRequest(model=req["model"], prompt=req["prompt"][0] if req["prompt"] else "",
+                       suffix=req["suffix"] or "",
+                       options=native_options(req, req["max_tokens"]),
+                       logprobs=req["logprobs"] is not None)
 
 
-def native_embed(req: dict[str, Any]) -> dict[str, Any]:
-    """A loaded /v1/embeddings request -> the body /api/embed would receive."""
-    return {"model": req["model"], "input": req["input"], "dimensions": req["dimensions"]}
-
-
-# -- responses: native wire objects -> OpenAI ---------------------------------------------------
+# -- responses: core deltas -> OpenAI ----------------------------------------------------------
 
 def usage(fin: Finished | None) -> dict[str, int]:
     """Token counts; `prompt_tokens` is the whole prompt, cached prefix included (OpenAI's
@@ -213,14 +226,14 @@ def openai_tool_calls(calls: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             for i, c in enumerate(calls)]
 
 
-def _delta(message: dict[str, Any]) -> dict[str, Any]:
-    """What a native message adds: content, reasoning (Ollama's name for thinking), calls."""
-    delta: dict[str, Any] = {"content": message.get("content") or ""}
-    if message.get("thinking"):
-        delta["reasoning"] = message["thinking"]
-    if message.get("tool_calls"):
-        delta["tool_calls"] = openai_tool_calls(message["tool_calls"])
-    return delta
+def _delta(delta: Delta) -> dict[str, Any]:
+    """What a core delta adds, in OpenAI's words: content, reasoning (thinking), tool calls."""
+    out: dict[str, Any] = {"content": delta.content}
+    if delta.thinking:
+        out["reasoning"] = delta.thinking
+    if delta.tool_calls:
+        out["tool_calls"] = openai_tool_calls(delta.tool_calls)
+    return out
 
 
 def finish_reason(done_reason: str, called_tools: bool) -> str:
@@ -231,6 +244,7 @@ class _Formatter(ABC):
     """One response's identity: every object of a stream shares its id and `created`."""
 
     prefix = ""
+    obj = ""  # the `object` of the whole answer; chunks add `.chunk` where OpenAI does
 
     def __init__(self, model: str) -> None:
         self.id = f"{self.prefix}-{uuid.uuid4().hex[:24]}"
@@ -246,12 +260,17 @@ class _Formatter(ABC):
         return body
 
     @abstractmethod
-    def completion(self, native: dict[str, Any], usage: dict[str, int]) -> dict[str, Any]:
-        """The whole answer, from the one native object of a non-streamed run."""
+    def completion(self, whole: Delta, done_reason: str, usage: dict[str, int]
+                   ) -> dict[str, Any]:
+        """The whole answer of a non-streamed run."""
 
     @abstractmethod
-    def chunks(self, native: dict[str, Any]) -> list[dict[str, Any]]:
-        """The stream chunks one native object becomes (none, one, or several)."""
+    def chunk(self, delta: Delta) -> dict[str, Any]:
+        """The stream chunk of one delta."""
+
+    @abstractmethod
+    def finish(self, done_reason: str) -> list[dict[str, Any]]:
+        """The chunks that end a stream (its finish reason)."""
 
     @abstractmethod
     def usage_chunk(self, usage: dict[str, int]) -> dict[str, Any]:
@@ -260,62 +279,66 @@ class _Formatter(ABC):
 
 class ChatFormatter(_Formatter):
     """chat.completion / chat.completion.chunk, as Ollama streams them: `role` in the first
-    delta only, no empty trailer, then a finish chunk with an empty delta."""
+    delta only (an empty answer still opens with it), then a finish chunk with an empty
+    delta."""
 
     prefix = "chatcmpl"
+    obj = "chat.completion"
 
     def __init__(self, model: str) -> None:
         super().__init__(model)
         self.started = False
         self.called_tools = False
 
-    def completion(self, native: dict[str, Any], usage: dict[str, int]) -> dict[str, Any]:
-        message = {"role": "assistant", **_delta(native["message"])}
-        reason = finish_reason(native["done_reason"], "tool_calls" in message)
-        return self.envelope("chat.completion", [{"index": 0, "message": message,
-                                                  "logprobs": None, "finish_reason": reason}],
-                             usage)
+    def completion(self, whole: Delta, done_reason: str, usage: dict[str, int]
+                   ) -> dict[str, Any]:
+        message = {"role": "assistant", **_delta(whole)}
+        reason = finish_reason(done_reason, "tool_calls" in message)
+        return self.envelope(self.obj, [{"index": 0, "message": message, "logprobs": None,
+                                         "finish_reason": reason}], usage)
 
-    def chunks(self, native: dict[str, Any]) -> list[dict[str, Any]]:
-        delta = _delta(native["message"])
-        self.called_tools = self.called_tools or "tool_calls" in delta
-        chunks = []
-        if not native["done"] or not self.started or delta != {"content": ""}:
-            if not self.started:
-                delta = {"role": "assistant", **delta}
-            chunks.append(self._chunk(delta, None))
+    def chunk(self, delta: Delta) -> dict[str, Any]:
+        out = _delta(delta)
+        self.called_tools = self.called_tools or "tool_calls" in out
+        if not self.started:
+            out = {"role": "assistant", **out}
             self.started = True
-        if native["done"]:
-            reason = finish_reason(native["done_reason"], self.called_tools)
-            chunks.append(self._chunk({}, reason))
-        return chunks
+        return self._chunk(out, None)
+
+    def finish(self, done_reason: str) -> list[dict[str, Any]]:
+        opening = [] if self.started else [self.chunk(Delta())]
+        return [*opening, self._chunk({}, finish_reason(done_reason, self.called_tools))]
 
     def _chunk(self, delta: dict[str, Any], reason: str | None) -> dict[str, Any]:
-        return self.envelope("chat.completion.chunk", [{"index": 0, "delta": delta,
-                                                        "logprobs": None,
-                                                        "finish_reason": reason}])
+        return self.envelope(f"{self.obj}.chunk", [{"index": 0, "delta": delta,
+                                                    "logprobs": None,
+                                                    "finish_reason": reason}])
 
     def usage_chunk(self, usage: dict[str, int]) -> dict[str, Any]:
-        return self.envelope("chat.completion.chunk", [], usage)
+        return self.envelope(f"{self.obj}.chunk", [], usage)
 
 
 class TextFormatter(_Formatter):
-    """text_completion objects: every native object is one chunk; the last has the reason."""
+    """text_completion objects: a chunk per delta; the last one has the reason."""
 
     prefix = "cmpl"
+    obj = "text_completion"
 
-    def _choice(self, native: dict[str, Any]) -> dict[str, Any]:
-        return {"text": native["response"], "index": 0, "logprobs": None,
-                "finish_reason": native["done_reason"] if native["done"] else None}
+    def _choice(self, text: str, reason: str | None) -> dict[str, Any]:
+        return {"text": text, "index": 0, "logprobs": None, "finish_reason": reason}
 
-    def completion(self, native: dict[str, Any], usage: dict[str, int]) -> dict[str, Any]:
-        return self.envelope("text_completion", [self._choice(native)], usage)
+    def completion(self, whole: Delta, done_reason: str, usage: dict[str, int]
+                   ) -> dict[str, Any]:
+        return self.envelope(self.obj, [self._choice(whole.content, done_reason)], usage)
 
-    def chunks(self, native: dict[str, Any]) -> list[dict[str, Any]]:
-        return [self.envelope("text_completion", [self._choice(native)])]
+    def chunk(self, delta: Delta) -> dict[str, Any]:
+        return self.envelope(self.obj, [self._choice(delta.content, None)])
+
+    def finish(self, done_reason: str) -> list[dict[str, Any]]:
+        return [self.envelope(self.obj, [self._choice("", done_reason)])]
 
     def usage_chunk(self, usage: dict[str, int]) -> dict[str, Any]:
-        return self.envelope("text_completion", [], usage)
+        return self.envelope(self.obj, [], usage)
 
 
 def embedding_list(model: str, vectors: list[list[float]], prompt_tokens: int,
@@ -341,58 +364,61 @@ def model_object(name: str, mtime: float) -> dict[str, Any]:
 
 # -- handlers -------------------------------------------------------------------------------------
 
-async def _stream(request: web.Request, run: generation.NativeRun, fmt: _Formatter,
+async def _stream(request: web.Request, gen: Generation, fmt: _Formatter,
                   include_usage: bool) -> web.StreamResponse:
     """SSE; an engine failure after the first event is sent as an error event (the OpenAI
     clients raise it) and the stream ends without `[DONE]`."""
     out = SseStream(request)
     try:
-        async for obj in run.objects():
-            for chunk in fmt.chunks(obj):
-                await out.send(chunk)
+        async for delta in gen.deltas():
+            await out.send(fmt.chunk(delta))
+        for chunk in fmt.finish(_finished(gen).done_reason):
+            await out.send(chunk)
     except ApiError as exc:
         if not out.started:
             raise
         await out.send(error_body(exc.status, exc.message))
         return await out.close()
     if include_usage:
-        await out.send(fmt.usage_chunk(usage(run.finished)))
+        await out.send(fmt.usage_chunk(usage(gen.finished)))
     return await out.done()
 
 
-async def _complete(request: web.Request, kind: generation.CompletionKind, body: dict[str, Any],
-                    fmt: _Formatter, stream_options: dict[str, Any] | None) -> web.StreamResponse:
-    req = native.load(kind.schema, body)
-    async with generation.completion_run(request, req, kind) as run:
-        if not run.stream:
-            async for obj in run.objects():
-                return json_response(fmt.completion(obj, usage(run.finished)))
-        return await _stream(request, run, fmt, bool(stream_options and
-                                                     stream_options["include_usage"]))
+def _finished(gen: Generation) -> Finished:
+    assert gen.finished is not None  # deltas() ended normally, so the engine's last event came
+    return gen.finished
+
+
+async def _complete(request: web.Request, text: TextRequest, fmt: _Formatter, stream: bool,
+                    stream_options: dict[str, Any] | None) -> web.StreamResponse:
+    async with run.generate(request.app[SCHEDULER], text) as gen:
+        if stream:
+            return await _stream(request, gen, fmt, bool(stream_options and
+                                                         stream_options["include_usage"]))
+        whole = Delta()
+        async for delta in gen.deltas():
+            whole.add(delta)
+        return json_response(fmt.completion(whole, _finished(gen).done_reason,
+                                            usage(gen.finished)))
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    req = native.load(wire.CHAT, await read_body(request))
-    return await _complete(request, generation.CHAT, native_chat(req), ChatFormatter(req["model"]),
-                           req["stream_options"])
+    req = load(wire.CHAT, await read_body(request))
+    return await _complete(request, chat_request(req), ChatFormatter(req["model"]),
+                           bool(req["stream"]), req["stream_options"])
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
-    req = native.load(wire.COMPLETION, await read_body(request))
-    return await _complete(request, generation.GENERATE, native_generate(req),
-                           TextFormatter(req["model"]), req["stream_options"])
-
-
-async def _embed(request: web.Request, body: dict[str, Any]) -> tuple[list[list[float]], int]:
-    """Through the native /api/embed core: unit vectors and the prompt tokens."""
-    vectors, prompt_tokens, _ = await generation.embed_request(request,
-                                                               native.load(native.EMBED, body))
-    return vectors, prompt_tokens
+    req = load(wire.COMPLETION, await read_body(request))
+    return await _complete(request, text_request(req), TextFormatter(req["model"]),
+                           bool(req["stream"]), req["stream_options"])
 
 
 async def embeddings(request: web.Request) -> web.Response:
-    req = native.load(wire.EMBEDDING, await read_body(request))
-    vectors, prompt_tokens = await _embed(request, native_embed(req))
+    req = load(wire.EMBEDDING, await read_body(request))
+    vectors, prompt_tokens, _ = await embedding.embed_unit(
+        request.app[SCHEDULER],
+        EmbedRequest(req["model"], req["input"], {}, dimensions=req["dimensions"]))
     return json_response(embedding_list(req["model"], vectors, prompt_tokens,
                                         req["encoding_format"]))
 

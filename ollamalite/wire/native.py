@@ -21,7 +21,6 @@ from marshmallow import (
 )
 
 from ollamalite.durations import keep_alive_seconds
-from ollamalite.errors import BadRequest, describe
 from ollamalite.options import validate_options
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -300,14 +299,6 @@ class DeleteRequest(Schema):
 
     model = fields.String(load_default="")
     name = fields.String(load_default="")
-
-
-def load(schema: Schema, body: Any) -> dict[str, Any]:
-    """Validate a decoded JSON body; errors become one readable 400 message."""
-    try:
-        return schema.load(body)
-    except ValidationError as exc:
-        raise BadRequest(describe(exc.messages)) from None
 
 
 GENERATE = GenerateRequest()

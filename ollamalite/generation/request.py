@@ -1,0 +1,48 @@
+"""One text generation in protocol-neutral terms: what every protocol adapter builds.
+
+/api/chat, /api/generate, /v1/chat/completions and /v1/completions each turn their own wire
+request into a `TextRequest`; nothing below the adapters sees a protocol's field names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+Message = dict[str, Any]  # Ollama's message shape: role, content, thinking, tool_calls, ...
+
+
+@dataclass
+class TextRequest:
+    """A chat (when `messages` is set) or a prompt completion, with validated values."""
+
+    model: str
+    messages: list[Message] | None = None
+    prompt: str = ""
+    suffix: str = ""  # fill-in-the-middle: the text after the gap (prompt completions only)
+    system: str | None = None  # overrides the model's system prompt (prompt completions)
+    template: str | None = None  # overrides the model's chat template (prompt completions)
+    raw: bool = False  # the prompt goes to the model as it is, no template
+    context: list[int] | None = None  # an earlier /api/generate's tokens to continue from
+    images: bool = False  # whether any input carries images (refused: no vision models yet)
+    tools: list[dict[str, Any]] | None = None
+    think: bool | str | None = None
+    format: Any = None  # "json", a JSON schema, or None
+    options: dict[str, Any] = field(default_factory=dict)  # validated Ollama options
+    keep_alive: float | None = None
+    truncate: bool = True  # drop a chat's oldest turns to fit the context
+    logprobs: bool = False  # refused for now
+
+    @property
+    def chat(self) -> bool:
+        return self.messages is not None
+
+    @property
+    def endpoint(self) -> str:
+        """How Ollama names the capability in its errors (`does not support chat`)."""
+        return "chat" if self.chat else "generate"
+
+    @property
+    def empty(self) -> bool:
+        """Nothing to generate from: Ollama then only loads (or unloads) the model."""
+        return not self.messages if self.chat else not self.prompt
