@@ -2,6 +2,25 @@
 
 Handlers ask for a model by name and get a `Runner` (model + engine) held for the duration of
 their request; the scheduler never formats HTTP and never touches tokens.
+
+Concurrency contract (one event loop, no lock):
+
+* The bookkeeping (`_current`, `_runners`, `_closes`, `_loading`, `_loads`, `Runner.refs`) only
+  changes in synchronous stretches between two awaits, so every change is atomic. No await is
+  ever taken while it is half done, so there is no lock to hold (one would never be contended).
+* A model's load is one task (`_Load`) that its requests await through `asyncio.shield`: one
+  that goes away does not cancel it for the others. In the step the load ends, each request
+  still waiting is handed a reference and the runner starts serving, so nothing can evict it in
+  between. A failed load fails every waiter with the same error and is forgotten, so the next
+  request loads again.
+* Everything awaits one model's own work only: its load, its close, or (a load waiting for room,
+  `close` waiting for requests) `_changed`, which is set whenever references, residency or loads
+  change. So a request for a loaded model, `unload`, `loaded` and `set_registry` never wait
+  behind another model's load or idle wait.
+* Every runner that holds memory counts against OLLAMA_MAX_LOADED_MODELS and is listed by
+  `loaded`: current ones, retired ones (an old entry's or a too small num_ctx's, finishing their
+  requests) and closing ones; so does a load once it has been given room. Nothing is resident
+  unseen.
 """
 
 from __future__ import annotations
@@ -13,7 +32,7 @@ from collections import OrderedDict
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Awaitable, Callable
 
 from ollamalite.errors import Busy, ModelNotFound
 from ollamalite.registry.gguf_header import GGUFInfo, read_header
@@ -28,6 +47,7 @@ log = logging.getLogger(__name__)
 DEFAULT_NUM_CTX = 4096
 QUEUE_FULL = "server busy, please try again.  maximum pending requests exceeded"
 SHUTTING_DOWN = "server is shutting down"
+CLOSE_GRACE_S = 5.0  # how long `close` lets running requests finish when not told
 
 
 @dataclass(eq=False)
@@ -39,10 +59,10 @@ class Runner:
     model: LlamaModel
     engine: Engine
     num_ctx: int
-    keep_alive: float
+    keep_alive: float = 0.0  # set by the scheduler: the entry's, else the server's
     refs: int = 0
     expires_at: float = 0.0
-    retired: bool = False  # its entry was deleted or changed: closed once its requests end
+    retired: bool = False  # serves no new request: closed once its requests end
     _timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
     @property
@@ -58,6 +78,10 @@ class Runner:
         self.model.close()
 
 
+# Builds a runner for an entry and a requested num_ctx (the tests pass a fake one).
+Loader = Callable[[ModelEntry, int | None], Awaitable[Runner]]
+
+
 @dataclass(frozen=True)
 class Lease:
     """A runner held by one request, and the seconds that request spent loading it."""
@@ -66,15 +90,31 @@ class Lease:
     load_duration: float
 
 
+@dataclass(eq=False)
+class _Load:
+    """One model loading; the requests waiting for it share its task."""
+
+    key: str
+    entry: ModelEntry
+    task: asyncio.Task[Runner] = field(init=False)
+    waiters: int = 0  # each is handed a reference when the load succeeds
+    has_room: bool = False  # counts as a loaded model, and is no longer dropped when unwanted
+
+
 class Scheduler:
-    def __init__(self, settings: Settings, registry: Registry) -> None:
+    def __init__(self, settings: Settings, registry: Registry,
+                 loader: Loader | None = None) -> None:
         self.settings = settings
         self.registry = registry
-        self._loaded: OrderedDict[str, Runner] = OrderedDict()
-        self._lock = asyncio.Lock()
-        self._released = asyncio.Condition()
+        self._loader = loader or self._load
+        self._current: OrderedDict[str, Runner] = OrderedDict()  # serving new requests; LRU first
+        self._runners: list[Runner] = []  # resident and not closing: current or retired
+        self._closes: dict[Runner, asyncio.Task[None]] = {}  # being freed, still resident
+        self._loading: dict[str, _Load] = {}  # the load a new request for the model joins
+        self._loads: set[_Load] = set()  # every unfinished load, superseded ones too
+        self._changed = asyncio.Event()  # replaced by a fresh one each time it is set
         self._requests = 0  # inside `use`: generating, or waiting for a slot or a load
-        self._closing = False
+        self._shutting_down = False
         self.cpu = CpuPolicy(settings.repack, settings.data_dir)
 
     async def cpu_plan(self, entry: ModelEntry | None = None) -> CpuPlan | None:
@@ -92,44 +132,49 @@ class Scheduler:
 
     @property
     def loaded(self) -> list[Runner]:
-        return list(self._loaded.values())
+        """Every model holding memory, retired or being freed ones too (/api/ps shows them)."""
+        return [*self._runners, *self._closes]
 
     async def set_registry(self, registry: Registry) -> None:
-        """Serve a new registry. A loaded model whose entry is gone or now loads differently
-        is retired (closed once idle; new requests load afresh); others take the new entry."""
-        async with self._lock:
-            self.registry = registry
-            for key, runner in list(self._loaded.items()):
-                entry = registry.get(runner.entry.name)
-                if entry is not None and _loads_alike(entry, runner.entry):
-                    runner.entry = entry
-                    continue
-                log.info("%s: removed or changed in the models file, unloading", runner.entry.name)
-                del self._loaded[key]
-                runner.retired, runner.keep_alive = True, 0.0
-                if runner.refs == 0:
-                    await self._unload(runner)
+        """Serve a new registry. A model whose entry is gone or now loads differently is
+        retired: its running requests finish on it, new ones load afresh, and it is closed
+        once idle (awaited here if it already is). A load under such an entry goes on for its
+        waiters only. Other models take the new entry."""
+        self.registry = registry
+        for key, load in list(self._loading.items()):
+            if _successor(registry, load.entry) is None:
+                del self._loading[key]
+        closes = []
+        for key, runner in list(self._current.items()):
+            entry = _successor(registry, runner.entry)
+            if entry is not None:
+                runner.entry = entry
+                continue
+            log.info("%s: removed or changed in the models file, unloading", runner.entry.name)
+            del self._current[key]
+            closes.append(self._retire(runner))
+        await _all_freed([task for task in closes if task is not None])
 
     @asynccontextmanager
     async def use(self, name: str, num_ctx: int | None = None,
                   keep_alive: float | None = None) -> AsyncIterator[Lease]:
         """Hold a loaded model for one request; afterwards its keep-alive clock restarts."""
-        entry = self.entry(name)
+        self.entry(name)  # an unknown model is a 404, never a queued request
         self._admit()
         try:
             started = time.perf_counter()
-            runner, fresh = await self._acquire(entry, num_ctx)
+            runner, loaded = await self._acquire(name, num_ctx)
             try:
-                yield Lease(runner, time.perf_counter() - started if fresh else 0.0)
+                yield Lease(runner, time.perf_counter() - started if loaded else 0.0)
             finally:
-                await self._release(runner, keep_alive)
+                self._release(runner, keep_alive)
         finally:
             self._requests -= 1
 
     def _admit(self) -> None:
         """Beyond what the slots of the loaded models can serve, at most `max_queue` requests
         wait (OLLAMA_MAX_QUEUE); more get Ollama's 503 at once instead of an unbounded wait."""
-        if self._closing:
+        if self._shutting_down:
             raise Busy(SHUTTING_DOWN)
         capacity = self.settings.num_parallel * self.settings.max_loaded_models
         if self._requests >= capacity + self.settings.max_queue:
@@ -137,113 +182,224 @@ class Scheduler:
         self._requests += 1
 
     async def unload(self, name: str) -> None:
-        """Unload now if idle, otherwise as soon as the running requests finish."""
-        key = self.entry(name).name.lower()
-        async with self._lock:
-            runner = self._loaded.get(key)
-            if runner is not None:
-                runner.keep_alive = 0.0
-                if runner.refs == 0:
-                    await self._unload(runner)
+        """Unload now if idle, otherwise as soon as the running requests finish. A load in
+        progress is left alone: its requests came after the model this one saw."""
+        runner = self._current.get(self.entry(name).name.lower())
+        if runner is not None:
+            runner.keep_alive = 0.0
+            if runner.refs == 0:
+                await _all_freed([self._start_close(runner)])
 
     async def shutdown(self, grace: float) -> None:
         """Refuse new requests, give running ones `grace` seconds to finish, then end the
         rest (their streams get a final error line) and free every model."""
-        self._closing = True
-        try:
-            async with self._released:
-                await asyncio.wait_for(self._released.wait_for(
-                    lambda: all(r.refs == 0 for r in self._loaded.values())), grace)
-        except asyncio.TimeoutError:
-            log.info("shutdown: ending %d running requests",
-                     sum(r.refs for r in self._loaded.values()))
-        await self.close(SHUTTING_DOWN)
+        await self.close(SHUTTING_DOWN, grace)
 
-    async def close(self, reason: str = "model unloaded") -> None:
-        for runner in list(self._loaded.values()):
-            await self._unload(runner, reason)
+    async def close(self, reason: str = "model unloaded", grace: float = CLOSE_GRACE_S) -> None:
+        """Refuse new requests and free every model. Requests and loads still running get
+        `grace` seconds to end; then the engines close under them, failing their jobs with
+        `reason`."""
+        self._shutting_down = True
+        if not await self._wait_for(self._quiet, grace):
+            log.info("shutdown: ending %d running requests", sum(r.refs for r in self._runners))
+        for runner in list(self._runners):
+            self._start_close(runner, reason)
+        await _all_freed(list(self._closes.values()))
 
-    async def _acquire(self, entry: ModelEntry, num_ctx: int | None) -> tuple[Runner, bool]:
-        """Loading goes on if the requester disconnects (it holds the lock and a thread);
-        the reference it would have held is then released as soon as the load is done."""
-        task = asyncio.ensure_future(self._acquire_locked(entry, num_ctx))
+    def _quiet(self) -> bool:
+        return not self._loads and all(runner.refs == 0 for runner in self._runners)
+
+    # -- acquiring: a loaded runner, or the load of one ------------------------------------
+
+    async def _acquire(self, name: str, num_ctx: int | None) -> tuple[Runner, bool]:
+        """A reference to a runner of `name` whose context covers `num_ctx`, and whether this
+        request waited for a load."""
+        waited = False
+        while True:
+            entry = self.entry(name)
+            key = entry.name.lower()
+            runner = self._current.get(key)
+            if runner is not None and _covers(runner, num_ctx):
+                self._take(key, runner)
+                return runner, waited
+            runner = await self._join(self._load_for(key, entry, num_ctx))
+            waited = True
+            if _covers(runner, num_ctx):
+                return runner, True
+            self._release(runner, None)  # it joined a load for less context than it needs
+
+    def _take(self, key: str, runner: Runner) -> None:
+        runner.refs += 1
+        _cancel_timer(runner)
+        self._current.move_to_end(key)
+
+    def _load_for(self, key: str, entry: ModelEntry, num_ctx: int | None) -> _Load:
+        """The model's load in progress, else a new one. A loaded runner with too small a
+        context is retired first: its requests finish on it, new ones wait for the load."""
+        load = self._loading.get(key)
+        if load is not None:
+            return load
+        small = self._current.pop(key, None)
+        if small is not None:
+            log.info("%s: num_ctx %d > loaded %d, reloading", entry.name, num_ctx, small.num_ctx)
+            self._retire(small)
+        load = _Load(key, entry)
+        load.task = asyncio.get_running_loop().create_task(self._run_load(load, num_ctx))
+        load.task.add_done_callback(_retrieve)
+        self._loading[key] = load
+        self._loads.add(load)
+        return load
+
+    async def _join(self, load: _Load) -> Runner:
+        """Wait for `load`, holding on success the reference it hands each waiter."""
+        load.waiters += 1
         try:
-            return await asyncio.shield(task)
+            return await asyncio.shield(load.task)
         except asyncio.CancelledError:
-            task.add_done_callback(self._release_orphan)
+            self._leave(load)
             raise
 
-    def _release_orphan(self, task: asyncio.Future) -> None:
-        if not task.cancelled() and task.exception() is None:
-            runner, _ = task.result()
-            asyncio.ensure_future(self._release(runner, None))
+    def _leave(self, load: _Load) -> None:
+        """A waiter went away. A reference it was handed already is released as any other
+        (keep-alive applies); a load nobody waits for is dropped while it only waits for room,
+        but once loading it finishes (a thread cannot be stopped) and then idles."""
+        task = load.task
+        if task.done():
+            if not task.cancelled() and task.exception() is None:
+                self._release(task.result(), None)
+            return
+        load.waiters -= 1
+        if load.waiters == 0 and not load.has_room:
+            task.cancel()
+            self._end_load(load)
 
-    async def _acquire_locked(self, entry: ModelEntry,
-                              num_ctx: int | None) -> tuple[Runner, bool]:
-        key = entry.name.lower()
-        async with self._lock:
-            runner = self._loaded.get(key)
-            if runner is not None and num_ctx is not None and num_ctx > runner.num_ctx:
-                log.info("%s: num_ctx %d > loaded %d, reloading", entry.name, num_ctx,
-                         runner.num_ctx)
-                await self._wait_idle(runner)
-                await self._unload(runner)
-                runner = None
-            fresh = runner is None
-            if runner is None:
-                await self._make_room()
-                runner = await self._load(entry, num_ctx)
-                self._loaded[key] = runner
-            self._loaded.move_to_end(key)
-            runner.refs += 1
-            _cancel_timer(runner)
-            return runner, fresh
+    async def _run_load(self, load: _Load, num_ctx: int | None) -> Runner:
+        try:
+            await self._make_room(load)
+            runner = await self._loader(load.entry, num_ctx)
+        except BaseException:
+            self._end_load(load)
+            raise
+        current = self._end_load(load)
+        self._runners.append(runner)
+        if self._shutting_down:  # `close` may have swept already: nobody else would free it
+            await _all_freed([self._start_close(runner, SHUTTING_DOWN)])
+            raise Busy(SHUTTING_DOWN)
+        self._install(load, runner, current)
+        return runner
 
-    async def _release(self, runner: Runner, keep_alive: float | None) -> None:
+    def _end_load(self, load: _Load) -> bool:
+        """Forget a finished or dropped load; whether new requests were still joining it."""
+        self._loads.discard(load)
+        self._notify()
+        if self._loading.get(load.key) is not load:
+            return False
+        del self._loading[load.key]
+        return True
+
+    def _install(self, load: _Load, runner: Runner, current: bool) -> None:
+        """Hand a reference to each request still waiting, in the step the load ends; the
+        runner serves new requests too unless the registry moved on while it loaded."""
+        entry = load.entry
+        runner.keep_alive = entry.keep_alive if entry.keep_alive is not None else \
+            self.settings.keep_alive
+        runner.refs = load.waiters
+        newest = _successor(self.registry, entry) if current else None
+        if newest is None:
+            self._retire(runner)
+            return
+        runner.entry = newest
+        self._current[load.key] = runner
+        if runner.refs == 0:
+            self._arm_timer(runner)
+
+    # -- room, idling and freeing ----------------------------------------------------------
+
+    async def _make_room(self, load: _Load) -> None:
+        """Wait until one more model fits under OLLAMA_MAX_LOADED_MODELS, closing idle ones
+        least recently used first; Busy after OLLAMA_LOAD_TIMEOUT."""
+        if not await self._wait_for(self._room_or_evict, self.settings.load_timeout):
+            raise Busy("timed out waiting for a busy model to make room (loaded models are "
+                       f"at OLLAMA_MAX_LOADED_MODELS={self.settings.max_loaded_models})",
+                       retry_after=5)
+        load.has_room = True
+
+    def _room_or_evict(self) -> bool:
+        """Whether one more model fits. If not, and the models being freed already will not
+        make room, start freeing the least recently used idle one."""
+        limit = self.settings.max_loaded_models
+        held = len(self._runners) + sum(load.has_room for load in self._loads)
+        if held + len(self._closes) < limit:
+            return True
+        idle = next((runner for runner in self._current.values() if runner.refs == 0), None)
+        if held >= limit and idle is not None:
+            self._start_close(idle)
+        return False
+
+    async def _wait_for(self, ready: Callable[[], bool], timeout: float) -> bool:
+        """Whether `ready()` came true within `timeout` seconds (checked after each change)."""
+        try:
+            async with asyncio.timeout(timeout):
+                while not ready():
+                    await self._changed.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def _notify(self) -> None:
+        """References, residency or loads changed: wake whatever waits for room or quiet."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _release(self, runner: Runner, keep_alive: float | None) -> None:
         runner.refs -= 1
         if keep_alive is not None and not runner.retired:
             runner.keep_alive = keep_alive
-        if runner.refs == 0:
+        if runner.refs == 0 and runner in self._runners:  # not already closed under it
             self._arm_timer(runner)
-        async with self._released:
-            self._released.notify_all()
+        self._notify()
+
+    def _retire(self, runner: Runner) -> asyncio.Task[None] | None:
+        """Serve no new request with `runner` (no longer current): it is closed once idle,
+        now if it already is (the closing task is returned then)."""
+        runner.retired, runner.keep_alive = True, 0.0
+        _cancel_timer(runner)
+        return self._start_close(runner) if runner.refs == 0 else None
 
     def _arm_timer(self, runner: Runner) -> None:
+        """An idle runner's keep-alive: 0 (always so once retired) frees it now, infinity
+        never."""
         _cancel_timer(runner)
         if runner.keep_alive == 0:
-            asyncio.get_running_loop().create_task(self._expire(runner))
+            self._start_close(runner)
             return
         runner.expires_at = time.time() + runner.keep_alive
         if runner.keep_alive != float("inf"):
-            loop = asyncio.get_running_loop()
-            runner._timer = loop.call_later(
-                runner.keep_alive, lambda: loop.create_task(self._expire(runner)))
+            runner._timer = asyncio.get_running_loop().call_later(
+                runner.keep_alive, self._start_close, runner)
 
-    async def _expire(self, runner: Runner) -> None:
-        async with self._lock:
-            current = self._loaded.get(runner.entry.name.lower()) is runner
-            if runner.refs == 0 and (current or runner.retired):
-                await self._unload(runner)
+    def _start_close(self, runner: Runner, reason: str = "model unloaded") -> asyncio.Task[None]:
+        """Free a resident runner off the event loop; until it is freed it stays in `loaded`
+        and counts against the loaded models."""
+        _cancel_timer(runner)
+        self._runners.remove(runner)
+        key = runner.entry.name.lower()
+        if self._current.get(key) is runner:
+            del self._current[key]
+        task = asyncio.get_running_loop().create_task(self._free(runner, reason))
+        self._closes[runner] = task
+        return task
 
-    async def _make_room(self) -> None:
-        while len(self._loaded) >= self.settings.max_loaded_models:
-            idle = [r for r in self._loaded.values() if r.refs == 0]
-            if idle:
-                await self._unload(idle[0])
-                continue
-            async with self._released:
-                try:
-                    await asyncio.wait_for(self._released.wait(), self.settings.load_timeout)
-                except asyncio.TimeoutError:
-                    raise Busy("timed out waiting for a busy model to make room (loaded "
-                               f"models are at OLLAMA_MAX_LOADED_MODELS="
-                               f"{self.settings.max_loaded_models})", retry_after=5) from None
-
-    async def _wait_idle(self, runner: Runner) -> None:
-        async with self._released:
-            await self._released.wait_for(lambda: runner.refs == 0)
+    async def _free(self, runner: Runner, reason: str) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, runner.close, reason)
+        finally:
+            del self._closes[runner]
+            self._notify()
+        log.info("unloaded %s", runner.entry.name)
 
     async def _load(self, entry: ModelEntry, num_ctx: int | None) -> Runner:
+        """The real loader: header, weights and engine, each off the event loop."""
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         info = await loop.run_in_executor(None, read_header, entry.path)
@@ -266,17 +422,19 @@ class Scheduler:
             raise
         elapsed = time.perf_counter() - started
         log.info("loaded %s (%d slots x %d tokens) in %.2fs", entry.name, slots, ctx, elapsed)
-        keep_alive = entry.keep_alive if entry.keep_alive is not None else self.settings.keep_alive
-        return Runner(entry=entry, info=info, model=model, engine=engine, num_ctx=ctx,
-                      keep_alive=keep_alive)
+        return Runner(entry=entry, info=info, model=model, engine=engine, num_ctx=ctx)
 
-    async def _unload(self, runner: Runner, reason: str = "model unloaded") -> None:
-        _cancel_timer(runner)
-        key = runner.entry.name.lower()
-        if self._loaded.get(key) is runner:
-            del self._loaded[key]
-        await asyncio.get_running_loop().run_in_executor(None, runner.close, reason)
-        log.info("unloaded %s", runner.entry.name)
+
+async def _all_freed(closes: list[asyncio.Task[None]]) -> None:
+    """Wait for closes that must finish even if the waiter is cancelled."""
+    if closes:
+        await asyncio.shield(asyncio.gather(*closes))
+
+
+def _retrieve(task: asyncio.Task[Runner]) -> None:
+    """Mark a failed load's error as seen: its waiters got it, and there may be none left."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _probe_model(entry: ModelEntry | None) -> Path | None:
@@ -297,9 +455,23 @@ def _loads_alike(new: ModelEntry, old: ModelEntry) -> bool:
             and all(new.options.get(k) == old.options.get(k) for k in load_keys))
 
 
+def _successor(registry: Registry, entry: ModelEntry) -> ModelEntry | None:
+    """`entry` as `registry` has it, if a model loaded for `entry` can serve that."""
+    newest = registry.get(entry.name)
+    return newest if newest is not None and _loads_alike(newest, entry) else None
+
+
 def _context_size(entry: ModelEntry, info: GGUFInfo, requested: int | None) -> int:
-    wanted = requested or entry.num_ctx or entry.options.get("num_ctx") or DEFAULT_NUM_CTX
-    return max(16, min(wanted, info.context_length))
+    """Tokens per slot to load: the entry's configured size, grown (never shrunk: a request's
+    own limit is applied per request) by `requested`, capped at the trained context."""
+    configured = entry.num_ctx or entry.options.get("num_ctx") or DEFAULT_NUM_CTX
+    return max(16, min(max(requested or 0, configured), info.context_length))
+
+
+def _covers(runner: Runner, num_ctx: int | None) -> bool:
+    """Whether `runner` serves a request for `num_ctx` without loading again: what would be
+    loaded for it, capped as above, is no larger than what is loaded."""
+    return _context_size(runner.entry, runner.info, num_ctx) <= runner.num_ctx
 
 
 def _cancel_timer(runner: Runner) -> None:
