@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from contextlib import contextmanager
@@ -50,7 +51,9 @@ def pytest_configure(config: pytest.Config) -> None:
     weights) are safe on this CPU, and hand the verdict to every server and model the tests
     start: each server has a home folder of its own, so each would otherwise probe again. The
     probe's verdict is cached in pytest's cache folder, per CPU."""
-    policy = CpuPolicy(settings.current().repack, config.cache.mkdir("cpu-probe"))
+    cache = getattr(config, "cache", None)  # absent under `-p no:cacheprovider`
+    folder = cache.mkdir("cpu-probe") if cache else Path(tempfile.mkdtemp(prefix="cpu-probe"))
+    policy = CpuPolicy(settings.current().repack, folder)
     config.stash[PLAN] = plan = policy.plan(bundled_model_path())
     os.environ["OLLAMALITE_REPACK"] = "on" if plan.extra_bufts else "off"
 
