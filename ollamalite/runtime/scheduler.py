@@ -168,6 +168,9 @@ class Scheduler:
                 yield Lease(runner, time.perf_counter() - started if loaded else 0.0)
             finally:
                 self._release(runner, keep_alive)
+                closing = self._closes.get(runner)
+                if closing is not None:  # this request's keep_alive 0 (or its retirement)
+                    await asyncio.shield(closing)  # frees it before the reply: /api/ps agrees
         finally:
             self._requests -= 1
 
