@@ -69,7 +69,7 @@ def show_body(entry: ModelEntry, info: GGUFInfo, mtime: float, verbose: bool,
               system_override: str | None = None,
               template_capabilities: Sequence[str] = ()) -> dict[str, Any]:
     """`template_capabilities`: what the template adds (`tools`, `thinking`), see
-    template_info."""
+    generation/templates.py."""
     template = chat_template.pick(entry, info)
     system = system_override or entry.system
     body: dict[str, Any] = {}
