@@ -3,8 +3,8 @@
 #
 # Why: the comparison is only fair if both servers run the same llama.cpp code. So this builds
 # llama-server from the llama.cpp sources vendored in the llama-cpp-python sdist of the version
-# pinned in requirements/runtime.txt (the same sources our bindings were compiled from), with
-# the bindings' defaults for the engine (CPU, -march=native, OpenMP). Only what the engine does
+# pinned in requirements/runtime.txt (the same sources our bindings were compiled from), for
+# the same instruction sets as the bindings (scripts/cpu_build.sh), with OpenMP. Only what the engine does
 # not use is turned off: downloads at build time (the prebuilt web UI, curl), OpenSSL, tests,
 # examples. Libraries are linked in statically, so the cache holds a single file.
 #
@@ -18,8 +18,8 @@
 #   env:    OLLAMALITE_BENCH_CACHE  cache folder (default ~/.cache/ollamalite/bench)
 #           OLLAMALITE_BENCH_JOBS   parallel compile jobs (default 2)
 #
-# The binary is built for this machine's CPU (-march=native, like the bindings), so its cache
-# folder is keyed on the CPU (scripts/cpu_key.sh) as the bindings' wheel is. On a CPU that
+# The binary is built for this machine's CPU, like the bindings, so its cache folder is keyed on
+# the CPU (scripts/cpu_build.sh) as the bindings' wheel is. On a CPU that
 # reports AMX but traps it, bench/run.py starts it with --no-repack, as ollamalite then loads
 # without llama.cpp's extra buffer types (docs/cpu.md): the same CPU code on both sides.
 set -euo pipefail
@@ -61,7 +61,7 @@ req="$repo/requirements/runtime.txt"
 ver=$(sed -nE 's/^[[:space:]]*llama[-_.]cpp[-_.]python[[:space:]]*==[[:space:]]*([^[:space:];#]+).*/\1/Ip' "$req" | head -n 1)
 [ -n "$ver" ] || die "no 'llama-cpp-python==<version>' pin in $req"
 
-. "$repo/scripts/cpu_key.sh"
+. "$repo/scripts/cpu_build.sh"
 variant="$ver-cpu$(cpu_key)"
 cache_root="${OLLAMALITE_BENCH_CACHE:-$HOME/.cache/ollamalite/bench}"
 case "$cache_root" in /*) ;; *) cache_root="$PWD/$cache_root" ;; esac
@@ -159,7 +159,7 @@ src="$tmp/src/llama_cpp_python-$ver/vendor/llama.cpp"
 # The sdist has no .git; keep llama.cpp's build-info from picking up a repository that happens
 # to enclose the temp dir.
 export GIT_CEILING_DIRECTORIES="$tmp"
-# SOURCE_DATE_EPOCH would silently turn GGML_NATIVE off; it is set explicitly below anyway.
+# SOURCE_DATE_EPOCH would silently turn GGML_NATIVE off where cpu_build.sh leaves it on.
 unset SOURCE_DATE_EPOCH
 
 log "configuring llama.cpp (from llama-cpp-python $ver)"
@@ -167,7 +167,7 @@ cmake -S "$src" -B "$tmp/build" "${generator[@]}" \
     -DCMAKE_BUILD_TYPE=Release \
     -DCMAKE_C_COMPILER="$cc_found" -DCMAKE_CXX_COMPILER="$cxx_found" \
     -DBUILD_SHARED_LIBS=OFF \
-    -DGGML_NATIVE=ON \
+    $(cpu_cmake_args) ${CMAKE_ARGS:-} \
     -DGGML_CCACHE=OFF \
     -DLLAMA_CURL=OFF \
     -DLLAMA_OPENSSL=OFF \

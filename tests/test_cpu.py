@@ -123,11 +123,14 @@ def test_a_probe_verdict_is_cached_per_cpu(tmp_path: Path, verdict: str,
     again = policy(tmp_path, probe).plan(Path("m.gguf"))  # a new process, the same home
     assert again.extra_bufts is extra_bufts and len(probe.calls) == 1
     assert again.reason.startswith(f"probe {verdict} (cached ")
+    policy(tmp_path, probe, build=(*AMX_BUILD, "AVX512_BF16")).plan(Path("m.gguf"))
+    assert len(probe.calls) == 2  # another build is probed on its own, and so is...
     other = Cpu("Other Xeon", AMX_CPU.flags | {"avx512_fp16"})
     policy(tmp_path, probe, cpu=other).plan(Path("m.gguf"))
-    assert len(probe.calls) == 2  # another CPU is probed on its own...
+    assert len(probe.calls) == 3  # ...another CPU...
     saved = json.loads((tmp_path / CACHE_FILE).read_text())
-    assert sorted(v["cpu"] for v in saved.values()) == ["Other Xeon", "Test Xeon"]  # ...kept
+    assert sorted(v["cpu"] for v in saved.values()) == ["Other Xeon", "Test Xeon",
+                                                        "Test Xeon"]  # ...each one kept
     assert {v["verdict"] for v in saved.values()} == {verdict}
 
 

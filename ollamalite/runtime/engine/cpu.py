@@ -1,6 +1,6 @@
 """Whether model loads may use llama.cpp's extra CPU buffer types, decided once per process.
 
-llama.cpp built with `-march=native` on a CPU that reports AMX copies quantized weights into
+llama.cpp built for a CPU that reports AMX copies quantized weights into
 AMX tiles' layout ("extra buffer types", also the home of the other repacked kernels) and
 multiplies them with AMX instructions. Some VMs report AMX and grant it to the process
 (`arch_prctl`) yet trap the instruction: the whole server then dies with SIGILL on its first
@@ -8,7 +8,7 @@ decode. No check in the parent process can tell such a VM from a working one, so
 measured: a child process loads a model with the extra buffer types and decodes a batch. If the
 child dies from a signal, loads here turn them off (llama-server's `--no-repack`).
 
-The verdict is cached per CPU and llama.cpp version in `<OLLAMALITE_HOME>/cpu-probe.json`, and
+The verdict is cached per CPU and llama.cpp build in `<OLLAMALITE_HOME>/cpu-probe.json`, and
 the probe only runs where it can matter (the build has AMX kernels and the CPU reports AMX), so
 other machines pay nothing and an AMX machine pays one child once.
 """
@@ -55,9 +55,10 @@ class Cpu:
     def has_amx(self) -> bool:
         return all(flag in self.flags for flag in CPU_AMX_FLAGS)
 
-    def key(self, llama_version: str) -> str:
-        """Identifies a verdict: the same CPU model and flags under the same llama.cpp."""
-        text = "\n".join([self.name, " ".join(sorted(self.flags)), llama_version])
+    def key(self, llama_version: str, build: tuple[str, ...]) -> str:
+        """Identifies a verdict: the same CPU model and flags under the same llama.cpp, built
+        for the same instruction sets."""
+        text = "\n".join([self.name, " ".join(sorted(self.flags)), llama_version, *build])
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -128,7 +129,7 @@ class CpuPolicy:
             return plan(True, "the build has no AMX kernels, nothing to probe")
         if not cpu.has_amx:
             return plan(True, "the CPU does not report AMX, nothing to probe")
-        key = cpu.key(llama_cpp.__version__)
+        key = cpu.key(llama_cpp.__version__, build)
         cached = self._read_cache().get(key)
         if cached is not None:
             verdict = cached["verdict"]
