@@ -61,8 +61,7 @@ def models_path(settings: Settings) -> Path:
 
 def load_registry(settings: Settings) -> models_file.Registry:
     """models.yaml plus the models found in `model_dirs` and the Ollama store."""
-    from ollamalite import discovery  # here, so that client commands start fast
-    from ollamalite.registry import models_file
+    from ollamalite.registry import discovery, models_file  # here: client commands start fast
 
     path = models_path(settings)
     if not settings.config_explicit and not path.exists():
