@@ -65,6 +65,20 @@ class Generation:
             if isinstance(event, Finished):
                 self.finished = event
 
+    async def whole(self) -> Delta:
+        """The reply joined into one delta: a non-streamed answer."""
+        joined = Delta()
+        async for delta in self.deltas():
+            joined.add(delta)
+        return joined
+
+    @property
+    def result(self) -> Finished:
+        """The engine's last event, once `deltas()` ended without an error."""
+        if self.finished is None:
+            raise RuntimeError("the generation has not finished")
+        return self.finished
+
     @property
     def total_duration(self) -> float:
         return time.perf_counter() - self.started

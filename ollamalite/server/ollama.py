@@ -181,8 +181,7 @@ class ChatShape(GenerateShape):
 def final(shape: GenerateShape, whole: Delta, gen: Generation, context: bool) -> dict[str, Any]:
     """The last object: the reason, the token ids (templated /api/generate, as Ollama), and
     the timings in nanoseconds."""
-    fin = gen.finished
-    assert fin is not None  # deltas() ended normally, so the engine's last event came
+    fin = gen.result
     body = shape.done(whole, fin.done_reason)
     if context:
         body["context"] = list(fin.tokens)
@@ -199,10 +198,7 @@ async def respond(request: web.Request, gen: Generation, shape: GenerateShape, s
     """One JSON object, or NDJSON: a chunk per delta, then the final object. An engine failure
     before any output is a real status; after it, a last `{"error"}` line."""
     if not stream:
-        whole = Delta()
-        async for delta in gen.deltas():
-            whole.add(delta)
-        return json_response(final(shape, whole, gen, context))
+        return json_response(final(shape, await gen.whole(), gen, context))
     out = NdjsonStream(request)
     try:
         async for delta in gen.deltas():

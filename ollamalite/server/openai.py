@@ -372,7 +372,7 @@ async def _stream(request: web.Request, gen: Generation, fmt: _Formatter,
     try:
         async for delta in gen.deltas():
             await out.send(fmt.chunk(delta))
-        for chunk in fmt.finish(_finished(gen).done_reason):
+        for chunk in fmt.finish(gen.result.done_reason):
             await out.send(chunk)
     except ApiError as exc:
         if not out.started:
@@ -384,22 +384,14 @@ async def _stream(request: web.Request, gen: Generation, fmt: _Formatter,
     return await out.done()
 
 
-def _finished(gen: Generation) -> Finished:
-    assert gen.finished is not None  # deltas() ended normally, so the engine's last event came
-    return gen.finished
-
-
 async def _complete(request: web.Request, text: TextRequest, fmt: _Formatter, stream: bool,
                     stream_options: dict[str, Any] | None) -> web.StreamResponse:
     async with run.generate(request.app[SCHEDULER], text) as gen:
         if stream:
             return await _stream(request, gen, fmt, bool(stream_options and
                                                          stream_options["include_usage"]))
-        whole = Delta()
-        async for delta in gen.deltas():
-            whole.add(delta)
-        return json_response(fmt.completion(whole, _finished(gen).done_reason,
-                                            usage(gen.finished)))
+        whole = await gen.whole()
+        return json_response(fmt.completion(whole, gen.result.done_reason, usage(gen.result)))
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
