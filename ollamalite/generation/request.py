@@ -24,7 +24,7 @@ class TextRequest:
     template: str | None = None  # overrides the model's chat template (prompt completions)
     raw: bool = False  # the prompt goes to the model as it is, no template
     context: list[int] | None = None  # an earlier /api/generate's tokens to continue from
-    images: bool = False  # whether any input carries images (refused: no vision models yet)
+    images: list[str] | None = None  # base64 images of a prompt completion (chat: per message)
     tools: list[dict[str, Any]] | None = None
     think: bool | str | None = None
     format: Any = None  # "json", a JSON schema, or None
@@ -41,6 +41,11 @@ class TextRequest:
     def endpoint(self) -> str:
         """How Ollama names the capability in its errors (`does not support chat`)."""
         return "chat" if self.chat else "generate"
+
+    @property
+    def has_images(self) -> bool:
+        """Whether any input carries images (refused: no vision models yet)."""
+        return bool(self.images) or any(m.get("images") for m in self.messages or ())
 
     @property
     def empty(self) -> bool:

@@ -89,7 +89,7 @@ async def check(scheduler: Scheduler, req: TextRequest) -> Checked:
     if not req.model:
         raise BadRequest("model is required")
     entry = scheduler.entry(req.model)
-    if req.images:
+    if req.has_images:
         raise BadRequest(f'"{req.model}" does not support images')
     if req.logprobs:
         raise BadRequest("logprobs are not supported yet")

@@ -142,11 +142,10 @@ def text_request(req: dict[str, Any], chat: bool) -> TextRequest:
         options=req["options"], keep_alive=req["keep_alive"], truncate=req["truncate"],
         logprobs=bool(req["logprobs"] or req["top_logprobs"]))
     if chat:
-        return TextRequest(messages=req["messages"], tools=req["tools"],
-                           images=any(m.get("images") for m in req["messages"]), **common)
+        return TextRequest(messages=req["messages"], tools=req["tools"], **common)
     return TextRequest(prompt=req["prompt"], suffix=req["suffix"], system=req["system"],
                        template=req["template"], raw=req["raw"], context=req["context"],
-                       images=bool(req["images"]), **common)
+                       images=req["images"], **common)
 
 
 class GenerateShape:

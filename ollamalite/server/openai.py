@@ -190,7 +190,6 @@ def chat_request(req: dict[str, Any]) -> TextRequest:
     """A loaded /v1/chat/completions request -> the internal request /api/chat would make."""
     messages = native_messages(req["messages"])
     return TextRequest(model=req["model"], messages=messages,
-                       images=any(m.get("images") for m in messages),
                        options=native_options(req, _max_tokens(req)),
                        format=native_format(req["response_format"]),
                        tools=native_tools(req["tools"], req["tool_choice"]),
