@@ -129,7 +129,12 @@ async def generate(scheduler: Scheduler, req: TextRequest) -> AsyncIterator[Gene
         parser = templates.reply_parser(checked.features, req.tools, checked.think,
                                         prompt_tail(runner, tokens))
         events = _events(runner, tokens, opts, checked.grammar)
-        yield Generation(checked.entry.name, events, started, lease.load_duration, parser)
+        try:
+            yield Generation(checked.entry.name, events, started, lease.load_duration, parser)
+        finally:
+            # Close the job now, not whenever the garbage collector finalizes the generator:
+            # a client that went away mid-stream must stop its generation at once.
+            await events.aclose()
 
 
 async def load_or_unload(scheduler: Scheduler, req: TextRequest) -> str:
