@@ -101,10 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command != "serve":
         return client_command(args)
-    settings = current(host=args.host, port=args.port, config=args.config)
-    logging.basicConfig(level=logging.DEBUG if args.verbose or settings.debug else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        settings = current(host=args.host, port=args.port, config=args.config)
+        level = logging.DEBUG if args.verbose or settings.debug else logging.INFO
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         registry = load_registry(settings)
     except (ConfigError, FileNotFoundError) as exc:
         print(f"ollamalite: {exc}", file=sys.stderr)
