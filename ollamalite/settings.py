@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping
 from urllib.parse import urlsplit
@@ -177,6 +177,25 @@ def from_env(
 
 def _path(env: Mapping[str, str], key: str, default: Path) -> Path:
     return Path(env_var(env, key) or default).expanduser().absolute()
+
+
+@dataclass(frozen=True)
+class ServerSection:
+    """models.yaml's `server:` section: where `serve` listens unless told otherwise."""
+
+    host: str | None = None
+    port: int | None = None
+
+
+def with_server_section(settings: Settings, section: ServerSection, host: str | None = None,
+                        port: int | None = None, env: Mapping[str, str] = os.environ
+                        ) -> Settings:
+    """`settings` with the models file's address under OLLAMA_HOST (a whole address) and the
+    `host` and `port` flags: the file is only found once flags and environment are read."""
+    if env_var(env, "OLLAMA_HOST"):
+        return settings
+    return replace(settings, host=host or section.host or settings.host,
+                   port=port if port is not None else section.port or settings.port)
 
 
 def current(**flags: object) -> Settings:
