@@ -5,9 +5,10 @@ No other module reads `os.environ`: everything it needs arrives in one frozen `S
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
 from urllib.parse import urlsplit
@@ -89,6 +90,15 @@ def _split_host_port(netloc: str, default_port: int) -> tuple[str, int]:
     except ValueError:
         port = default_port
     return host, port if 0 <= port <= 65535 else default_port
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a bind address serves this machine only (`localhost` counts); beyond it, the
+    API key is what keeps strangers out (docs/security.md)."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host.lower() == "localhost"
 
 
 def _uint(env: Mapping[str, str], key: str, default: int) -> int:
@@ -205,6 +215,25 @@ def from_env(
 
 def _path(env: Mapping[str, str], key: str, default: Path) -> Path:
     return Path(env_var(env, key) or default).expanduser().absolute()
+
+
+@dataclass(frozen=True)
+class ServerSection:
+    """models.yaml's `server:` section: where `serve` listens unless told otherwise."""
+
+    host: str | None = None
+    port: int | None = None
+
+
+def with_server_section(settings: Settings, section: ServerSection, host: str | None = None,
+                        port: int | None = None, env: Mapping[str, str] = os.environ
+                        ) -> Settings:
+    """`settings` with the models file's address under OLLAMA_HOST (a whole address) and the
+    `host` and `port` flags: the file is only found once flags and environment are read."""
+    if env_var(env, "OLLAMA_HOST"):
+        return settings
+    return replace(settings, host=host or section.host or settings.host,
+                   port=port if port is not None else section.port or settings.port)
 
 
 def current(**flags: object) -> Settings:

