@@ -123,8 +123,8 @@ def _presented_keys(request: web.Request) -> list[bytes]:
     """What the SDKs send: OpenAI's and Ollama's `Authorization: Bearer`, Anthropic's
     `x-api-key`."""
     scheme, _, token = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
-    keys = [request.headers.get("x-api-key", ""), token.strip() if scheme.lower() == "bearer"
-            else ""]
+    bearer = token.strip() if scheme.lower() == "bearer" else ""
+    keys = (request.headers.get("x-api-key", ""), bearer)
     return [key.encode("utf-8", "surrogateescape") for key in keys if key]
 
 
@@ -138,8 +138,8 @@ def auth(key: str) -> Middleware:
 
     @web.middleware
     async def check_key(request: web.Request, handler: Handler) -> web.StreamResponse:
-        matches = [hmac.compare_digest(given, expected) for given in _presented_keys(request)]
-        if any(matches) or _open(request):
+        if _open(request) or any([hmac.compare_digest(given, expected)
+                                  for given in _presented_keys(request)]):
             return await handler(request)
         response = error_response(request, 401, UNAUTHORIZED)
         response.headers[hdrs.WWW_AUTHENTICATE] = "Bearer"
@@ -158,4 +158,3 @@ def middlewares(settings: Settings) -> list[Middleware]:
     if settings.api_key:
         gate.append(auth(settings.api_key))
     return gate
-
