@@ -45,7 +45,7 @@ def client_command(args: argparse.Namespace) -> int:
     """Runs one client command; server errors print `Error: ...` and exit 1, as ollama's do."""
     try:
         return args.handler(Client.from_env(), args) or 0
-    except ClientError as exc:
+    except (ClientError, ConfigError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -161,9 +161,10 @@ def _keep_alive(env: Mapping[str, str]) -> float:
         return DEFAULT_KEEP_ALIVE
 
 
-def _api_key(env: Mapping[str, str]) -> str:
+def api_key(env: Mapping[str, str]) -> str:
     """OLLAMALITE_API_KEY, or OLLAMALITE_API_KEY_FILE's contents (a file keeps the key out of
-    the process list and of child environments). A file that yields no usable key stops
+    the process list and of child environments): the server's key, and the one the client
+    commands send. A file that yields no usable key stops
     start-up: serving without the key the operator meant to set would be silently open."""
     key, path = env_var(env, "OLLAMALITE_API_KEY"), env_var(env, "OLLAMALITE_API_KEY_FILE")
     if key and path:
@@ -208,7 +209,7 @@ def from_env(
         debug=_bool(env, "OLLAMA_DEBUG", False),
         data_dir=_path(env, "OLLAMALITE_HOME", DEFAULT_HOME),
         ollama_models=_path(env, "OLLAMA_MODELS", DEFAULT_OLLAMA_MODELS),
-        api_key=_api_key(env),
+        api_key=api_key(env),
         max_body=_uint(env, "OLLAMALITE_MAX_BODY", 0) or DEFAULT_MAX_BODY,
     )
 

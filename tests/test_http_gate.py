@@ -229,12 +229,23 @@ def test_key_settings(tmp_path: Path) -> None:
             from_env(env)
 
 
+def ollamalite(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`python -m ollamalite ARGS` with `env` added to this environment."""
+    return subprocess.run([sys.executable, "-m", "ollamalite", *args], cwd=REPO, text=True,
+                          env={**os.environ, **env}, capture_output=True, timeout=120)
+
+
 def test_unreadable_key_file_stops_start_up(tmp_path: Path) -> None:
-    env = {**os.environ, "OLLAMALITE_API_KEY_FILE": str(tmp_path / "missing")}
-    done = subprocess.run([sys.executable, "-m", "ollamalite", "serve", "--port", "1"], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=60)
+    done = ollamalite("serve", "--port", "1", OLLAMALITE_API_KEY_FILE=str(tmp_path / "none"))
     assert done.returncode == 1
     assert "ollamalite: OLLAMALITE_API_KEY_FILE: cannot read" in done.stderr
+
+
+def test_client_commands_send_the_key(keyed_server: LiveServer) -> None:
+    listed = ollamalite("list", OLLAMA_HOST=keyed_server.url, OLLAMALITE_API_KEY=KEY)
+    assert listed.returncode == 0 and listed.stdout.splitlines()[1].startswith(MODEL)
+    refused = ollamalite("list", OLLAMA_HOST=keyed_server.url, OLLAMALITE_API_KEY="")
+    assert (refused.returncode, refused.stderr.strip()) == (1, f"Error: {gate.UNAUTHORIZED}")
 
 
 @pytest.mark.parametrize(("settings", "warned"), [
