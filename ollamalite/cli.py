@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import logging
 import signal
 import sys
@@ -16,7 +15,8 @@ from ollamalite import __version__
 from ollamalite.client import commands, run
 from ollamalite.client.api import Client, ClientError
 from ollamalite.errors import ConfigError
-from ollamalite.settings import DEFAULT_CONFIG, Settings, current, with_server_section
+from ollamalite.settings import (DEFAULT_CONFIG, Settings, current, is_loopback,
+                                 with_server_section)
 
 if TYPE_CHECKING:
     from ollamalite.registry import models_file
@@ -45,7 +45,7 @@ def client_command(args: argparse.Namespace) -> int:
     """Runs one client command; server errors print `Error: ...` and exit 1, as ollama's do."""
     try:
         return args.handler(Client.from_env(), args) or 0
-    except ClientError as exc:
+    except (ClientError, ConfigError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -76,19 +76,12 @@ def load_registry(settings: Settings) -> models_file.Registry:
 
 
 def warn_if_exposed(settings: Settings) -> None:
-    """Binding beyond loopback, whichever setting asked for it, puts every endpoint (model
-    edits included) within reach of the network: say so at start-up."""
-    if not _is_loopback(settings.host):
+    """Binding beyond loopback without an API key, whichever setting asked for it, puts every
+    endpoint (model edits included) within reach of the network: say so at start-up."""
+    if not settings.api_key and not is_loopback(settings.host):
         log.warning("listening on %s:%d, beyond this machine: anyone who can reach this port "
-                    "can use the API, including creating, copying and deleting models",
-                    settings.host, settings.port)
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return host.lower() == "localhost"
+                    "can use the API, including creating, copying and deleting models; set "
+                    "OLLAMALITE_API_KEY (docs/security.md)", settings.host, settings.port)
 
 
 def startup(args: argparse.Namespace) -> tuple[Settings, models_file.Registry]:

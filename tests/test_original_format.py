@@ -150,7 +150,8 @@ def test_serve_warns_when_the_file_binds_beyond_loopback(
     assert list(registry.models) == [f"{PHI3}:latest"]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     expected = [f"listening on {host}:11434, beyond this machine: anyone who can reach this "
-                "port can use the API, including creating, copying and deleting models"]
+                "port can use the API, including creating, copying and deleting models; set "
+                "OLLAMALITE_API_KEY (docs/security.md)"]
     assert warnings == (expected if warned else [])
 
 
