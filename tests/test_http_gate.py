@@ -13,7 +13,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -30,6 +29,7 @@ from ollamalite.errors import ApiError, ConfigError
 from ollamalite.server import gate
 from ollamalite.server.app import errors_middleware
 from ollamalite.server.keys import SETTINGS
+from ollamalite.server import request as request_module
 from ollamalite.server.request import read_body
 from ollamalite.server.stream import NdjsonStream, SseStream
 from ollamalite.settings import Settings, from_env, is_loopback
@@ -305,26 +305,35 @@ class FakeRequest:
         return self.body
 
 
-async def test_large_body_leaves_the_loop_running() -> None:
-    """While a large body is parsed, the loop still turns: its longest pause stays a small part
-    of the parse (json's C scanner would hold it for the whole parse, thread or not)."""
+async def test_large_body_is_parsed_in_a_thread_by_the_yielding_parser(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A body over PARSE_INLINE_MAX leaves the event loop: it goes to a thread, parsed by the
+    Python scanner (json's C scanner would hold the GIL, and so the loop, for the whole parse);
+    a small one parses inline. Both give exactly what json.loads gives."""
+    calls: list[Any] = []
+    real_to_thread = asyncio.to_thread
+
+    async def recording_to_thread(func: Any, *args: Any) -> Any:
+        calls.append(func)
+        return await real_to_thread(func, *args)
+
+    monkeypatch.setattr(request_module.asyncio, "to_thread", recording_to_thread)
     body = {"messages": [{"role": "user", "content": f"m{i} \u00e9\\n"} for i in range(40_000)],
             "n": [1.5, -2, None, True, 10**30]}
     raw = json.dumps(body).encode()
-    marks = [time.perf_counter()]
+    assert len(raw) > request_module.PARSE_INLINE_MAX
+    assert await read_body(FakeRequest(raw)) == body  # type: ignore[arg-type]
+    assert calls == [request_module.parse_yielding]
+    small = {"model": MODEL, "prompt": "\u00e9"}
+    assert await read_body(FakeRequest(json.dumps(small).encode())) == small  # type: ignore
+    assert calls == [request_module.parse_yielding]
 
-    async def tick() -> None:
-        while True:
-            await asyncio.sleep(0)
-            marks.append(time.perf_counter())
 
-    ticker = asyncio.create_task(tick())
-    parsed = await read_body(FakeRequest(raw))  # type: ignore[arg-type]
-    marks.append(time.perf_counter())
-    ticker.cancel()
-    assert parsed == body
-    longest = max(later - earlier for earlier, later in zip(marks, marks[1:]))
-    assert longest < (marks[-1] - marks[0]) / 4, (longest, marks[-1] - marks[0])
+def test_yielding_parser_agrees_with_json() -> None:
+    raw = json.dumps({"a": [1, 2.5, "\u00e9", None], "b": {"c": True}}).encode("utf-16")
+    assert request_module.parse_yielding(raw) == json.loads(raw)
+    with pytest.raises(json.JSONDecodeError):
+        request_module.parse_yielding(b'{"a": [1,')
 
 
 async def test_body_announced_too_large_is_refused_unread() -> None:
