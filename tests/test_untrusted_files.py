@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, AsyncIterator
@@ -69,15 +68,16 @@ def library_for(place: SimpleNamespace, **settings: Any) -> Library:
     return Library(current, models_file, models_file.load(), serve)
 
 
-async def create(library: Library, **body: Any) -> list[str]:
-    req = load(native.CREATE, {"model": "made", **body})
+async def create_from(library: Library, source: str) -> list[str]:
+    """/api/create of the model `made` from `source`; returns its progress lines."""
+    req = load(native.CREATE, {"model": "made", "from": source})
     return await edits.create(library, BlobStore(library.settings), req)
 
 
 async def test_from_a_file_in_a_model_folder_is_accepted(place: SimpleNamespace) -> None:
     library = library_for(place)
     tiny = place.ggufs / "tiny.gguf"
-    statuses = await create(library, **{"from": str(place.ggufs / ".." / "ggufs" / "tiny.gguf")})
+    statuses = await create_from(library, str(place.ggufs / ".." / "ggufs" / "tiny.gguf"))
     assert statuses == ["parsing GGUF",
                         f"using existing layer sha256:{hashlib.sha256(GGUF).hexdigest()}",
                         "writing manifest"]
@@ -99,9 +99,9 @@ async def test_other_paths_get_the_answer_of_an_unknown_name(place: SimpleNamesp
     before = place.config.read_text()
     text = str(place.root / where)
     with pytest.raises(NotFound) as err:
-        await create(library, **{"from": text})
+        await create_from(library, text)
     with pytest.raises(NotFound) as unknown:
-        await create(library, **{"from": "no-such-model"})
+        await create_from(library, "no-such-model")
     assert (err.value.status, err.value.message) == (404, f'model "{text}" not found')
     assert (unknown.value.status, unknown.value.message) == (404,
                                                              'model "no-such-model" not found')
@@ -110,12 +110,12 @@ async def test_other_paths_get_the_answer_of_an_unknown_name(place: SimpleNamesp
 
 async def test_any_path_when_the_setting_allows_it(place: SimpleNamespace) -> None:
     library = library_for(place, allow_any_path=True)
-    await create(library, **{"from": str(place.ggufs / "link.gguf")})
+    await create_from(library, str(place.ggufs / "link.gguf"))
     assert library.registry.get("made").path == (place.outside / "real.gguf").resolve()
     with pytest.raises(NotFound, match='model ".*absent.gguf" not found'):
-        await create(library, **{"from": str(place.outside / "absent.gguf")})
+        await create_from(library, str(place.outside / "absent.gguf"))
     with pytest.raises(BadRequest, match="supplied file was not in GGUF format"):
-        await create(library, **{"from": str(place.outside / "notes.txt")})
+        await create_from(library, str(place.outside / "notes.txt"))
 
 
 async def chunks_of(data: bytes, size: int = 4096) -> AsyncIterator[bytes]:
@@ -127,7 +127,7 @@ async def test_from_an_uploaded_blob_reference(place: SimpleNamespace) -> None:
     library = library_for(place)
     hex_digest = hashlib.sha256(GGUF).hexdigest()
     await BlobStore(library.settings).receive(hex_digest, chunks_of(GGUF), len(GGUF))
-    statuses = await create(library, **{"from": f"@sha256:{hex_digest}"})
+    statuses = await create_from(library, f"@sha256:{hex_digest}")
     assert statuses[1] == f"using existing layer sha256:{hex_digest}"
     adopted = library.settings.models_dir / f"sha256-{hex_digest}.gguf"
     assert library.registry.get("made").path == adopted.resolve()
@@ -179,6 +179,12 @@ async def blob_client(tmp_path: Path) -> AsyncIterator[TestClient]:
     await client.close()
 
 
+def free_space(monkeypatch: pytest.MonkeyPatch, free: int) -> None:
+    """What the disk check sees: `free` bytes, whatever the disk really has."""
+    fake = SimpleNamespace(disk_usage=lambda _: SimpleNamespace(free=free))
+    monkeypatch.setattr(blobs_module, "shutil", fake)
+
+
 def blob_url(data: bytes) -> str:
     return f"/api/blobs/sha256:{hashlib.sha256(data).hexdigest()}"
 
@@ -209,8 +215,7 @@ async def test_an_upload_the_disk_has_no_room_for_is_refused(blob_client: TestCl
                                                              tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch
                                                              ) -> None:
-    monkeypatch.setattr(blobs_module.shutil, "disk_usage",
-                        lambda _: shutil._ntuple_diskusage(10**9, 10**9 - 500, 500))
+    free_space(monkeypatch, 500)
     data = b"y" * 1000
     response = await blob_client.post(blob_url(data), data=data)
     assert response.status == 507
@@ -317,8 +322,7 @@ async def test_a_download_longer_than_announced_is_cut_off(hf_endpoint: FakeHub,
 async def test_a_download_the_disk_has_no_room_for_is_refused(hub: FakeHub, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch
                                                               ) -> None:
-    monkeypatch.setattr(blobs_module.shutil, "disk_usage",
-                        lambda _: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    free_space(monkeypatch, 1000)
     with pytest.raises(ApiError) as err:
         await pull(puller_in(tmp_path, Limits()), f"{hub.url}/files/model.gguf")
     assert (err.value.status, err.value.message) == (
