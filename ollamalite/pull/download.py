@@ -92,6 +92,7 @@ class _Partial:
         return 0
 
     def delete(self) -> None:
+        """Close and remove: what was refused is not kept for a resume."""
         if self.file is not None:
             self.file.close()
             self.file = None

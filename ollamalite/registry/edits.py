@@ -58,7 +58,7 @@ async def create(library: Library, blobs: BlobStore, req: dict[str, Any]) -> lis
             await _derive(library, base, name, overlay.fields)
             return [f"using existing layer sha256:{digest}", *overlay.statuses,
                     "writing manifest"]
-        folders = None if library.settings.allow_any_path else model_folders(library)
+        folders = _allowed_folders(library)
         return await _from_gguf(library, name, overlay,
                                 lambda: _local_gguf(blobs, req["from_"], folders))
     if req["files"]:
@@ -175,9 +175,12 @@ def _preset_message(message: dict[str, Any]) -> dict[str, str]:
     return {"role": message["role"], "content": message["content"] or ""}
 
 
-def model_folders(library: Library) -> tuple[Path, ...]:
-    """Where `from` may name a GGUF: the folders models are configured, made or found in."""
+def _allowed_folders(library: Library) -> tuple[Path, ...] | None:
+    """Where `from` may name a GGUF: the folders models are configured, made or found in
+    (None: anywhere, for a single-user machine that allows any path)."""
     settings = library.settings
+    if settings.allow_any_path:
+        return None
     return (*library.registry.model_dirs, settings.models_dir, settings.blobs_dir,
             settings.ollama_models)
 
