@@ -24,6 +24,7 @@ DEFAULT_CONFIG = "models.yaml"
 DEFAULT_HOME = Path("~/.ollamalite")
 DEFAULT_OLLAMA_MODELS = Path("~/.ollama/models")
 DEFAULT_MAX_BODY = 64 << 20  # room for a few base64 images in one request
+DEFAULT_MAX_TRANSFER = 64 << 30  # bytes: the largest download or upload unless told otherwise
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,14 @@ class Settings:
     # out of logs), and the largest JSON request body.
     api_key: str = field(default="", repr=False)
     max_body: int = DEFAULT_MAX_BODY
+    # Files and URLs from callers. /api/create's `from` may name a file only inside the model
+    # folders, unless any path is allowed (a single-user machine).
+    allow_any_path: bool = False
+    # Pulls may connect to loopback and private addresses (a LAN mirror); never to link-local
+    # or cloud metadata ones.
+    pull_private: bool = True
+    max_download: int = DEFAULT_MAX_TRANSFER  # bytes; 0: no cap
+    max_upload: int = DEFAULT_MAX_TRANSFER  # bytes; 0: no cap
 
     @property
     def blobs_dir(self) -> Path:
@@ -211,6 +220,10 @@ def from_env(
         ollama_models=_path(env, "OLLAMA_MODELS", DEFAULT_OLLAMA_MODELS),
         api_key=api_key(env),
         max_body=_uint(env, "OLLAMALITE_MAX_BODY", 0) or DEFAULT_MAX_BODY,
+        allow_any_path=_bool(env, "OLLAMALITE_ALLOW_ANY_PATH", False),
+        pull_private=_bool(env, "OLLAMALITE_PULL_PRIVATE", True),
+        max_download=_uint(env, "OLLAMALITE_MAX_DOWNLOAD", DEFAULT_MAX_TRANSFER),
+        max_upload=_uint(env, "OLLAMALITE_MAX_UPLOAD", DEFAULT_MAX_TRANSFER),
     )
 
 

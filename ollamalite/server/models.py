@@ -57,11 +57,13 @@ async def head_blob(request: web.Request) -> web.Response:
 
 
 async def post_blob(request: web.Request) -> web.Response:
-    """200 without reading the body if the blob is here already; 201 once stored."""
+    """200 without reading the body if the blob is here already; 201 once stored. The body is
+    read as a stream, so the app's limit on JSON bodies does not apply to it."""
     hex_digest, present = await _find_blob(request)
     if present:
         return web.Response(status=200)
-    await request.app[BLOBS].receive(hex_digest, request.content.iter_chunked(CHUNK))
+    await request.app[BLOBS].receive(hex_digest, request.content.iter_chunked(CHUNK),
+                                     request.content_length)
     return web.Response(status=201)
 
 
