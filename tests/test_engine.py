@@ -292,12 +292,14 @@ def test_a_refused_batch_fails_only_the_job_that_caused_it(
     prompt = chat_prompt(model, "Count from 1 upwards, one number per line.")
     expected = Run(engine, prompt, num_predict=24)
     expected_text = expected.text()
+    assert POISON not in expected.final.tokens
+    poisoned = chat_prompt(model, "Hello") + [POISON]
     decode = RefusingDecode(rc)
     monkeypatch.setattr(llama_cpp, "llama_decode", decode)
     running = Run(engine, prompt, num_predict=24)
     chunks = running.chunks()
     head = next(chunks).text
-    culprit = Run(engine, chat_prompt(model, "Hello") + [POISON], num_predict=5)
+    culprit = Run(engine, poisoned, num_predict=5)  # joins the batch at the next step
     assert culprit.text() == ""
     assert culprit.final == Failed(f"inference failed: llama_decode returned {rc}")
     assert head + "".join(c.text for c in chunks) == expected_text
@@ -308,3 +310,9 @@ def test_a_refused_batch_fails_only_the_job_that_caused_it(
     assert all(POISON not in slot.cached for slot in engine.slots)
     after = Run(engine, prompt, num_predict=24)
     assert after.text() == expected_text
+
+
+def test_outside_vocab_names_the_first_id_the_model_lacks(model: LlamaModel) -> None:
+    n = model.n_vocab
+    assert model.outside_vocab([]) is None and model.outside_vocab([0, 7, n - 1]) is None
+    assert model.outside_vocab([5, n, -1]) == n and model.outside_vocab([3, -2, n]) == -2
