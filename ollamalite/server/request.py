@@ -25,10 +25,10 @@ async def read_body(request: web.Request) -> Any:
         if len(raw) <= PARSE_INLINE_MAX:
             return json.loads(raw)
         return await asyncio.to_thread(parse_yielding, raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"invalid JSON: {exc}") from None
     except RecursionError:
         raise BadRequest("invalid JSON: nested too deeply") from None
+    except ValueError as exc:  # also a number past Python's int digit limit, beside bad JSON
+        raise BadRequest(f"invalid JSON: {exc}") from None
 
 
 async def _read(request: web.Request) -> bytes:
