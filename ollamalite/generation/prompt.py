@@ -35,10 +35,10 @@ def render_chat(template: str | None, messages: Sequence[Message], bos: str, eos
     template variables (`tools`, `enable_thinking`, …)."""
     if template is None:
         return "".join(str(m.get("content", "")) for m in messages)
+    render = chat_template.formatter(template, bos, eos)
     try:
-        render = chat_template.formatter(template, bos, eos)
-        return render(messages=list(messages), **(variables or {})).prompt
-    except (jinja2.TemplateError, ValueError, TypeError) as exc:
+        return render(list(messages), **(variables or {}))
+    except (jinja2.TemplateError, ValueError, TypeError, ArithmeticError) as exc:
         raise BadRequest(f"template error: {exc}") from None
 
 

@@ -3,13 +3,15 @@
 Only the key/value section at the head of the file is parsed, so listing a 40 GB model costs
 a few kilobytes of reads. Results are cached per (path, size, mtime).
 
-Why not the `gguf` package's GGUFReader (maintained beside llama.cpp): it maps the whole file,
-turns every array element into a NumPy view and parses all tensor descriptions. Measured on
-the bundled SmolLM2-135M Q4_1 (98 MB, 49,152-token vocabulary, 272 tensors), 2 shared cores:
-this reader 116 ms and a 8.5 MiB tracemalloc peak (RSS +9 MiB) with every array read (and
-less when long arrays are skipped, as the cached header does); GGUFReader() plus its
-fields' contents() 3.2 s, a 158 MiB peak (RSS +168 MiB). On absurd lengths it fails with
-NumPy's errors rather than its own.
+Why not the `gguf` package's GGUFReader (maintained beside llama.cpp): it is neither as light
+nor as safe. It maps the whole file, makes a NumPy view of every array element and parses every
+tensor description. Measured on the bundled SmolLM2-135M Q4_1 (98 MB, 49,152-token vocabulary,
+272 tensors) on 2 shared cores: this reader 80-140 ms with long arrays skipped (as cached,
+11 KiB peak) and 140-300 ms reading them all (8.5 MiB tracemalloc peak, RSS +9 MiB);
+GGUFReader() with its fields' contents() 3.2 s, a 158 MiB peak, RSS +168 MiB. On a 335-byte
+GGUF whose lengths are absurd it raises NumPy's IndexError rather than an error of its own,
+and given a float array counting 2**60 values it was still running after 13 minutes at 23 GB
+RSS; this reader refuses each of those files at once, naming the key.
 """
 
 from __future__ import annotations
