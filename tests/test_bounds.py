@@ -194,15 +194,15 @@ def test_byte_lru_charges_keys_and_values() -> None:
 def test_compiled_templates_and_their_features_are_bounded_by_bytes() -> None:
     chat_template.formatter.cache.clear()
     templates.features.cache.clear()
-    sources = [f"{{{{ messages[0].content }}}} {i} " + "x" * (MAX_TEMPLATE - 100)
-               for i in range(20)]
-    for source in sources:
-        assert prompt.render_chat(source, USER, "", "").startswith(f"hi {sources.index(source)}")
+    count = templates.CACHE_BYTES // MAX_TEMPLATE + 8  # more than either cache can keep
+    for i in range(count):
+        source = f"{{{{ messages[0].content }}}} {i} ".ljust(MAX_TEMPLATE, "x")
         assert templates.features(source) == templates.TemplateFeatures()
+        assert prompt.render_chat(source, USER, "", "").startswith(f"hi {i} xx")
     assert chat_template.formatter.cache.bytes <= chat_template.CACHE_BYTES
     assert templates.features.cache.bytes <= templates.CACHE_BYTES
-    assert 0 < len(chat_template.formatter.cache) < len(sources)
-    assert 0 < len(templates.features.cache) < len(sources)
+    assert 0 < len(chat_template.formatter.cache) < count
+    assert 0 < len(templates.features.cache) < count
 
 
 def test_grammars_are_bounded_by_bytes() -> None:

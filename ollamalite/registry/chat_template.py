@@ -25,10 +25,11 @@ from ollamalite.registry.models_file import ModelEntry
 
 _GO_TEMPLATE = re.compile(r"\{\{-?\s*(\.|if \.|range \.)")
 EXTENSIONS = (Jinja2ChatFormatter.IgnoreGenerationTags, jinja2.ext.loopcontrols)
-# Compiled templates kept: request templates can be large, so the bound is in bytes (a
-# compiled template holds several times its source: `COMPILED_RATIO`).
+# Compiled templates kept: request templates can be large, so the bound is in bytes. A compiled
+# template holds up to 16 times its source (measured: plain text 1x, `{% if %}` blocks 4.5x,
+# `{{ x }}` after `{{ x }}` 16x).
 CACHE_BYTES = 64 * 2**20
-COMPILED_RATIO = 8
+COMPILED_RATIO = 16
 
 
 class ChatTemplate:
