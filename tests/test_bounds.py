@@ -237,6 +237,9 @@ def test_a_quadratic_loop_exceeds_the_budget() -> None:
     ("{{ '%999999999d' % 1 }}", "a width of 999999999"),
     ("{{ '%999999999d'|format(1) }}", "a width of 999999999"),
     ("{{ '{:>999999999}'.format(1) }}", "a width of 999999999"),
+    ("{{ '%.999999999d' % 1 }}", "a width of 999999999"),
+    ("{{ '%(n)999999999d' % {'n': 1} }}", "a width of 999999999"),
+    ("{{ '{:10.999999999f}'.format(1) }}", "a width of 999999999"),
     ("{{ '%*d' % (10**9, 1) }}", "a format width taken from the arguments"),
     ("{{ messages|tojson(indent=10**6) }}", "a tojson indent of"),
     ("{% set ns = namespace(s='x' * 1000000) %}{% for i in range(30) %}"
@@ -273,9 +276,10 @@ def test_what_chat_templates_do_still_renders() -> None:
     template = ("{% for m in messages %}<|{{ m.role }}|>{{ m.content|trim }} {{ m|tojson }}"
                 "{% if loop.last %}{{ bos_token ~ '!' }}{% endif %}{% endfor %}"
                 "{{ ['a', 'b']|join(',') }} {{ '-'.join(['c', 'd']) }} {{ '%03d'|format(7) }}"
-                " {{ 'ab'|center(6) }}|{{ range(3)|list|length }}")
+                " {{ 'ab'|center(6) }}|{{ range(3)|list|length }}|{{ '{{x}} {:>4}'.format(5) }}"
+                "|{{ '%(n)s%%' % {'n': 50} }}|{{ 'a b'|wordwrap(1, wrapstring='/') }}")
     assert prompt.render_chat(template, USER, "<s>", "</s>") == (
-        '<|user|>hi {"role": "user", "content": "hi"}<s>!a,b c-d 007   ab  |3')
+        '<|user|>hi {"role": "user", "content": "hi"}<s>!a,b c-d 007   ab  |3|{x}    5|50%|a/b')
 
 
 def test_output_at_the_limit_is_refused_before_memory_grows() -> None:

@@ -48,10 +48,11 @@ MAX_TEMPLATE = 64 * 1024
 _CHECK_CLOCK_EVERY = 1024
 _COUNTED = "ollamalite_counted"  # the filter every loop's iterable goes through
 _CONCAT = "ollamalite_concat"  # and every `~` chain
-# A width in a printf-style or str.format spec (`%9999d`, `{:>9999}`), and one given as an
-# argument instead (`%*d`, `{:{}}`).
-_FORMAT_WIDTH = re.compile(r"(?:%[-#0 +]*|\{[^{}]*:[^{}\d]*)(\d+)")
-_WIDTH_FROM_ARGS = re.compile(r"%[-#0 +]*\*|\{[^{}]*\{")
+# The flags, width and precision of a printf-style spec (`%-9999.9999d`) and the spec of a
+# str.format field (`{:>9999}`); a width or precision given as an argument (`%*d`, `{:{}}`).
+_PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?([^a-zA-Z%(]*)")
+_BRACE_SPEC = re.compile(r"\{[^{}]*?:([^{}]*)\}")
+_WIDTH_FROM_ARGS = re.compile(r"%[-#0 +]*\.?\*|\{[^{}]*:[^{}]*\{")
 
 
 class BudgetExceeded(BadRequest):
@@ -140,8 +141,9 @@ def _format_widths(spec: Any) -> None:
         return
     if _WIDTH_FROM_ARGS.search(spec):
         raise BudgetExceeded("a format width taken from the arguments")
-    for width in _FORMAT_WIDTH.findall(spec):
-        _width(int(width))
+    for part in (*_PERCENT_SPEC.findall(spec), *_BRACE_SPEC.findall(spec)):
+        for number in re.findall(r"\d+", part):
+            _width(int(number))
 
 
 def _join_items(items: Iterable[Any], separator: Any) -> list[Any]:
@@ -152,7 +154,7 @@ def _join_items(items: Iterable[Any], separator: Any) -> list[Any]:
     return listed
 
 
-def _replaced_size(text: Any, old: Any = "", new: Any = "", *_: Any) -> int:
+def _replaced_size(text: Any, old: Any = "", new: Any = "", *_: Any, **__: Any) -> int:
     if not isinstance(text, str) or not isinstance(old, str) or not isinstance(new, str):
         return 0
     hits = text.count(old) if old else len(text) + 1
@@ -161,16 +163,18 @@ def _replaced_size(text: Any, old: Any = "", new: Any = "", *_: Any) -> int:
 
 # How large the result of a size-choosing filter or str method can be, from its arguments
 # (a method's receiver first): checked before it runs.
+# Parameter names are the filters' (keywords the estimate does not need are ignored).
 _GROWTH: dict[str, Callable[..., int]] = {
-    "center": lambda s, width=80, *_: max(_length(s), _width(width)),
-    "ljust": lambda s, width=0, *_: max(_length(s), _width(width)),
-    "rjust": lambda s, width=0, *_: max(_length(s), _width(width)),
-    "zfill": lambda s, width=0: max(_length(s), _width(width)),
-    "expandtabs": lambda s, tabsize=8: _length(s) * max(1, _width(tabsize)),
-    "indent": lambda s, width=4, *_: _length(s) + (str(s).count("\n") + 1) * _width(width),
-    "wordwrap": lambda s, width=79, breaks=True, wrap=None, *_:
-        _length(s) * (1 + _length(wrap or "\n")),
-    "batch": lambda s, linecount, *_: _length(s) + _width(linecount),
+    "center": lambda s, width=80, *_, **__: max(_length(s), _width(width)),
+    "ljust": lambda s, width=0, *_, **__: max(_length(s), _width(width)),
+    "rjust": lambda s, width=0, *_, **__: max(_length(s), _width(width)),
+    "zfill": lambda s, width=0, **__: max(_length(s), _width(width)),
+    "expandtabs": lambda s, tabsize=8, **__: _length(s) * max(1, _width(tabsize)),
+    "indent": lambda s, width=4, *_, **__:
+        _length(s) + (str(s).count("\n") + 1) * _width(width),
+    "wordwrap": lambda s, width=79, break_long_words=True, wrapstring=None, *_, **__:
+        _length(s) * (1 + _length(wrapstring or "\n")),
+    "batch": lambda value, linecount=0, *_, **__: _length(value) + _width(linecount),
     "replace": _replaced_size,
 }
 _FORMATS = ("format", "format_map")
@@ -232,11 +236,12 @@ class BudgetedEnvironment(ImmutableSandboxedEnvironment):
 
     intercepted_binops = frozenset({"*", "**", "%", "+"})
 
-    def __init__(self, filters: Mapping[str, Callable[..., Any]] = {}, **options: Any) -> None:
+    def __init__(self, filters: Mapping[str, Callable[..., Any]] | None = None,
+                 **options: Any) -> None:
         super().__init__(**options)
         self.globals["range"] = _range
         del self.globals["lipsum"]  # writes as many paragraphs as asked
-        self.filters.update(filters)
+        self.filters.update(filters or {})
         self.filters = {name: _budgeted_filter(name, fn) for name, fn in self.filters.items()}
         self.filters[_COUNTED] = _counted
         self.filters[_CONCAT] = _concat
@@ -246,12 +251,11 @@ class BudgetedEnvironment(ImmutableSandboxedEnvironment):
         checked (the loops and `~` of the compiled code are not hooks the sandbox offers)."""
         tree = super()._parse(source, name, filename)
         for loop in tree.find_all(nodes.For):
-            loop.iter = nodes.Filter(loop.iter, _COUNTED, [], [], None, None,
-                                     lineno=loop.lineno)
+            loop.iter = _filtered(loop.iter, _COUNTED)
         for parent in [tree, *tree.find_all(nodes.Node)]:
-            for name_, value in parent.iter_fields():
+            for field_name, value in parent.iter_fields():
                 if isinstance(value, nodes.Concat):
-                    setattr(parent, name_, _checked_concat(value))
+                    setattr(parent, field_name, _checked_concat(value))
                 elif isinstance(value, list):
                     value[:] = [_checked_concat(v) if isinstance(v, nodes.Concat) else v
                                 for v in value]
@@ -281,6 +285,9 @@ class BudgetedEnvironment(ImmutableSandboxedEnvironment):
         return _sized(super().call_binop(context, operator, left, right))
 
 
+def _filtered(node: nodes.Expr, name: str) -> nodes.Filter:
+    return nodes.Filter(node, name, [], [], None, None, lineno=node.lineno)
+
+
 def _checked_concat(concat: nodes.Concat) -> nodes.Filter:
-    return nodes.Filter(nodes.List(concat.nodes), _CONCAT, [], [], None, None,
-                        lineno=concat.lineno)
+    return _filtered(nodes.List(concat.nodes, lineno=concat.lineno), _CONCAT)
