@@ -301,3 +301,27 @@ def test_a_request_template_over_budget_is_a_400(http: httpx.Client, template: s
     assert resp.status_code == 400, resp.text
     assert resp.json()["error"].startswith(BUDGET) and what in resp.json()["error"]
     assert time.monotonic() - started < 60  # sanity only
+
+
+# -- history truncation -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("turns, limit", [(1000, 50), (1000, 5000), (7, 3), (2, 2), (1000, 2)])
+def test_truncation_drops_the_fewest_turns_in_few_renders(turns: int, limit: int) -> None:
+    """Each turn costs as many tokens as its number (so later turns cost more): the kept
+    history is the longest tail that fits, found in a logarithmic number of renders."""
+    messages = [{"role": "system", "content": "s"},
+                *({"role": "user", "content": str(i)} for i in range(1, turns + 1))]
+    rendered = []
+
+    def render(msgs: list[dict]) -> list[int]:
+        rendered.append(len(msgs))
+        return [0] * (1 + sum(int(m["content"]) for m in msgs[1:]))
+
+    fits = [k for k in range(1, turns + 1) if 1 + sum(range(k, turns + 1)) < limit]
+    if not fits:
+        with pytest.raises(BadRequest, match="longer than the context"):
+            prompt.fit_chat(messages, render, limit)
+    else:
+        tokens = prompt.fit_chat(messages, render, limit)
+        assert len(tokens) == 1 + sum(range(fits[0], turns + 1))
+    assert len(rendered) <= 2 + turns.bit_length()
