@@ -5,13 +5,14 @@ a few kilobytes of reads. Results are cached per (path, size, mtime).
 
 Why not the `gguf` package's GGUFReader (maintained beside llama.cpp): it is neither as light
 nor as safe. It maps the whole file, makes a NumPy view of every array element and parses every
-tensor description. Measured on the bundled SmolLM2-135M Q4_1 (98 MB, 49,152-token vocabulary,
-272 tensors) on 2 shared cores: this reader 80-140 ms with long arrays skipped (as cached,
-11 KiB peak) and 140-300 ms reading them all (8.5 MiB tracemalloc peak, RSS +9 MiB);
-GGUFReader() with its fields' contents() 3.2 s, a 158 MiB peak, RSS +168 MiB. On a 335-byte
-GGUF whose lengths are absurd it raises NumPy's IndexError rather than an error of its own,
-and given a float array counting 2**60 values it was still running after 13 minutes at 23 GB
-RSS; this reader refuses each of those files at once, naming the key.
+tensor description. Measured with bench/gguf_header.py on the bundled SmolLM2-135M Q4_1 (98 MB,
+49,152-token vocabulary, 272 tensors), 2 shared cores, over several runs: this reader 40-140 ms
+with long arrays skipped (as cached: an 11 KiB peak) and 100-300 ms reading them all (an
+8.5 MiB tracemalloc peak, RSS +9 MiB); GGUFReader() with its fields' contents() 2.7-4.1 s, a
+157 MiB peak, RSS +167 MiB. On a 335-byte GGUF whose lengths are absurd it raises NumPy's
+IndexError rather than an error of its own, and given a float array counting 2**60 values it
+was still running after 13 minutes at 23 GB RSS; this reader refuses each of those files at
+once, naming the key. The `cached` header also keeps no arrays longer than SHORT_ARRAY.
 """
 
 from __future__ import annotations
