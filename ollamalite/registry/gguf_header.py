@@ -12,7 +12,7 @@ with long arrays skipped (as cached: an 11 KiB peak) and 100-300 ms reading them
 157 MiB peak, RSS +167 MiB. On a 335-byte GGUF whose lengths are absurd it raises NumPy's
 IndexError rather than an error of its own, and given a float array counting 2**60 values it
 was still running after 13 minutes at 23 GB RSS; this reader refuses each of those files at
-once, naming the key. The `cached` header also keeps no arrays longer than SHORT_ARRAY.
+once, naming the key.
 """
 
 from __future__ import annotations
@@ -240,7 +240,7 @@ def read_header(path: Path, arrays: bool = False) -> GGUFInfo:
     Arrays longer than SHORT_ARRAY (the vocabulary, merges, scores: megabytes for a large
     vocabulary) are skipped, and the result cached, unless `arrays` asks for them: then the
     file is read again and nothing is kept. A file that cannot be read or parsed is a
-    GGUFError (a 400 for the request naming the model)."""
+    GGUFError naming it (a 400 for the request naming the model)."""
     try:
         stat = path.stat()
         if arrays:
@@ -248,6 +248,8 @@ def read_header(path: Path, arrays: bool = False) -> GGUFInfo:
         return _read_header_cached(str(path), stat.st_size, stat.st_mtime_ns)
     except OSError as exc:
         raise GGUFError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except GGUFError as exc:
+        raise GGUFError(f"{path}: {exc.message}") from None
 
 
 @byte_lru(HEADER_CACHE_BYTES, lambda info: info.estimated_size())
@@ -258,11 +260,11 @@ def _read_header_cached(path: str, size: int, mtime_ns: int) -> GGUFInfo:
 def _parse(path: str, size: int, arrays: bool) -> GGUFInfo:
     with open(path, "rb") as f:
         if f.read(4) != GGUF_MAGIC:
-            raise GGUFError(f"{path} is not a GGUF file")
+            raise GGUFError("not a GGUF file")
         r = _Reader(f, size - 4)
         version = r.scalar("<I", "version")
         if version < 2:
-            raise GGUFError(f"{path}: GGUF version {version} is too old")
+            raise GGUFError(f"GGUF version {version} is too old")
         tensor_count, kv_count = r.scalar("<Q", "tensor count"), r.scalar("<Q", "key count")
         r.need(kv_count * _MIN_KV, f"{kv_count} keys")
         metadata = {}
