@@ -267,6 +267,15 @@ def test_other_template_failures_are_template_errors(template: str) -> None:
         prompt.render_chat(template, USER, "", "")
 
 
+@pytest.mark.parametrize("template", ["{% if a %}" * 2900 + "{% endif %}" * 2900,
+                                      "{{ " + "(" * 30000 + "1" + ")" * 30000 + " }}"])
+def test_a_template_nested_too_deeply_is_a_template_error(template: str) -> None:
+    for inspect in (templates.features,
+                    lambda t: prompt.render_chat(t, USER, "", "")):
+        with pytest.raises(BadRequest, match="template error: nested too deeply"):
+            inspect(template)
+
+
 def test_a_template_longer_than_the_limit_is_refused() -> None:
     with pytest.raises(BadRequest, match=f"the limit is {MAX_TEMPLATE}"):
         prompt.render_chat("x" * (MAX_TEMPLATE + 1), USER, "", "")

@@ -87,7 +87,8 @@ def features(template: str | None) -> TemplateFeatures:
 def _variables(template: str) -> set[str]:
     template_sandbox.check_size(template)
     env = jinja2.Environment(extensions=list(chat_template.EXTENSIONS))
-    return jinja2.meta.find_undeclared_variables(env.parse(template))
+    with template_sandbox.parsing():
+        return jinja2.meta.find_undeclared_variables(env.parse(template))
 
 
 def _render(template: str, messages: list[dict[str, Any]], **variables: Any) -> str | None:

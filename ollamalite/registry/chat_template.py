@@ -73,7 +73,8 @@ def formatter(template: str, bos: str, eos: str) -> ChatTemplate:
         raise BadRequest("Go templates are not supported: `template` must be a Jinja2 chat "
                          "template (like a GGUF's tokenizer.chat_template)")
     try:
-        return ChatTemplate(template, bos, eos)
+        with template_sandbox.parsing():
+            return ChatTemplate(template, bos, eos)
     except jinja2.TemplateError as exc:
         raise BadRequest(f"template error: {exc}") from None
 

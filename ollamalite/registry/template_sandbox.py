@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 import time
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import wraps
@@ -92,6 +93,16 @@ def check_size(template: str) -> None:
     if len(template) > MAX_TEMPLATE:
         raise BadRequest(f"template is {len(template)} characters long; the limit is "
                          f"{MAX_TEMPLATE}")
+
+
+@contextmanager
+def parsing() -> Iterator[None]:
+    """Jinja's parser and compiler recurse once per level of nesting (`{% if %}`, brackets):
+    a template nested past Python's recursion limit is a 400, not a RecursionError."""
+    try:
+        yield
+    except RecursionError:
+        raise BadRequest("template error: nested too deeply") from None
 
 
 def render(template: jinja2.Template, variables: Mapping[str, Any]) -> str:
