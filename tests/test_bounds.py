@@ -4,6 +4,7 @@ and template rendering (a budget of steps, time and output)."""
 
 from __future__ import annotations
 
+import hashlib
 import struct
 import time
 from pathlib import Path
@@ -158,6 +159,19 @@ def test_verbose_show_reads_the_vocabulary_on_demand(http: httpx.Client) -> None
     assert len(info["tokenizer.ggml.tokens"]) == 49152
     short = http.post("/api/show", json={"model": MODEL}).json()["model_info"]
     assert short["tokenizer.ggml.tokens"] == [] and short["llama.context_length"] == 8192
+
+
+def test_create_refuses_a_gguf_whose_header_does_not_parse(http: httpx.Client, live: LiveServer,
+                                                           tmp_path: Path) -> None:
+    data = broken_gguf(tmp_path / "upload.gguf").read_bytes()
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    assert http.post(f"/api/blobs/{digest}", content=data).status_code == 201
+    resp = http.post("/api/create", json={"model": "uploaded", "files": {"x.gguf": digest},
+                                          "stream": False})
+    assert resp.status_code == 400
+    assert resp.json()["error"].startswith("supplied file is not a valid GGUF: truncated GGUF "
+                                           "header: general.name needs")
+    assert "uploaded" not in (live.log_path.parent / "models.yaml").read_text()
 
 
 # -- caches bounded by bytes ------------------------------------------------------------------
