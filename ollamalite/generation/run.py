@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import AsyncIterator
 
 from ollamalite.errors import ApiError, BadRequest
-from ollamalite.generation import grammar, templates
+from ollamalite.generation import grammar, stats, templates
 from ollamalite.generation.reply import Delta, ReplyParser
 from ollamalite.generation.request import TextRequest
 from ollamalite.generation.tokens import prompt_tail, prompt_tokens
@@ -50,12 +50,14 @@ class Generation:
         self.load_duration = load_duration  # seconds this request waited for a load
         self.parser = parser or ReplyParser()  # without one, the text is all content
         self.finished: Finished | None = None
+        self.stats = stats.current()
 
     async def deltas(self) -> AsyncIterator[Delta]:
         """Raises ApiError when the engine fails; a tool call is held back until complete."""
         async for event in self.events:
             if isinstance(event, Failed):
                 raise ApiError(event.message)
+            self.stats.record(event, time.perf_counter())
             if isinstance(event, TextChunk):
                 deltas = self.parser.feed(event.text)
             else:
@@ -121,6 +123,7 @@ async def generate(scheduler: Scheduler, req: TextRequest) -> AsyncIterator[Gene
     and start the engine; leaving the block early cancels the job."""
     started = time.perf_counter()
     checked = await check(scheduler, req)
+    stats.current().model = checked.entry.name
     opts = run_options(merge(checked.entry.options, req.options))
     async with scheduler.use(checked.entry.name, opts.num_ctx, req.keep_alive) as lease:
         runner = lease.runner
@@ -141,6 +144,7 @@ async def load_or_unload(scheduler: Scheduler, req: TextRequest) -> str:
     """Ollama's request with nothing to generate: keep_alive 0 unloads the model, anything
     else loads it. Returns the `done_reason` Ollama reports (`unload`, `load`)."""
     name = (await check(scheduler, req)).entry.name
+    stats.current().model = name
     if req.keep_alive == 0:
         await scheduler.unload(name)
         return "unload"

@@ -17,7 +17,7 @@ from ollamalite.registry.gguf_header import file_digest
 from ollamalite.registry.library import Library
 from ollamalite.registry.models_file import ModelsFile, Registry
 from ollamalite.runtime.scheduler import Scheduler
-from ollamalite.server import gate, models, ollama, openai
+from ollamalite.server import gate, metrics, models, observe, ollama, openai
 from ollamalite.server.errors import error_body, error_response
 from ollamalite.server.keys import LIBRARY, PULLER, SCHEDULER, SETTINGS
 from ollamalite.server.stream import STREAM
@@ -110,7 +110,8 @@ def _registrar(library: Library) -> Register:
 
 
 def create_app(settings: Settings, registry: Registry) -> web.Application:
-    app = web.Application(middlewares=[*gate.middlewares(settings), errors_middleware],
+    app = web.Application(middlewares=[observe.observe, *gate.middlewares(settings),
+                                       errors_middleware],
                           client_max_size=settings.max_body)
     app[SETTINGS] = settings
     app[SCHEDULER] = Scheduler(settings, registry)
@@ -124,4 +125,5 @@ def create_app(settings: Settings, registry: Registry) -> web.Application:
     ollama.add_routes(app)
     models.add_routes(app)
     openai.add_routes(app)
+    metrics.add_routes(app)
     return app
