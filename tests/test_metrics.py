@@ -40,8 +40,9 @@ def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
 
 @pytest.fixture(scope="module")
 def json_logs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """JSON logs, metrics off."""
-    with serving(tmp_path_factory.mktemp("json-logs"), CONFIG, env={"OLLAMALITE_METRICS": "0"},
+    """JSON logs, metrics off, debug logging."""
+    env = {"OLLAMALITE_METRICS": "0", "OLLAMA_DEBUG": "1"}
+    with serving(tmp_path_factory.mktemp("json-logs"), CONFIG, env=env,
                  args=("--log-format", "json")) as server:
         yield server
 
@@ -150,7 +151,7 @@ def test_metrics_need_the_key(keyed: LiveServer) -> None:
                for line in access_lines(keyed))
 
 
-def test_metrics_off_and_json_logs(json_logs: LiveServer) -> None:
+def test_metrics_off_json_logs_and_debug(json_logs: LiveServer) -> None:
     assert httpx.get(f"{json_logs.url}/metrics", timeout=TIMEOUT).status_code == 404
     done = httpx.post(f"{json_logs.url}/api/generate", timeout=TIMEOUT, json={
         "model": MODEL, "prompt": "Say hi.", "stream": False, "options": OPTIONS}).json()
@@ -162,6 +163,10 @@ def test_metrics_off_and_json_logs(json_logs: LiveServer) -> None:
     assert access["/api/generate"]["prompt_tokens"] == done["prompt_eval_count"]
     assert access["/api/generate"]["generated_tokens"] == done["eval_count"]
     assert access["/metrics"]["status"] == 404 and access["/metrics"]["model"] is None
+    debug = [r["message"] for r in records if r["level"] == "DEBUG"]
+    assert any(re.fullmatch(r"smollm2:135m: prompt of \d+ tokens: '.*Say hi\..*'", m)
+               for m in debug)
+    assert any(re.fullmatch(r"slot \d: chosen, .*", m) for m in debug)
 
 
 # -- units --------------------------------------------------------------------------------------
