@@ -28,7 +28,7 @@ class RequestStats:
     reused_tokens: int = 0  # prompt tokens found in the slot's cache, not evaluated again
     generated_tokens: int = 0  # Ollama's eval_count
     ttft: float | None = None  # to the engine's first output (text or the end)
-    token_gaps: list[float] = field(default_factory=list)  # one per token after the first
+    token_gaps: list[float] = field(default_factory=list)  # per token, after the first output
     _last: float | None = field(default=None, repr=False)
 
     def record(self, event: TextChunk | Finished, now: float) -> None:
