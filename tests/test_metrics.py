@@ -58,6 +58,10 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
+def grown(after: Samples, before: Samples, name: str, **labels: str) -> float:
+    return value(after, name, **labels) - value(before, name, **labels)
+
+
 def post(server: LiveServer, path: str, body: dict[str, Any]) -> httpx.Response:
     resp = httpx.post(server.url + path, json=body, headers=AUTH, timeout=TIMEOUT)
     assert resp.status_code == 200, resp.text
@@ -87,59 +91,76 @@ def text_fields(line: str) -> dict[str, str]:
 
 
 def test_metrics_count_requests_tokens_and_times(keyed: LiveServer) -> None:
+    before = scrape(keyed)
     generated = post(keyed, "/api/generate", {"model": MODEL, "prompt": "Say hi.",
                                               "stream": False, "options": OPTIONS}).json()
     chat = streamed_chat(keyed)
     missing = httpx.get(f"{keyed.url}/api/nope", headers=AUTH, timeout=TIMEOUT)
     assert missing.status_code == 404
     native = scrape(keyed)
-    ollama_counts = [generated, chat]
-    assert value(native, "ollamalite_prompt_tokens_total", model=MODEL) == \
-        sum(r["prompt_eval_count"] for r in ollama_counts)
-    assert value(native, "ollamalite_generated_tokens_total", model=MODEL) == \
-        sum(r["eval_count"] for r in ollama_counts)
+    assert grown(native, before, "ollamalite_prompt_tokens_total", model=MODEL) == \
+        generated["prompt_eval_count"] + chat["prompt_eval_count"]
+    assert grown(native, before, "ollamalite_generated_tokens_total", model=MODEL) == \
+        generated["eval_count"] + chat["eval_count"]
 
     usage = post(keyed, "/v1/chat/completions", {
         "model": MODEL, "messages": [{"role": "user", "content": "Name a colour."}],
         "max_tokens": 8, "temperature": 0}).json()["usage"]
     after = scrape(keyed)
-    evaluated, reused, generated_total = (
-        value(after, name, model=MODEL) - value(native, name, model=MODEL)
+    evaluated, reused, completion = (
+        grown(after, native, name, model=MODEL)
         for name in ("ollamalite_prompt_tokens_total",
                      "ollamalite_prefix_cache_reused_tokens_total",
                      "ollamalite_generated_tokens_total"))
     # OpenAI counts the whole prompt: what was evaluated plus what a slot's cache held (the
     # same question as the native chat, so most of it).
     assert evaluated + reused == usage["prompt_tokens"] and reused > 0
-    assert generated_total == usage["completion_tokens"]
+    assert completion == usage["completion_tokens"]
 
-    assert value(after, "ollamalite_requests_total", family="ollama", status="200") == 2
-    assert value(after, "ollamalite_requests_total", family="ollama", status="404") == 1
-    assert value(after, "ollamalite_requests_total", family="openai", status="200") == 1
-    assert value(after, "ollamalite_requests_total", family="other", status="200") >= 2
-    assert value(after, "ollamalite_time_to_first_token_seconds_count", model=MODEL) == 3
-    ttft_sum = value(after, "ollamalite_time_to_first_token_seconds_sum", model=MODEL)
-    assert 0 < ttft_sum < sum(r["total_duration"] for r in ollama_counts) / 1e9 + TIMEOUT
-    gaps = value(after, "ollamalite_inter_token_seconds_count", model=MODEL)
-    assert 0 < gaps <= sum(r["eval_count"] for r in ollama_counts) + usage["completion_tokens"]
+    def requests(family: str, status: str) -> float:
+        return grown(after, before, "ollamalite_requests_total", family=family, status=status)
+
+    assert (requests("ollama", "200"), requests("ollama", "404")) == (2, 1)
+    assert (requests("openai", "200"), requests("other", "200")) == (1, 2)  # two scrapes
+    assert grown(after, before, "ollamalite_time_to_first_token_seconds_count",
+                 model=MODEL) == 3
+    logged = {(f["method"], f["path"]): f for f in map(text_fields, access_lines(keyed))}
+    generations = [logged[("POST", path)]
+                   for path in ("/api/generate", "/api/chat", "/v1/chat/completions")]
+    assert 0 < grown(after, before, "ollamalite_time_to_first_token_seconds_sum",
+                     model=MODEL) <= sum(float(f["total"]) for f in generations)
+    all_generated = generated["eval_count"] + chat["eval_count"] + usage["completion_tokens"]
+    assert 0 < grown(after, before, "ollamalite_inter_token_seconds_count",
+                     model=MODEL) <= all_generated - 3  # none before each first token
     assert value(after, "ollamalite_model_load_seconds_count", model=MODEL) == 1
     assert value(after, "ollamalite_slots", model=MODEL) == NUM_PARALLEL
     assert value(after, "ollamalite_slots_busy", model=MODEL) == 0
     assert value(after, "ollamalite_models_loaded") == 1
     assert value(after, "ollamalite_queue_depth") == 0
 
-    lines = [text_fields(line) for line in access_lines(keyed)]
-    by_path = {(f["method"], f["path"]): f for f in lines}
-    logged = by_path[("POST", "/api/generate")]
-    assert logged["status"] == "200" and logged["model"] == MODEL
-    assert int(logged["prompt_tokens"]) == generated["prompt_eval_count"]
-    assert int(logged["generated_tokens"]) == generated["eval_count"]
-    assert 0 < float(logged["ttft"]) <= float(logged["total"])
-    assert logged["client"] == "127.0.0.1"
-    assert int(by_path[("POST", "/api/chat")]["generated_tokens"]) == chat["eval_count"]
-    assert by_path[("GET", "/api/nope")]["status"] == "404"
-    assert by_path[("GET", "/api/nope")]["model"] == "-"
-    assert set(by_path[("POST", "/v1/chat/completions")]) == ACCESS_KEYS
+    access = logged[("POST", "/api/generate")]
+    assert access["status"] == "200" and access["model"] == MODEL
+    assert int(access["prompt_tokens"]) == generated["prompt_eval_count"]
+    assert int(access["generated_tokens"]) == generated["eval_count"]
+    assert 0 < float(access["ttft"]) <= float(access["total"])
+    assert access["client"] == "127.0.0.1"
+    assert int(logged[("POST", "/api/chat")]["generated_tokens"]) == chat["eval_count"]
+    assert logged[("GET", "/api/nope")]["status"] == "404"
+    assert logged[("GET", "/api/nope")]["model"] == "-"
+    assert set(logged[("POST", "/v1/chat/completions")]) == ACCESS_KEYS
+
+
+def test_a_running_stream_holds_a_slot(keyed: LiveServer) -> None:
+    body = {"model": MODEL, "prompt": "Count from 1 to 100, one number a line.",
+            "options": {"temperature": 0, "num_predict": 128}}
+    with httpx.stream("POST", f"{keyed.url}/api/generate", json=body, headers=AUTH,
+                      timeout=TIMEOUT) as resp:
+        lines = resp.iter_lines()
+        assert not json.loads(next(lines))["done"]
+        during = scrape(keyed)
+        assert json.loads(list(lines)[-1])["done"]
+    assert value(during, "ollamalite_slots_busy", model=MODEL) == 1
+    assert value(scrape(keyed), "ollamalite_slots_busy", model=MODEL) == 0
 
 
 def test_metrics_need_the_key(keyed: LiveServer) -> None:
