@@ -125,7 +125,8 @@ class CountTokensRequest(_Lenient):
 
 
 class MessagesRequest(CountTokensRequest):
-    max_tokens = fields.Integer(required=True, validate=validate.Range(min=1))
+    # 0 evaluates the prompt only: Anthropic's way to warm its cache (and our prefix cache)
+    max_tokens = fields.Integer(required=True, validate=validate.Range(min=0))
     stream = fields.Boolean(load_default=False, allow_none=True)
     stop_sequences = _optional(fields.List, cls_or_instance=fields.String())
     temperature = _optional(fields.Float, validate=validate.Range(min=0, max=1))
