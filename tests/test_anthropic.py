@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterator
 
@@ -178,6 +179,20 @@ def test_raw_sse_framing(http: httpx.Client) -> None:
         assert json.loads(data[len("data: "):])["type"] == names[-1]
     assert names[:3] == ["message_start", "ping", "content_block_start"]
     assert names[-2:] == ["message_delta", "message_stop"] and names.count("ping") == 1
+
+
+def test_client_disconnect_stops_generation(client: anthropic.Anthropic,
+                                            live: LiveServer) -> None:
+    endless = [{"role": "user", "content": "Write an endless story."}]
+    with client.messages.stream(model=MODEL, max_tokens=2000, messages=endless) as s:
+        next(iter(s.text_stream))
+    deadline = time.monotonic() + 30
+    while "client went away" not in live.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "client went away, generation cancelled" in live.log()
+    started = time.perf_counter()
+    assert ask(client, max_tokens=4).usage.output_tokens == 4
+    assert time.perf_counter() - started < 30
 
 
 # -- tools --------------------------------------------------------------------------------------

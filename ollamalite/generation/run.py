@@ -1,6 +1,6 @@
 """The one text generation run, whatever protocol asked for it: check, load, tokenize, generate.
 
-A protocol adapter (server/ollama.py, server/openai.py) turns its wire request into a
+A protocol adapter (server/ollama.py, openai.py, anthropic.py) turns its wire request into a
 `TextRequest`, opens `generate(scheduler, req)` and turns the `Delta`s of the `Generation` it
 gets into its own chunks. The request's registry entry is looked up once, so a models.yaml
 reload in between cannot validate one entry and load another. Nothing here knows HTTP.
