@@ -1,7 +1,7 @@
 """Anthropic's Messages API (/v1/messages, count_tokens) against a live server, through the
 official `anthropic` SDK: whole and streamed messages, usage against count_tokens, stop
 reasons, system prompts in every spelling, tools and thinking (on the `tooler` and `thinker`
-templates of test_tools_thinking), errors in Anthropic's shape, and its headers. The server
+templates and models.yaml of test_tools_thinking), errors in Anthropic's shape, and its headers. The server
 needs an API key, so every SDK call also proves `x-api-key` is read. The stream writer's
 error event and keep-alive are checked on scripted events, without a model."""
 
@@ -27,10 +27,9 @@ from ollamalite.server import anthropic as adapter
 from ollamalite.server.stream import heartbeat
 from ollamalite.wire import anthropic as wire
 from ollamalite.wire import load
-from tests import chat_templates
 from tests.conftest import MODEL, LiveServer, serving
 from tests.scripted import post_once, scripted
-from tests.test_tools_thinking import SHOTS, WEATHER, _block
+from tests.test_tools_thinking import CONFIG, SHOTS, WEATHER
 
 KEY = "sk-ant-test-key"
 HELLO = [{"role": "user", "content": "Name three colors."}]
@@ -38,20 +37,6 @@ HELLO = [{"role": "user", "content": "Name three colors."}]
 GREEDY: dict[str, Any] = {"extra_body": {"temperature": 0, "top_k": 1}}
 TOOL = {"name": "get_weather", "description": "Get the current weather in a city",
         "input_schema": WEATHER["function"]["parameters"]}
-CONFIG = f"""\
-models:
-  {MODEL}:
-    path: bundled
-    num_ctx: 2048
-  tooler:
-    path: bundled
-    num_ctx: 2048
-    template: {_block(chat_templates.QWEN_TOOLS)}
-  thinker:
-    path: bundled
-    num_ctx: 2048
-    template: {_block(chat_templates.THINKING)}
-"""
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load, validate
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
+
+from ollamalite.wire import Body
 
 # `system` inside `messages`: Claude Code sends one after user turns (a beta Anthropic offers).
 ROLES = ("user", "assistant", "system")
@@ -106,7 +108,7 @@ class Thinking(_Lenient):
     budget_tokens = _optional(fields.Integer, validate=validate.Range(min=1))
 
 
-class CountTokensRequest(_Lenient):
+class CountTokensRequest(Body):
     """What the prompt is made of: count_tokens takes just this."""
 
     model = fields.String(required=True, validate=validate.Length(min=1))
@@ -116,12 +118,6 @@ class CountTokensRequest(_Lenient):
     tools = _optional(fields.List, cls_or_instance=fields.Nested(Tool))
     tool_choice = fields.Nested(ToolChoice, load_default=None, allow_none=True)
     thinking = fields.Nested(Thinking, load_default=None, allow_none=True)
-
-    @pre_load
-    def _reject_non_object(self, data: Any, **kwargs: Any) -> Any:
-        if not isinstance(data, dict):
-            raise ValidationError("request body must be a JSON object")
-        return data
 
 
 class MessagesRequest(CountTokensRequest):
