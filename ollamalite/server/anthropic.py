@@ -76,7 +76,8 @@ def _image(block: dict[str, Any]) -> str:
 
 
 def _text(blocks: list[dict[str, Any]], where: str) -> str:
-    """Text-only content (a system prompt): text blocks joined by newlines."""
+    """Text-only content (a system prompt, a tool's result): text blocks joined by
+    newlines."""
     for i, block in enumerate(blocks):
         if block["type"] != "text":
             raise BadRequest(f"{where}.{i}: only text blocks are allowed here")
@@ -91,10 +92,11 @@ def _user(blocks: list[dict[str, Any]], where: str) -> list[Message]:
     images: list[str] = []
     for i, block in enumerate(blocks):
         if block["type"] == "tool_result":
-            result = _blocks(block["content"], f"{where}.{i}.content")
+            inner = f"{where}.{i}.content"
+            result = _blocks(block["content"], inner)
             images += [_image(b) for b in result if b["type"] == "image"]
             tools.append({"role": "tool", "tool_call_id": block["tool_use_id"], "content":
-                          _text([b for b in result if b["type"] != "image"], where)})
+                          _text([b for b in result if b["type"] != "image"], inner)})
         elif block["type"] == "text":
             texts.append(block["text"])
         elif block["type"] == "image":
