@@ -29,8 +29,23 @@ from ollamalite.wire import anthropic as wire
 from ollamalite.wire import load
 from tests.conftest import MODEL, LiveServer, serving
 from tests.scripted import post_once, scripted
-from tests.test_tools_thinking import CONFIG, SHOTS, WEATHER
+from tests.test_tools_thinking import CONFIG, SHOTS, WEATHER, _block
 
+# ChatML that allows a system message only first, as Qwen3.5's and others' templates do.
+STRICT = """\
+{%- for message in messages %}
+{%- if message.role == 'system' and not loop.first %}
+{{- raise_exception('System message must be at the beginning.') }}
+{%- endif %}
+{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}
+{%- endfor %}
+{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}
+"""
+STRICT_CONFIG = f"""{CONFIG}  strict:
+    path: bundled
+    num_ctx: 2048
+    template: {_block(STRICT)}
+"""
 KEY = "sk-ant-test-key"
 HELLO = [{"role": "user", "content": "Name three colors."}]
 # The SDK no longer offers sampling parameters; the API (and this server) still takes them.
@@ -42,7 +57,7 @@ TOOL = {"name": "get_weather", "description": "Get the current weather in a city
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     folder: Path = tmp_path_factory.mktemp("anthropic")
-    with serving(folder, CONFIG, {"OLLAMA_MAX_LOADED_MODELS": "3",
+    with serving(folder, STRICT_CONFIG, {"OLLAMA_MAX_LOADED_MODELS": "4",
                                   "OLLAMALITE_API_KEY": KEY}) as server:
         yield server
 
@@ -114,6 +129,20 @@ def test_system_turn_after_user_turns_stays_in_place(client: anthropic.Anthropic
     assert msg.usage.input_tokens == counted.input_tokens
     without = client.messages.count_tokens(model=MODEL, messages=messages[:2] + HELLO)
     assert counted.input_tokens > without.input_tokens
+
+
+def test_system_turn_folds_into_the_first_for_a_strict_template(
+        client: anthropic.Anthropic) -> None:
+    """A template that refuses a later system turn gets it folded into the leading system
+    prompt (after it, a blank line between) rather than a 400."""
+    late = [{"role": "user", "content": "Hello!"},
+            {"role": "system", "content": "Answer briefly."}, *HELLO]
+    folded = [{"role": "user", "content": "Hello!"}, *HELLO]
+    msg = ask(client, model="strict", system="Be kind.", messages=late, max_tokens=8)
+    same = ask(client, model="strict", system="Be kind.\n\nAnswer briefly.", messages=folded,
+               max_tokens=8)
+    assert msg.usage.input_tokens == same.usage.input_tokens
+    assert msg.content[0].text == same.content[0].text
 
 
 # -- streaming ----------------------------------------------------------------------------------
