@@ -27,6 +27,12 @@ TIMEOUT = 180.0  # two cores shared with other test runs
 ACCESS_KEYS = {"method", "path", "status", "model", "prompt_tokens", "generated_tokens", "ttft",
                "total", "client"}
 
+QUESTION = {"role": "user", "content": "Name a colour."}
+# Protocols whose usage counts the whole prompt, cached prefix included: its key, and the
+# generated tokens' key.
+WHOLE_PROMPT_USAGE = {"/v1/chat/completions": ("prompt_tokens", "completion_tokens"),
+                      "/v1/messages": ("input_tokens", "output_tokens")}
+
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
@@ -70,8 +76,7 @@ def post(server: LiveServer, path: str, body: dict[str, Any]) -> httpx.Response:
 
 def streamed_chat(server: LiveServer) -> dict[str, Any]:
     """The final object of a streamed /api/chat."""
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "Name a colour."}],
-            "options": OPTIONS}
+    body = {"model": MODEL, "messages": [QUESTION], "options": OPTIONS}
     with httpx.stream("POST", f"{server.url}/api/chat", json=body, headers=AUTH,
                       timeout=TIMEOUT) as resp:
         lines = [json.loads(line) for line in resp.iter_lines() if line]
@@ -103,35 +108,38 @@ def test_metrics_count_requests_tokens_and_times(keyed: LiveServer) -> None:
     assert grown(native, before, "ollamalite_generated_tokens_total", model=MODEL) == \
         generated["eval_count"] + chat["eval_count"]
 
-    usage = post(keyed, "/v1/chat/completions", {
-        "model": MODEL, "messages": [{"role": "user", "content": "Name a colour."}],
-        "max_tokens": 8, "temperature": 0}).json()["usage"]
-    after = scrape(keyed)
-    evaluated, reused, completion = (
-        grown(after, native, name, model=MODEL)
-        for name in ("ollamalite_prompt_tokens_total",
-                     "ollamalite_prefix_cache_reused_tokens_total",
-                     "ollamalite_generated_tokens_total"))
-    # OpenAI counts the whole prompt: what was evaluated plus what a slot's cache held (the
-    # same question as the native chat, so most of it).
-    assert evaluated + reused == usage["prompt_tokens"] and reused > 0
-    assert completion == usage["completion_tokens"]
+    all_generated = generated["eval_count"] + chat["eval_count"]
+    for path, (whole_prompt, completion) in WHOLE_PROMPT_USAGE.items():
+        usage = post(keyed, path, {"model": MODEL, "messages": [QUESTION], "max_tokens": 8,
+                                   "temperature": 0}).json()["usage"]
+        after = scrape(keyed)
+        evaluated, reused, generated_now = (
+            grown(after, native, name, model=MODEL)
+            for name in ("ollamalite_prompt_tokens_total",
+                         "ollamalite_prefix_cache_reused_tokens_total",
+                         "ollamalite_generated_tokens_total"))
+        # What was evaluated plus what a slot's cache held (the same question as the native
+        # chat's, so most of it).
+        assert evaluated + reused == usage[whole_prompt] and reused > 0, path
+        assert generated_now == usage[completion], path
+        all_generated += usage[completion]
+        native = after
 
     def requests(family: str, status: str) -> float:
         return grown(after, before, "ollamalite_requests_total", family=family, status=status)
 
     assert (requests("ollama", "200"), requests("ollama", "404")) == (2, 1)
-    assert (requests("openai", "200"), requests("other", "200")) == (1, 2)  # two scrapes
+    assert (requests("openai", "200"), requests("anthropic", "200")) == (1, 1)
+    assert requests("other", "200") == 3  # the scrapes
     assert grown(after, before, "ollamalite_time_to_first_token_seconds_count",
-                 model=MODEL) == 3
+                 model=MODEL) == 4
     logged = {(f["method"], f["path"]): f for f in map(text_fields, access_lines(keyed))}
     generations = [logged[("POST", path)]
-                   for path in ("/api/generate", "/api/chat", "/v1/chat/completions")]
+                   for path in ("/api/generate", "/api/chat", *WHOLE_PROMPT_USAGE)]
     assert 0 < grown(after, before, "ollamalite_time_to_first_token_seconds_sum",
                      model=MODEL) <= sum(float(f["total"]) for f in generations)
-    all_generated = generated["eval_count"] + chat["eval_count"] + usage["completion_tokens"]
     assert 0 < grown(after, before, "ollamalite_inter_token_seconds_count",
-                     model=MODEL) <= all_generated - 3  # none before each first token
+                     model=MODEL) <= all_generated - 4  # none before each first token
     assert value(after, "ollamalite_model_load_seconds_count", model=MODEL) == 1
     assert value(after, "ollamalite_slots", model=MODEL) == NUM_PARALLEL
     assert value(after, "ollamalite_slots_busy", model=MODEL) == 0
@@ -147,7 +155,7 @@ def test_metrics_count_requests_tokens_and_times(keyed: LiveServer) -> None:
     assert int(logged[("POST", "/api/chat")]["generated_tokens"]) == chat["eval_count"]
     assert logged[("GET", "/api/nope")]["status"] == "404"
     assert logged[("GET", "/api/nope")]["model"] == "-"
-    assert set(logged[("POST", "/v1/chat/completions")]) == ACCESS_KEYS
+    assert set(logged[("POST", "/v1/messages")]) == ACCESS_KEYS
 
 
 def test_a_running_stream_holds_a_slot(keyed: LiveServer) -> None:

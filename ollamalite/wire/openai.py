@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load, validate
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from ollamalite.options import StopField
+from ollamalite.wire import Body
 
 EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "ultra", "max")
 
@@ -90,7 +91,7 @@ def _only(value: Any, message: str) -> validate.Validator:
     return validate.Equal(value, error=message)
 
 
-class SamplingRequest(_Lenient):
+class SamplingRequest(Body):
     """Fields /v1/chat/completions and /v1/completions share."""
 
     model = fields.String(load_default="")
@@ -106,12 +107,6 @@ class SamplingRequest(_Lenient):
     n = _optional(fields.Integer, validate=_only(1, "only n=1 is supported"))
     logit_bias = _optional(fields.Dict, validate=validate.Length(
         max=0, error="not supported"))
-
-    @pre_load
-    def _reject_non_object(self, data: Any, **kwargs: Any) -> Any:
-        if not isinstance(data, dict):
-            raise ValidationError("request body must be a JSON object")
-        return data
 
 
 class ChatCompletionRequest(SamplingRequest):
