@@ -13,11 +13,12 @@ from aiohttp import web
 
 from ollamalite.errors import ApiError
 from ollamalite.pull.puller import Puller, Register
+from ollamalite.registry.blobs import BlobStore
 from ollamalite.registry.gguf_header import file_digest
 from ollamalite.registry.library import Library
 from ollamalite.registry.models_file import ModelsFile, Registry
 from ollamalite.runtime.scheduler import Scheduler
-from ollamalite.server import models, ollama, openai
+from ollamalite.server import models, ollama, openai, openapi
 from ollamalite.server.keys import LIBRARY, PULLER, SCHEDULER, SETTINGS
 from ollamalite.server.stream import json_response
 from ollamalite.settings import Settings
@@ -43,14 +44,14 @@ ALLOW_METHODS = "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"
 
 def error_response(request: web.Request, status: int, message: str) -> web.Response:
     """The error shape the route's API uses: OpenAI's envelope under /v1, Ollama's elsewhere."""
-    if request.path.startswith(openai.PREFIX):
+    if request.path.startswith(openapi.OPENAI_PREFIX):
         return json_response(openai.error_body(status, message), status=status)
     return json_response({"error": message}, status=status)
 
 
 def _router_error(request: web.Request, status: int, text: str) -> web.Response:
     """Unknown path or method: Ollama's router answers plain text; /v1 clients expect JSON."""
-    if request.path.startswith(openai.PREFIX):
+    if request.path.startswith(openapi.OPENAI_PREFIX):
         return error_response(request, status, text)
     return web.Response(status=status, text=text)
 
@@ -162,7 +163,7 @@ def create_app(settings: Settings, registry: Registry) -> web.Application:
     app.cleanup_ctx.append(_scheduler_ctx)
     app.on_shutdown.append(_finish_requests)
     app.on_response_prepare.append(_add_cors_headers)
-    ollama.add_routes(app)
-    models.add_routes(app)
-    openai.add_routes(app)
+    app[models.BLOBS] = BlobStore(settings)
+    openapi.add_routes(app, (*ollama.ROUTES, *models.ROUTES, *openai.ROUTES,
+                             *openapi.ROUTES_OF_DOCUMENT))
     return app

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any
+from typing import Any, ClassVar, Mapping
 
 from marshmallow import (
     EXCLUDE,
@@ -21,13 +21,15 @@ from marshmallow import (
 )
 
 from ollamalite.durations import keep_alive_seconds
-from ollamalite.options import validate_options
+from ollamalite.options import STRING_OR_LIST, OptionsSchema, validate_options
 
 ROLES = ("system", "user", "assistant", "tool")
 
 
 class KeepAlive(fields.Field):
     """A number of seconds or a Go duration string; negative means forever."""
+
+    json_schema: ClassVar[dict[str, Any]] = {"type": ["number", "string"]}
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> float:
         try:
@@ -36,17 +38,25 @@ class KeepAlive(fields.Field):
             raise ValidationError(str(exc)) from None
 
 
-class Options(fields.Dict):
-    """Ollama `options`, checked key by key (see options.py)."""
+class Options(fields.Nested):
+    """Ollama `options`, checked key by key by `validate_options` (unknown keys are logged and
+    ignored), which loads them with `OptionsSchema`: nested here so the document shows it."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(OptionsSchema, **kwargs)
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> dict:
-        raw = super()._deserialize(value, attr, data, **kwargs)
-        return validate_options(raw)
+        if not isinstance(value, Mapping):
+            raise ValidationError("Not a valid mapping type.")
+        return validate_options(value)
 
 
 class Format(fields.Field):
     """`"json"`, a JSON-schema object, or empty (the schema itself is checked when it is
     turned into a grammar: `structured.grammar_for`)."""
+
+    json_schema: ClassVar[dict[str, Any]] = {"anyOf": [{"enum": ["", "json"]},
+                                                       {"type": "object"}]}
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
         if value in (None, ""):
@@ -58,6 +68,9 @@ class Format(fields.Field):
 
 
 class Think(fields.Field):
+    json_schema: ClassVar[dict[str, Any]] = {"enum": [True, False, "high", "medium", "low",
+                                                      "max"]}
+
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
         if isinstance(value, bool) or value in ("high", "medium", "low", "max"):
             return value
@@ -68,6 +81,8 @@ class Base64(fields.String):
     """Standard base64 (padded, no `data:` prefix), as Go decodes Ollama's `[]byte` images.
 
     Checked while the body is loaded, so bad data is named before any capability check."""
+
+    json_schema: ClassVar[dict[str, Any]] = {"type": "string", "format": "byte"}
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         text = super()._deserialize(value, attr, data, **kwargs)
@@ -197,6 +212,8 @@ class ChatRequest(CompletionRequest):
 class EmbedInput(fields.Field):
     """`/api/embed`'s `input`: a string (empty: nothing) or a list of strings, as a list."""
 
+    json_schema: ClassVar[dict[str, Any]] = STRING_OR_LIST
+
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list:
         if value is None or value == "":
             return []
@@ -233,6 +250,8 @@ class PullRequest(ShowRequest):
 
 class License(fields.Field):
     """A string or a list of strings, kept as a list."""
+
+    json_schema: ClassVar[dict[str, Any]] = STRING_OR_LIST
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list:
         items = [value] if isinstance(value, str) else value

@@ -8,11 +8,11 @@ honour (`n` > 1, `logit_bias`, `echo`, ...) are refused.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load, validate
 
-from ollamalite.options import StopField
+from ollamalite.options import STRING_OR_LIST, StopField
 
 EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "ultra", "max")
 
@@ -25,6 +25,9 @@ class _Lenient(Schema):
 class Content(fields.Field):
     """A message's `content`: a string, a list of content parts (objects), or null."""
 
+    json_schema: ClassVar[dict[str, Any]] = {"anyOf": [
+        {"type": "string"}, {"type": "array", "items": {"type": "object"}}]}
+
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
         if isinstance(value, str):
             return value
@@ -35,6 +38,8 @@ class Content(fields.Field):
 
 class OneOrList(fields.Field):
     """A string, or a list of strings (OpenAI's `prompt` and `input`)."""
+
+    json_schema: ClassVar[dict[str, Any]] = STRING_OR_LIST
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[str]:
         items = [value] if isinstance(value, str) else value
