@@ -90,18 +90,20 @@ def test_fuzz_every_route(fuzz_server: LiveServer) -> None:
     """Valid and invalid requests for every operation: no 5xx, and each reply is one the
     document lists, in its error shape. The server still generates afterwards."""
     schema = schemathesis.openapi.from_url(f"{fuzz_server.url}/api/openapi.json")
-    tally: Counter[str] = Counter()
+    tally: Counter[tuple[str, int]] = Counter()  # (operation, status): cases
     failures: dict[str, str] = {}
     started = time.monotonic()
     for result in schema.get_all_operations():
         operation = result.ok()
-        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+        # Only a JSON body can be made invalid: any bytes are a blob, any string a path part.
+        json_body = any(body.media_type == "application/json" for body in operation.body)
+        modes = (GenerationMode.POSITIVE, *[GenerationMode.NEGATIVE] * json_body)
+        for mode in modes:
             _fuzz(operation.as_strategy(generation_mode=mode), fuzz_server.url, tally, failures)
-    print(f"\nfuzz: {tally['cases']} cases in {time.monotonic() - started:.0f}s, "
-          f"{tally['5xx']} answered 5xx, {len(failures)} operations failed a check")
-    for label, failure in failures.items():
-        print(f"  {label}: {failure}")
+    _summary(tally, failures, time.monotonic() - started)
     assert not failures
+    generated = {label for (label, status) in tally if status == 200}
+    assert {"POST /api/generate", "POST /api/chat", "POST /v1/chat/completions"} <= generated
     _still_serves(fuzz_server.url)
 
 
@@ -126,7 +128,7 @@ def _undocumented(app: web.Application) -> set[tuple[str, str]]:
             if r.method.lower() not in paths.get(r.resource.canonical, {})}
 
 
-def _fuzz(strategy: st.SearchStrategy[Case], url: str, tally: Counter[str],
+def _fuzz(strategy: st.SearchStrategy[Case], url: str, tally: Counter[tuple[str, int]],
           failures: dict[str, str]) -> None:
     """Runs one operation's cases; the first failure of each is kept (not shrunk: time)."""
     cases = st.tuples(strategy, st.booleans()).map(_bounded).filter(_stays_local)
@@ -135,16 +137,31 @@ def _fuzz(strategy: st.SearchStrategy[Case], url: str, tally: Counter[str],
               suppress_health_check=list(HealthCheck))
     @given(cases)
     def run(case: Case) -> None:
-        tally["cases"] += 1
+        status = 0  # no answer
         try:
             response = case.call(base_url=url, timeout=120)
-            tally["5xx"] += response.status_code >= 500
+            status = response.status_code
             case.validate_response(response, checks=CHECKS)
-        except Exception as exc:  # a failed check (schemathesis' FailureGroup), or no answer
+        except (Exception, BaseExceptionGroup) as exc:  # failed checks, or no answer
             failures.setdefault(case.operation.label,
                                 f"{exc}\n    {case.as_curl_command(base_url=url)}")
+        finally:
+            tally[case.operation.label, status] += 1
 
     run()
+
+
+def _summary(tally: Counter[tuple[str, int]], failures: dict[str, str], seconds: float) -> None:
+    """Printed in the test's output: the cases run, the 5xx among them, each operation's
+    statuses, and the first failure of each failing operation with its curl command."""
+    server_errors = sum(n for (_, status), n in tally.items() if status >= 500)
+    print(f"\nfuzz: {sum(tally.values())} cases in {seconds:.0f}s, {server_errors} answered "
+          f"5xx, {len(failures)} operations failed a check")
+    for label in sorted({label for label, _ in tally}):
+        statuses = sorted((status, n) for (other, status), n in tally.items() if other == label)
+        print(f"  {label}: " + ", ".join(f"{status} x{n}" for status, n in statuses))
+    for label, failure in failures.items():
+        print(f"FAILED {label}: {failure}")
 
 
 def _bounded(drawn: tuple[Case, bool]) -> Case:
@@ -174,8 +191,8 @@ def _cap(body: dict[str, Any], keys: tuple[str, ...]) -> None:
 
 def _stays_local(case: Case) -> bool:
     """Pulls of hf.co repos and URLs would go to the internet: those are left to
-    test_pull_live.py's local hub. Every other pull (refused names, bad URLs, the served
-    model) is fuzzed."""
+    test_pull_live.py's local hub. Every other pull (names there is no registry for, the
+    served model) is fuzzed."""
     body = case.body
     if case.operation.path != "/api/pull" or not isinstance(body, dict):
         return True

@@ -43,7 +43,12 @@ class Options(fields.Nested):
     ignored), which loads them with `OptionsSchema`: nested here so the document shows it."""
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(OptionsSchema, **kwargs)
+        super().__init__(OptionsSchema, allow_none=True, **kwargs)
+
+    def deserialize(self, value: Any, attr: str | None = None,
+                    data: Mapping[str, Any] | None = None, **kwargs: Any) -> dict:
+        """`null` is no options, as in Ollama (marshmallow would hand the handler None)."""
+        return {} if value is None else super().deserialize(value, attr, data, **kwargs)
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> dict:
         if not isinstance(value, Mapping):
@@ -106,7 +111,7 @@ class ModelRequest(Schema):
 
     model = fields.String(load_default="")
     keep_alive = KeepAlive(load_default=None, allow_none=True)
-    options = Options(load_default=dict, allow_none=True)
+    options = Options(load_default=dict)
 
     @pre_load
     def _reject_non_object(self, data: Any, **kwargs: Any) -> Any:
