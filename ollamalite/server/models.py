@@ -8,7 +8,7 @@ from aiohttp import web
 
 from ollamalite.errors import NotFound
 from ollamalite.registry import edits
-from ollamalite.registry.blobs import CHUNK, BlobStore, parse_digest
+from ollamalite.registry.blobs import CHUNK, DIGEST, BlobStore, parse_digest
 from ollamalite.server.keys import LIBRARY, SETTINGS
 from ollamalite.server.openapi import EMPTY_OK, MODEL_ERRORS, STREAMED, Reply, Route
 from ollamalite.server.request import read_body
@@ -16,6 +16,7 @@ from ollamalite.server.stream import NdjsonStream, json_response
 from ollamalite.wire import load, native
 
 BLOBS = web.AppKey("blobs", BlobStore)
+_DIGEST_PARAM = {"digest": {"type": "string", "pattern": f"^{DIGEST.pattern}$"}}
 
 
 async def create(request: web.Request) -> web.StreamResponse:
@@ -75,8 +76,9 @@ ROUTES = (
     Route("DELETE", "/api/delete", delete, "Deletes a model from models.yaml (and its file if "
           "ollamalite made it).", native.DELETE, EMPTY_OK, MODEL_ERRORS),
     Route("HEAD", "/api/blobs/{digest}", head_blob, "Whether a blob (`sha256:<hex>`) is here.",
-          replies=EMPTY_OK, errors=MODEL_ERRORS),
+          replies=EMPTY_OK, errors=MODEL_ERRORS, params=_DIGEST_PARAM),
     Route("POST", "/api/blobs/{digest}", post_blob, "Uploads a blob; its sha256 must match.",
           replies=(Reply(200, "The blob was here already.", ()),
-                   Reply(201, "The blob is stored.", ())), errors=(400,), upload=True),
+                   Reply(201, "The blob is stored.", ())), errors=(400,), upload=True,
+          params=_DIGEST_PARAM),
 )

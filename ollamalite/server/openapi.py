@@ -9,8 +9,8 @@ being documented, and the tests compare the router with the document.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Iterable, Mapping
 
 from aiohttp import web
 from apispec import APISpec
@@ -65,7 +65,8 @@ RUN_ERRORS = (400, 404, 500, 503)
 @dataclass(frozen=True)
 class Route:
     """One endpoint: what aiohttp calls, and what the document says about it. `body` is the
-    schema that loads its JSON body; `upload` means a raw byte body instead."""
+    schema that loads its JSON body; `upload` means a raw byte body instead; `params` gives
+    the JSON Schema of a path parameter that is not just any string."""
 
     method: str
     path: str
@@ -75,6 +76,7 @@ class Route:
     replies: tuple[Reply, ...] = OK
     errors: tuple[int, ...] = ()
     upload: bool = False
+    params: Mapping[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -141,7 +143,8 @@ def _operation(route: Route, method: str) -> dict[str, Any]:
                                               error) for status in route.errors})
     operation: dict[str, Any] = {"summary": route.summary, "tags": [api],
                                  "responses": responses}
-    parameters = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+    parameters = [{"name": name, "in": "path", "required": True,
+                   "schema": route.params.get(name, {"type": "string"})}
                   for name in _PATH_PARAM.findall(route.path)]
     if parameters:
         operation["parameters"] = parameters
