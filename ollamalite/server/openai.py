@@ -44,7 +44,6 @@ _ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error"}
 _IMAGE_PREFIXES = ("data:;base64,", *(f"data:image/{t};base64," for t in
                                       ("jpeg", "jpg", "png", "webp")))
 # OpenAI's reasoning efforts as Ollama's `think` values (Ollama clamps the ends of the scale).
-_ROLES = (*ROLES, "developer")  # OpenAI's newer name for the system role
 _THINK = {"none": False, "minimal": "low", "low": "low", "medium": "medium", "high": "high",
           "max": "max", "xhigh": "max", "ultra": "max"}
 
@@ -112,7 +111,7 @@ def _native_tool_call(call: dict[str, Any]) -> dict[str, Any]:
 def _native_message(msg: dict[str, Any], tool_names: dict[str, str], index: int
                     ) -> dict[str, Any]:
     role = msg["role"].lower()
-    if role not in _ROLES:
+    if role not in wire.ROLES:
         raise BadRequest(f"messages.{index}.role: role must be one of {', '.join(ROLES)}")
     if msg["content"] is None and not msg["tool_calls"]:
         raise BadRequest("invalid message content: null content needs tool_calls")

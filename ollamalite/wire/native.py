@@ -189,7 +189,8 @@ class Message(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    role = fields.String(required=True)
+    # Checked (after lower-casing) by _known_role; the enum is for the document.
+    role = fields.String(required=True, metadata={"enum": list(ROLES)})
     content = fields.String(load_default="", allow_none=True)
     thinking = fields.String(load_default=None, allow_none=True)
     images = Base64List(load_default=None, allow_none=True)

@@ -13,8 +13,10 @@ from typing import Any, ClassVar
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load, validate
 
 from ollamalite.options import STRING_OR_LIST, StopField
+from ollamalite.wire.native import ROLES as NATIVE_ROLES
 
 EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "ultra", "max")
+ROLES = (*NATIVE_ROLES, "developer")  # OpenAI's newer name for the system role
 
 
 class _Lenient(Schema):
@@ -60,7 +62,8 @@ class ToolCall(_Lenient):
 
 
 class ChatMessage(_Lenient):
-    role = fields.String(required=True)
+    # Checked (after lower-casing) by server/openai.py; the enum is for the document.
+    role = fields.String(required=True, metadata={"enum": list(ROLES)})
     content = Content(load_default=None, allow_none=True)
     name = fields.String(load_default=None, allow_none=True)
     reasoning = fields.String(load_default=None, allow_none=True)
