@@ -6,7 +6,7 @@ import asyncio
 import fnmatch
 import logging
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable
+from typing import AsyncIterator, Callable
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -24,7 +24,7 @@ from ollamalite.server.stream import json_response
 from ollamalite.settings import Settings
 
 log = logging.getLogger(__name__)
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Handler = openapi.Handler
 CORS_HEADERS = "ollamalite.cors_headers"
 
 _LOCAL_HOSTS = ("localhost", "127.0.0.1", "0.0.0.0")

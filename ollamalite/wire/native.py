@@ -22,6 +22,7 @@ from marshmallow import (
 
 from ollamalite.durations import keep_alive_seconds
 from ollamalite.options import STRING_OR_LIST, OptionsSchema, validate_options
+from ollamalite.registry.names import NAME_RE
 
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -277,12 +278,18 @@ class PresetMessage(Schema):
     images = Base64List(load_default=None, allow_none=True)
 
 
+def _new_name() -> fields.String:
+    """A name a model is created, copied or deleted under: `names.is_valid` checks it where
+    it is used; the pattern is for the document."""
+    return fields.String(load_default="", metadata={"pattern": NAME_RE.pattern})
+
+
 class CreateRequest(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    model = fields.String(load_default="")
-    name = fields.String(load_default="")
+    model = _new_name()
+    name = _new_name()
     stream = fields.Boolean(load_default=True)
     from_ = fields.String(data_key="from", load_default="")
     files = fields.Dict(fields.String(), fields.String(), load_default=None, allow_none=True)
@@ -314,16 +321,16 @@ class CopyRequest(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    source = fields.String(load_default="")
-    destination = fields.String(load_default="")
+    source = _new_name()
+    destination = _new_name()
 
 
 class DeleteRequest(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    model = fields.String(load_default="")
-    name = fields.String(load_default="")
+    model = _new_name()
+    name = _new_name()
 
 
 GENERATE = GenerateRequest()
