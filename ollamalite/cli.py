@@ -15,7 +15,8 @@ from ollamalite import __version__
 from ollamalite.client import commands, run
 from ollamalite.client.api import Client, ClientError
 from ollamalite.errors import ConfigError
-from ollamalite.settings import DEFAULT_CONFIG, Settings, current
+from ollamalite.settings import (DEFAULT_CONFIG, Settings, current, is_loopback,
+                                 with_server_section)
 
 if TYPE_CHECKING:
     from ollamalite.registry import models_file
@@ -28,8 +29,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ollamalite {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="start the server")
-    serve.add_argument("--host", help="address to bind (default from OLLAMA_HOST, else 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port (default from OLLAMA_HOST, else 11434)")
+    serve.add_argument("--host", help="address to bind (default from OLLAMA_HOST, else the "
+                                      "models file's server.host, else 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default from OLLAMA_HOST, else the models "
+                                                "file's server.port, else 11434)")
     serve.add_argument("--config",
                        help=f"models file (default OLLAMALITE_CONFIG or {DEFAULT_CONFIG})")
     serve.add_argument("--verbose", "-v", action="store_true", help="debug logging")
@@ -42,7 +45,7 @@ def client_command(args: argparse.Namespace) -> int:
     """Runs one client command; server errors print `Error: ...` and exit 1, as ollama's do."""
     try:
         return args.handler(Client.from_env(), args) or 0
-    except ClientError as exc:
+    except (ClientError, ConfigError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -70,6 +73,28 @@ def load_registry(settings: Settings) -> models_file.Registry:
     else:
         registry = models_file.load(path)
     return discovery.extend(registry, settings.ollama_models)
+
+
+def warn_if_exposed(settings: Settings) -> None:
+    """Binding beyond loopback without an API key, whichever setting asked for it, puts every
+    endpoint (model edits included) within reach of the network: say so at start-up."""
+    if not settings.api_key and not is_loopback(settings.host):
+        log.warning("listening on %s:%d, beyond this machine: anyone who can reach this port "
+                    "can use the API, including creating, copying and deleting models; set "
+                    "OLLAMALITE_API_KEY (docs/security.md)", settings.host, settings.port)
+
+
+def startup(args: argparse.Namespace) -> tuple[Settings, models_file.Registry]:
+    """Flags and environment name the models file; its `server:` section then fills the
+    address they leave unset (see `with_server_section`)."""
+    flags = {"host": args.host, "port": args.port}
+    settings = current(**flags, config=args.config)
+    logging.basicConfig(level=logging.DEBUG if args.verbose or settings.debug else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    registry = load_registry(settings)
+    settings = with_server_section(settings, registry.server, **flags)
+    warn_if_exposed(settings)
+    return settings, registry
 
 
 async def serve(settings: Settings, registry: models_file.Registry) -> None:
@@ -101,11 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command != "serve":
         return client_command(args)
-    settings = current(host=args.host, port=args.port, config=args.config)
-    logging.basicConfig(level=logging.DEBUG if args.verbose or settings.debug else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        registry = load_registry(settings)
+        settings, registry = startup(args)
     except (ConfigError, FileNotFoundError) as exc:
         print(f"ollamalite: {exc}", file=sys.stderr)
         return 1

@@ -5,14 +5,16 @@ No other module reads `os.environ`: everything it needs arrives in one frozen `S
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
 from urllib.parse import urlsplit
 
 from ollamalite.durations import keep_alive_seconds, parse_go_duration
+from ollamalite.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +23,8 @@ DEFAULT_KEEP_ALIVE = 300.0
 DEFAULT_CONFIG = "models.yaml"
 DEFAULT_HOME = Path("~/.ollamalite")
 DEFAULT_OLLAMA_MODELS = Path("~/.ollama/models")
+DEFAULT_MAX_BODY = 64 << 20  # room for a few base64 images in one request
+DEFAULT_MAX_TRANSFER = 64 << 30  # bytes: the largest download or upload unless told otherwise
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,18 @@ class Settings:
     data_dir: Path = DEFAULT_HOME.expanduser()
     # An Ollama model store whose models are offered too (read only).
     ollama_models: Path = DEFAULT_OLLAMA_MODELS.expanduser()
+    # The gate (docs/security.md): the key every route but `/` then needs (kept out of repr, so
+    # out of logs), and the largest JSON request body.
+    api_key: str = field(default="", repr=False)
+    max_body: int = DEFAULT_MAX_BODY
+    # Files and URLs from callers. /api/create's `from` may name a file only inside the model
+    # folders, unless any path is allowed (a single-user machine).
+    allow_any_path: bool = False
+    # Pulls may connect to loopback and private addresses (a LAN mirror); never to link-local
+    # or cloud metadata ones.
+    pull_private: bool = True
+    max_download: int = DEFAULT_MAX_TRANSFER  # bytes; 0: no cap
+    max_upload: int = DEFAULT_MAX_TRANSFER  # bytes; 0: no cap
 
     @property
     def blobs_dir(self) -> Path:
@@ -83,6 +99,15 @@ def _split_host_port(netloc: str, default_port: int) -> tuple[str, int]:
     except ValueError:
         port = default_port
     return host, port if 0 <= port <= 65535 else default_port
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a bind address serves this machine only (`localhost` counts); beyond it, the
+    API key is what keeps strangers out (docs/security.md)."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host.lower() == "localhost"
 
 
 def _uint(env: Mapping[str, str], key: str, default: int) -> int:
@@ -145,6 +170,27 @@ def _keep_alive(env: Mapping[str, str]) -> float:
         return DEFAULT_KEEP_ALIVE
 
 
+def api_key(env: Mapping[str, str]) -> str:
+    """OLLAMALITE_API_KEY, or OLLAMALITE_API_KEY_FILE's contents (a file keeps the key out of
+    the process list and of child environments): the server's key, and the one the client
+    commands send. A file that yields no usable key stops
+    start-up: serving without the key the operator meant to set would be silently open."""
+    key, path = env_var(env, "OLLAMALITE_API_KEY"), env_var(env, "OLLAMALITE_API_KEY_FILE")
+    if key and path:
+        raise ConfigError("set OLLAMALITE_API_KEY or OLLAMALITE_API_KEY_FILE, not both")
+    if path:
+        try:
+            key = Path(path).expanduser().read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"OLLAMALITE_API_KEY_FILE: cannot read {path}: {exc}") from None
+        if not key:
+            raise ConfigError(f"OLLAMALITE_API_KEY_FILE: {path} is empty")
+    if not all("!" <= c <= "~" for c in key):
+        raise ConfigError("the API key must be printable ASCII without spaces (it travels in "
+                          "an HTTP header)")
+    return key
+
+
 def from_env(
     env: Mapping[str, str],
     host: str | None = None,
@@ -172,11 +218,36 @@ def from_env(
         debug=_bool(env, "OLLAMA_DEBUG", False),
         data_dir=_path(env, "OLLAMALITE_HOME", DEFAULT_HOME),
         ollama_models=_path(env, "OLLAMA_MODELS", DEFAULT_OLLAMA_MODELS),
+        api_key=api_key(env),
+        max_body=_uint(env, "OLLAMALITE_MAX_BODY", 0) or DEFAULT_MAX_BODY,
+        allow_any_path=_bool(env, "OLLAMALITE_ALLOW_ANY_PATH", False),
+        pull_private=_bool(env, "OLLAMALITE_PULL_PRIVATE", True),
+        max_download=_uint(env, "OLLAMALITE_MAX_DOWNLOAD", DEFAULT_MAX_TRANSFER),
+        max_upload=_uint(env, "OLLAMALITE_MAX_UPLOAD", DEFAULT_MAX_TRANSFER),
     )
 
 
 def _path(env: Mapping[str, str], key: str, default: Path) -> Path:
     return Path(env_var(env, key) or default).expanduser().absolute()
+
+
+@dataclass(frozen=True)
+class ServerSection:
+    """models.yaml's `server:` section: where `serve` listens unless told otherwise."""
+
+    host: str | None = None
+    port: int | None = None
+
+
+def with_server_section(settings: Settings, section: ServerSection, host: str | None = None,
+                        port: int | None = None, env: Mapping[str, str] = os.environ
+                        ) -> Settings:
+    """`settings` with the models file's address under OLLAMA_HOST (a whole address) and the
+    `host` and `port` flags: the file is only found once flags and environment are read."""
+    if env_var(env, "OLLAMA_HOST"):
+        return settings
+    return replace(settings, host=host or section.host or settings.host,
+                   port=port if port is not None else section.port or settings.port)
 
 
 def current(**flags: object) -> Settings:

@@ -99,16 +99,21 @@ class LiveServer:
 
 
 def start_server(config: Path, log_path: Path, env: dict[str, str] | None = None,
-                 timeout: float = 60.0) -> LiveServer:
-    port = free_port()
+                 timeout: float = 60.0, port: int | None = None) -> LiveServer:
+    """`port`: the one `config`'s `server:` section names (no --port flag is passed); by
+    default a free one, passed as --port."""
+    flags: list[str] = []
+    if port is None:
+        port = free_port()
+        flags = ["--port", str(port)]
     # Files the server creates, and the Ollama store it reads, stay next to its log.
     isolated = {"OLLAMALITE_HOME": str(log_path.parent / "home"),
                 "OLLAMA_MODELS": str(log_path.parent / "no-ollama-store")}
     full_env = {**os.environ, "OLLAMA_HOST": "", "OLLAMA_ORIGINS": "", **isolated, **(env or {})}
     log = open(log_path, "wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "ollamalite", "serve", "--port", str(port), "--config",
-         str(config)], cwd=REPO, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+        [sys.executable, "-m", "ollamalite", "serve", *flags, "--config", str(config)],
+        cwd=REPO, env=full_env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

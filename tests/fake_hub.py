@@ -3,8 +3,9 @@
 It answers the routes huggingface_hub and ollamalite's downloader use: `GET /api/models/<repo>`
 (the repo listing with LFS size and sha256, as `model_info(files_metadata=True)` asks for),
 `GET /<repo>/resolve/<revision>/<file>` (a 302 to a content-addressed `/cdn/<sha256>` URL, as the
-hub redirects LFS files), and `GET /files/<name>` for plain URLs. Downloads honour `Range:
-bytes=N-`, can be told to cut the connection after N bytes, and every request is recorded.
+hub redirects LFS files), and `GET /files/<name>` for plain URLs (or a redirect elsewhere).
+Downloads honour `Range: bytes=N-`, can be told to cut the connection after N bytes or to leave
+out Content-Length, and every request is recorded.
 It runs its own event loop in a thread so that synchronous tests and a server subprocess can
 both reach it.
 """
@@ -42,6 +43,8 @@ class FakeHub:
     cut_after: dict[str, int] = field(default_factory=dict)  # one-shot: send N bytes, then close
     pace: float = 0.0  # seconds to wait between 256 KiB pieces of a download
     ranges: bool = True  # False: ignore Range headers, always send the whole file
+    lengths: bool = True  # False: send files chunked, without Content-Length
+    redirects: dict[str, str] = field(default_factory=dict)  # file name -> Location of a 302
     seen: list[Served] = field(default_factory=list)
     url: str = ""
 
@@ -114,6 +117,10 @@ class FakeHub:
         return await self._send(request, f"cdn-{request.match_info['sha256']}")
 
     async def _file(self, request: web.Request) -> web.StreamResponse:
+        location = self.redirects.get(request.match_info["name"])
+        if location is not None:
+            self.seen.append(Served(request.path, request.headers.get("Range")))
+            raise web.HTTPFound(location)
         return await self._send(request, request.match_info["name"])
 
     async def _send(self, request: web.Request, key: str) -> web.StreamResponse:
@@ -126,7 +133,8 @@ class FakeHub:
         if start >= len(data) > 0:
             return web.Response(status=416, headers={"Content-Range": f"bytes */{len(data)}"})
         resp = web.StreamResponse(status=206 if start else 200)
-        resp.content_length = len(data) - start
+        if self.lengths:
+            resp.content_length = len(data) - start
         if start:
             resp.headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
         await resp.prepare(request)

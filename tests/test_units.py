@@ -7,7 +7,7 @@ import math
 import pytest
 from marshmallow import ValidationError
 
-from ollamalite.durations import keep_alive_seconds, parse_go_duration
+from ollamalite.durations import GO_MAX_SECONDS, keep_alive_seconds, parse_go_duration
 from ollamalite.errors import BadRequest
 from ollamalite.options import SamplingParams, run_options, validate_options
 from ollamalite.registry import names
@@ -42,7 +42,8 @@ def test_go_durations(text: str, seconds: float) -> None:
 
 @pytest.mark.parametrize("bad, message", [
     ("-1", "missing unit"), ("5", "missing unit"), ("1d", "invalid duration"),
-    ("abc", "invalid duration"), ("", "invalid duration"),
+    ("abc", "invalid duration"), ("", "invalid duration"), ("1e400s", "invalid duration"),
+    ("9999999999999h", "invalid duration"), ("-2562048h", "invalid duration"),
 ])
 def test_bad_go_durations(bad: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -58,6 +59,19 @@ def test_keep_alive_values() -> None:
     for bad in (True, [1], {"a": 1}, None):
         with pytest.raises(ValueError, match="Unsupported type"):
             keep_alive_seconds(bad)
+    with pytest.raises(ValueError, match="must be a number"):
+        keep_alive_seconds(math.nan)
+
+
+@pytest.mark.parametrize("value", [1e12, GO_MAX_SECONDS, math.inf, -math.inf, 10**400,
+                                   -10**400, "-9999h"])
+def test_keep_alive_beyond_go_durations_is_forever(value: object) -> None:
+    assert keep_alive_seconds(value) == math.inf
+
+
+def test_keep_alive_just_below_go_durations_is_kept() -> None:
+    assert keep_alive_seconds("2562047h") == 2562047 * 3600.0
+    assert keep_alive_seconds(GO_MAX_SECONDS - 1) == GO_MAX_SECONDS - 1
 
 
 @pytest.mark.parametrize("value, expected", [

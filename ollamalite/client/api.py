@@ -8,12 +8,12 @@ from __future__ import annotations
 import http.client
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping
 from urllib.parse import quote
 
 from ollamalite import __version__
-from ollamalite.settings import env_var, parse_host
+from ollamalite.settings import api_key, env_var, parse_host
 
 USER_AGENT = f"ollamalite/{__version__}"
 
@@ -50,10 +50,11 @@ def server_url(env: Mapping[str, str] | None = None) -> str:
 @dataclass
 class Client:
     url: str
+    api_key: str = field(default="", repr=False)  # sent as `Authorization: Bearer`
 
     @classmethod
     def from_env(cls) -> Client:
-        return cls(server_url())
+        return cls(server_url(), api_key(os.environ))
 
     def _connect(self) -> http.client.HTTPConnection:
         scheme, _, netloc = self.url.partition("://")
@@ -67,6 +68,8 @@ class Client:
         conn = self._connect()
         all_headers = {"User-Agent": USER_AGENT, "Accept": "application/x-ndjson",
                        **(headers or {})}
+        if self.api_key:
+            all_headers["Authorization"] = f"Bearer {self.api_key}"
         body = raw
         if payload is not None:
             body = json.dumps(payload).encode()

@@ -87,10 +87,20 @@ def infill_tokens(runner: Runner, entry: ModelEntry, prefix: str, suffix: str,
     return tokens
 
 
+def check_vocab(runner: Runner, tokens: Sequence[int], field: str) -> None:
+    """Refuse token ids a client sent that are not in the loaded model's vocabulary: they would
+    fail the engine's batch or abort the process inside llama.cpp."""
+    bad = runner.model.outside_vocab(tokens)
+    if bad is not None:
+        raise BadRequest(f"{field} contains token id {bad} outside the model's vocabulary "
+                         f"(0..{runner.model.n_vocab - 1})")
+
+
 def prompt_tokens(runner: Runner, entry: ModelEntry, req: TextRequest,
                   think: bool | str | None, opts: RunOptions) -> list[int]:
     """The tokens of any text request, with the settings of `entry` (the one the request was
     checked against) and `think` as the checks settled it."""
+    check_vocab(runner, req.context or (), "context")
     if req.chat:
         messages = prompts.template_messages(req.messages or [])
         return chat_tokens(runner, entry, messages, opts, req.truncate,

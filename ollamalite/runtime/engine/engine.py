@@ -1,9 +1,10 @@
 """One engine thread per loaded model: continuous batching over sequence slots.
 
 Each step packs one token for every generating slot plus prompt chunks of newly admitted jobs
-into a single `llama_batch` and calls `llama_decode` once. A job goes to the free slot whose
-KV cache shares the longest prefix with its prompt, so a chat's next turn only evaluates the
-new messages. Embedding jobs run on the same thread, one batch after each generation step, in
+into a single `llama_batch` and calls `llama_decode` once (a batch llama.cpp refuses is decoded
+again job by job, so a failure ends only the job that causes it). A job goes to the free slot
+whose KV cache shares the longest prefix with its prompt, so a chat's next turn only evaluates
+the new messages. Embedding jobs run on the same thread, one batch after each generation step, in
 a second context (`embedder.py`).
 """
 
@@ -14,6 +15,7 @@ import os
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
 import llama_cpp
@@ -75,10 +77,28 @@ class Slot:
         self.admitted_at = now
         self.first_token_at: float | None = None
 
+    def advance(self, tokens: list[int]) -> None:
+        """`tokens` (its next token or the head of its pending prompt) are now in the cache."""
+        self.cached.extend(tokens)
+        if self.next_token is not None:
+            self.next_token = None
+        else:
+            self.pending = self.pending[len(tokens):]
+
     def release(self, now: float) -> None:
         self.sampler.close()
         self.job = None
         self.last_used = now
+
+
+@dataclass(frozen=True)
+class Part:
+    """A slot's share of one batch: `tokens` go after its cache; `logits` asks for the last
+    one's (its prompt is complete, or it is generating)."""
+
+    slot: Slot
+    tokens: list[int]
+    logits: bool
 
 
 class Engine:
@@ -232,44 +252,63 @@ class Engine:
             if slot.job.cancelled:
                 log.info("slot %d: client went away, generation cancelled", slot.seq_id)
                 self._finish(slot, "cancel", now)
-        active = self._active()
-        if not active:
-            return
-        n_tokens = self._fill_batch(active)
-        if n_tokens == 0:
-            return
-        rc = llama_cpp.llama_decode(self.ctx, self.batch)
-        if rc != 0:
-            raise RuntimeError(f"llama_decode returned {rc}")
-        for slot in active:
-            if slot.logit_index >= 0:
-                self._on_logits(slot)
+        parts = self._plan(self._active())
+        if parts:
+            self._decode(parts)
 
-    def _fill_batch(self, active: list[Slot]) -> int:
-        """Generating slots first (one token each), then prompt chunks within `n_batch`."""
-        n = 0
+    def _plan(self, active: list[Slot]) -> list[Part]:
+        """This step's tokens: generating slots first (one token each), then prompt chunks
+        within `n_batch`."""
+        parts = [Part(s, [s.next_token], True) for s in active if s.next_token is not None]
+        room = self.n_batch - len(parts)
         for slot in active:
-            slot.logit_index = -1
-            if slot.next_token is not None:
-                put_token(self.batch, n, slot.next_token, len(slot.cached), slot.seq_id, True)
-                slot.cached.append(slot.next_token)
-                slot.next_token = None
-                slot.logit_index = n
-                n += 1
-        for slot in active:
-            if not slot.pending or n >= self.n_batch:
+            if not slot.pending or room <= 0:
                 continue
-            take = min(self.n_batch - n, len(slot.pending), slot.job.num_batch or self.n_batch)
-            chunk, slot.pending = slot.pending[:take], slot.pending[take:]
-            for i, token in enumerate(chunk):
-                last = not slot.pending and i == take - 1
-                put_token(self.batch, n, token, len(slot.cached), slot.seq_id, last)
-                slot.cached.append(token)
-                if last:
-                    slot.logit_index = n
+            take = min(room, len(slot.pending), slot.job.num_batch or self.n_batch)
+            parts.append(Part(slot, slot.pending[:take], take == len(slot.pending)))
+            room -= take
+        return parts
+
+    def _decode(self, parts: list[Part]) -> None:
+        """Decode `parts` in one batch, then sample the slots that asked for logits."""
+        rc = llama_cpp.llama_decode(self.ctx, self._fill_batch(parts))
+        if rc != 0:
+            return self._recover(parts, rc)
+        for part in parts:
+            part.slot.advance(part.tokens)
+        for part in parts:
+            if part.logits:
+                self._on_logits(part.slot)
+
+    def _recover(self, parts: list[Part], rc: int) -> None:
+        """llama.cpp refused a batch (`rc`: 1 no room in the cache, -1 an invalid batch, other
+        values a failed computation): decode each part alone, so the one it refuses again fails
+        its own job only and the others go on as if nothing happened."""
+        for part in parts:  # what a failed call may leave in the cache (see llama_decode)
+            llama_cpp.llama_memory_seq_rm(self.mem, part.slot.seq_id, len(part.slot.cached), -1)
+        if len(parts) > 1:
+            log.warning("llama_decode returned %d for %d slots: decoding them one by one", rc,
+                        len(parts))
+            for part in parts:
+                self._decode([part])
+            return
+        log.error("slot %d: llama_decode returned %d", parts[0].slot.seq_id, rc)
+        self._fail(parts[0].slot, f"inference failed: llama_decode returned {rc}",
+                   time.perf_counter())
+
+    def _fill_batch(self, parts: list[Part]) -> llama_cpp.llama_batch:
+        """The batch of `parts`, each token after its slot's cache; notes each part's logits
+        row in its slot."""
+        n = 0
+        for part in parts:
+            slot = part.slot
+            for i, token in enumerate(part.tokens):
+                put_token(self.batch, n, token, len(slot.cached) + i, slot.seq_id,
+                          part.logits and i == len(part.tokens) - 1)
                 n += 1
+            slot.logit_index = n - 1 if part.logits else -1
         self.batch.n_tokens = n
-        return n
+        return self.batch
 
     def _on_logits(self, slot: Slot) -> None:
         job = slot.job
@@ -340,12 +379,17 @@ class Engine:
         return result is not None
 
     def _fail_active(self, message: str) -> None:
+        """After an unexpected error the state of every slot is unknown: fail them all."""
         now = time.perf_counter()
         for slot in self._active():
-            _emit(slot.job, Failed(message))
-            llama_cpp.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
-            slot.cached = []
-            slot.release(now)
+            self._fail(slot, message, now)
+
+    def _fail(self, slot: Slot, message: str, now: float) -> None:
+        """End the slot's job with `message` and forget its cache, which may be what broke."""
+        _emit(slot.job, Failed(message))
+        llama_cpp.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
+        slot.cached = []
+        slot.release(now)
 
 
 def _emit(job: Job | EmbedJob, event: Event | Embedded) -> None:

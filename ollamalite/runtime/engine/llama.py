@@ -10,6 +10,7 @@ import ctypes
 import logging
 from functools import lru_cache
 from pathlib import Path
+from typing import Sequence
 
 import llama_cpp
 
@@ -78,6 +79,13 @@ class LlamaModel:
             n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special,
                                          parse_special)
         return list(buf[:n])
+
+    def outside_vocab(self, tokens: Sequence[int]) -> int | None:
+        """The first id in `tokens` that is no token of this model, else None: llama.cpp
+        indexes its vocabulary with ids unchecked (an id out of range aborts the process)."""
+        if not tokens or (min(tokens) >= 0 and max(tokens) < self.n_vocab):
+            return None
+        return next(t for t in tokens if not 0 <= t < self.n_vocab)
 
     @property
     def fim_tokens(self) -> tuple[int, int, int] | None:
