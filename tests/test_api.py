@@ -487,8 +487,9 @@ def test_client_disconnect_stops_generation(http: httpx.Client, server: Any,
     body = json.dumps({"model": MODEL, "prompt": "Write an endless story.",
                        "options": {"num_predict": 2000}}).encode()
     with socket.create_connection((host, int(port))) as sock:
-        sock.sendall(b"POST /api/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        sock.settimeout(120)
+        sock.sendall(b"POST /api/generate HTTP/1.1\r\nContent-Type: application/json\r\n"
+                     + f"Host: {host}:{port}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
         received = b""
         while b'"done":false' not in received:
             data = sock.recv(4096)

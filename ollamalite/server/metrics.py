@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 
 from ollamalite.generation.stats import RequestStats
 from ollamalite.runtime.scheduler import Scheduler
+from ollamalite.server import openapi
 from ollamalite.server.keys import SCHEDULER, SETTINGS
 
 # CPU inference: a short prompt's first token in tens of milliseconds, a long prompt's (or one
@@ -29,13 +30,12 @@ TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 12
 INTER_TOKEN_BUCKETS = (0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
 # A small model from the page cache loads in well under a second; a large one from disk, minutes.
 LOAD_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
-# Route families by path prefix, first match wins; anything else is `other`.
-FAMILIES = (("/v1/messages", "anthropic"), ("/v1/", "openai"), ("/api/", "ollama"))
 
 
 def family(path: str) -> str:
-    """Which API a path belongs to: the `family` label of the request counter."""
-    return next((name for prefix, name in FAMILIES if path.startswith(prefix)), "other")
+    """Which API a path belongs to (the `family` label of the request counter): that of its
+    error shape under /api and /v1, `other` elsewhere (`/`, `/metrics`)."""
+    return openapi.api_of(path) if path.startswith(("/api/", "/v1/")) else "other"
 
 
 class SchedulerGauges(Collector):
@@ -115,8 +115,13 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+ROUTES = (openapi.Route("GET", "/metrics", metrics, "Counters, histograms and gauges in "
+                        "Prometheus's text format (docs/operations.md).",
+                        replies=(openapi.Reply(200, "Success.", (openapi.TEXT,)),)),)
+
+
 def add_routes(app: web.Application) -> None:
     """`/metrics` and what feeds it, unless OLLAMALITE_METRICS=0 (then it is a 404)."""
     if app[SETTINGS].metrics:
         app[METRICS] = Metrics(app[SCHEDULER])
-        app.router.add_get("/metrics", metrics)
+        openapi.add_routes(app, ROUTES)
