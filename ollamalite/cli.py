@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ollamalite import __version__
+from ollamalite import __version__, logs
 from ollamalite.client import commands, run
 from ollamalite.client.api import Client, ClientError
 from ollamalite.errors import ConfigError
@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config",
                        help=f"models file (default OLLAMALITE_CONFIG or {DEFAULT_CONFIG})")
     serve.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    serve.add_argument("--log-format", choices=logs.FORMATS, default="text",
+                       help="text lines, or one JSON object per line (default text)")
     commands.add_parsers(sub)
     run.add_parser(sub)
     return parser
@@ -89,8 +91,8 @@ def startup(args: argparse.Namespace) -> tuple[Settings, models_file.Registry]:
     address they leave unset (see `with_server_section`)."""
     flags = {"host": args.host, "port": args.port}
     settings = current(**flags, config=args.config)
-    logging.basicConfig(level=logging.DEBUG if args.verbose or settings.debug else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(logging.DEBUG if args.verbose or settings.debug else logging.INFO,
+                   args.log_format)
     registry = load_registry(settings)
     settings = with_server_section(settings, registry.server, **flags)
     warn_if_exposed(settings)
@@ -105,8 +107,9 @@ async def serve(settings: Settings, registry: models_file.Registry) -> None:
 
     # Streams still running at shutdown get 3 s, then their handlers are cancelled.
     app = create_app(settings, registry)
+    # The access log is the app's own (server/observe.py), with the generation's fields.
     runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=3.0,
-                           access_log=log if settings.debug else None)
+                           access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()

@@ -60,6 +60,8 @@ class Settings:
     pull_private: bool = True
     max_download: int = DEFAULT_MAX_TRANSFER  # bytes; 0: no cap
     max_upload: int = DEFAULT_MAX_TRANSFER  # bytes; 0: no cap
+    # Observability (docs/operations.md): GET /metrics, behind the API key when one is set.
+    metrics: bool = True
 
     @property
     def blobs_dir(self) -> Path:
@@ -224,6 +226,7 @@ def from_env(
         pull_private=_bool(env, "OLLAMALITE_PULL_PRIVATE", True),
         max_download=_uint(env, "OLLAMALITE_MAX_DOWNLOAD", DEFAULT_MAX_TRANSFER),
         max_upload=_uint(env, "OLLAMALITE_MAX_UPLOAD", DEFAULT_MAX_TRANSFER),
+        metrics=_bool(env, "OLLAMALITE_METRICS", True),
     )
 
 

@@ -99,13 +99,14 @@ class LiveServer:
 
 
 def start_server(config: Path, log_path: Path, env: dict[str, str] | None = None,
-                 timeout: float = 60.0, port: int | None = None) -> LiveServer:
+                 timeout: float = 60.0, port: int | None = None,
+                 args: tuple[str, ...] = ()) -> LiveServer:
     """`port`: the one `config`'s `server:` section names (no --port flag is passed); by
-    default a free one, passed as --port."""
-    flags: list[str] = []
+    default a free one, passed as --port. `args`: more `serve` flags."""
+    flags = list(args)
     if port is None:
         port = free_port()
-        flags = ["--port", str(port)]
+        flags += ["--port", str(port)]
     # Files the server creates, and the Ollama store it reads, stay next to its log.
     isolated = {"OLLAMALITE_HOME": str(log_path.parent / "home"),
                 "OLLAMA_MODELS": str(log_path.parent / "no-ollama-store")}
@@ -139,13 +140,13 @@ def stop_server(server: LiveServer) -> None:
 
 
 @contextmanager
-def serving(folder: Path, config_text: str,
-            env: dict[str, str] | None = None) -> Iterator[LiveServer]:
+def serving(folder: Path, config_text: str, env: dict[str, str] | None = None,
+            args: tuple[str, ...] = ()) -> Iterator[LiveServer]:
     """A server of its own on `config_text` (written to `folder`/models.yaml, its log beside
-    it), stopped when the block ends."""
+    it), started with `serve` flags `args`, stopped when the block ends."""
     config = folder / "models.yaml"
     config.write_text(config_text)
-    live = start_server(config, folder / "server.log", env=env)
+    live = start_server(config, folder / "server.log", env=env, args=args)
     try:
         yield live
     finally:

@@ -54,6 +54,7 @@ class FakeEngine:
     """Closes at once, or (in its thread) when the test sets `may_close`."""
 
     n_slots = 1
+    queued = 0  # jobs waiting for a slot
 
     def __init__(self) -> None:
         self.closed_with: str | None = None
@@ -193,6 +194,25 @@ async def test_requests_for_a_loading_model_share_its_load(make: Make) -> None:
     warm = await use_once(scheduler, A)
     assert warm.runner is runner and warm.load_duration == 0.0
     assert runner.refs == 0 and len(loader.calls) == 1
+
+
+async def test_requests_behind_a_load_are_waiting_and_the_load_time_is_reported(
+        make: Make) -> None:
+    scheduler, loader = make()
+    loads: list[tuple[str, float]] = []
+    scheduler.on_load = lambda name, seconds: loads.append((name, seconds))
+    gate = loader.gate(A)
+    first, second = Held(scheduler, A), Held(scheduler, A)
+    assert await within(loader.started.get()) == A
+    await settle()
+    assert scheduler.waiting == 2 and loads == []
+    gate.set()
+    await first.runner()
+    await second.runner()
+    assert scheduler.waiting == 0
+    assert [name for name, _ in loads] == [A] and loads[0][1] > 0
+    await first.finish()
+    await second.finish()
 
 
 async def test_a_failed_load_fails_every_waiter_alike_and_the_next_request_loads_again(

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ollamalite.errors import ApiError, BadRequest
+from ollamalite.generation import stats
 from ollamalite.options import RunOptions, merge, run_options
 from ollamalite.runtime.engine.jobs import Embedded, EmbedEvent, EmbedJob, Failed
 from ollamalite.runtime.scheduler import Runner, Scheduler
@@ -129,6 +130,7 @@ async def embed_texts(scheduler: Scheduler, req: EmbedRequest) -> tuple[Embeddin
     async with scheduler.use(entry.name, keep_alive=req.keep_alive) as lease:
         check_dimensions(req.dimensions, lease.runner.model.n_embd)
         result = await embed(lease.runner, req.texts, opts, req.truncate)
+    stats.current().embedded(entry.name, result.prompt_eval_count)
     return result, lease.load_duration
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import AsyncIterator
 
 from ollamalite.errors import ApiError, BadRequest
-from ollamalite.generation import grammar, templates
+from ollamalite.generation import grammar, stats, templates
 from ollamalite.generation.reply import Delta, ReplyParser
 from ollamalite.generation.request import TextRequest
 from ollamalite.generation.tokens import prompt_tail, prompt_tokens
@@ -52,12 +52,14 @@ class Generation:
         self.load_duration = load_duration  # seconds this request waited for a load
         self.parser = parser or ReplyParser()  # without one, the text is all content
         self.finished: Finished | None = None
+        self.stats = stats.current()
 
     async def deltas(self) -> AsyncIterator[Delta]:
         """Raises ApiError when the engine fails; a tool call is held back until complete."""
         async for event in self.events:
             if isinstance(event, Failed):
                 raise ApiError(event.message)
+            self.stats.record(event, time.perf_counter())
             if isinstance(event, TextChunk):
                 deltas = self.parser.feed(event.text)
             else:
@@ -131,6 +133,7 @@ async def _prepare(scheduler: Scheduler, req: TextRequest) -> AsyncIterator[_Pre
     """Check, load (the model stays held while the block runs) and tokenize off the event
     loop: what a generation and a token count share."""
     checked = await check(scheduler, req)
+    stats.current().model = checked.entry.name
     opts = run_options(merge(checked.entry.options, req.options))
     async with scheduler.use(checked.entry.name, opts.num_ctx, req.keep_alive) as lease:
         tokens = await asyncio.to_thread(prompt_tokens, lease.runner, checked.entry, req,
@@ -167,6 +170,7 @@ async def load_or_unload(scheduler: Scheduler, req: TextRequest) -> str:
     """Ollama's request with nothing to generate: keep_alive 0 unloads the model, anything
     else loads it. Returns the `done_reason` Ollama reports (`unload`, `load`)."""
     name = (await check(scheduler, req)).entry.name
+    stats.current().model = name
     if req.keep_alive == 0:
         await scheduler.unload(name)
         return "unload"

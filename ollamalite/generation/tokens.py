@@ -5,6 +5,7 @@ the context. Blocking (template rendering, tokenizing): run off the event loop.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Sequence
 
 from ollamalite.errors import BadRequest
@@ -15,6 +16,10 @@ from ollamalite.options import RunOptions
 from ollamalite.registry import chat_template
 from ollamalite.registry.models_file import ModelEntry
 from ollamalite.runtime.scheduler import Runner
+
+log = logging.getLogger(__name__)
+
+PROMPT_LOG_CHARS = 2000  # OLLAMA_DEBUG logs a prompt's first and last 1000 characters
 
 
 def _limit(runner: Runner, opts: RunOptions) -> int:
@@ -103,11 +108,22 @@ def prompt_tokens(runner: Runner, entry: ModelEntry, req: TextRequest,
     check_vocab(runner, req.context or (), "context")
     if req.chat:
         messages = prompts.template_messages(req.messages or [])
-        return chat_tokens(runner, entry, messages, opts, req.truncate,
-                           templates.variables(req.tools, think))
-    if req.suffix:
-        return infill_tokens(runner, entry, req.prompt, req.suffix, opts, req.context)
-    return generate_tokens(runner, entry, req.prompt, opts, system=req.system,
-                           template=req.template,
-                           raw=req.raw, context=req.context,
-                           variables=templates.variables(None, think))
+        tokens = chat_tokens(runner, entry, messages, opts, req.truncate,
+                             templates.variables(req.tools, think))
+    elif req.suffix:
+        tokens = infill_tokens(runner, entry, req.prompt, req.suffix, opts, req.context)
+    else:
+        tokens = generate_tokens(runner, entry, req.prompt, opts, system=req.system,
+                                 template=req.template, raw=req.raw, context=req.context,
+                                 variables=templates.variables(None, think))
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("%s: prompt of %d tokens: %r", entry.name, len(tokens),
+                  _shortened(prompt_tail(runner, tokens, len(tokens))))
+    return tokens
+
+
+def _shortened(text: str) -> str:
+    if len(text) <= PROMPT_LOG_CHARS:
+        return text
+    half = PROMPT_LOG_CHARS // 2
+    return f"{text[:half]} [... {len(text) - 2 * half} characters ...] {text[-half:]}"

@@ -80,6 +80,8 @@ class Runner:
 
 # Builds a runner for an entry and a requested num_ctx (the tests pass a fake one).
 Loader = Callable[[ModelEntry, int | None], Awaitable[Runner]]
+# Told of each model loaded: its name and the seconds the load took (the server's metrics).
+LoadObserver = Callable[[str, float], None]
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,7 @@ class Scheduler:
         self._requests = 0  # inside `use`: generating, or waiting for a slot or a load
         self._shutting_down = False
         self.cpu = CpuPolicy(settings.repack, settings.data_dir)
+        self.on_load: LoadObserver = lambda name, seconds: None
 
     async def cpu_plan(self, entry: ModelEntry | None = None) -> CpuPlan | None:
         """How this process loads models on this CPU (decided once, off the event loop). A
@@ -134,6 +137,12 @@ class Scheduler:
     def loaded(self) -> list[Runner]:
         """Every model holding memory, retired or being freed ones too (/api/ps shows them)."""
         return [*self._runners, *self._closes]
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a model to load or for a free slot of its engine."""
+        return sum(load.waiters for load in self._loads) + \
+            sum(runner.engine.queued for runner in self._runners)
 
     async def set_registry(self, registry: Registry) -> None:
         """Serve a new registry. A model whose entry is gone or now loads differently is
@@ -279,10 +288,12 @@ class Scheduler:
     async def _run_load(self, load: _Load, num_ctx: int | None) -> Runner:
         try:
             await self._make_room(load)
+            started = time.perf_counter()
             runner = await self._loader(load.entry, num_ctx)
         except BaseException:
             self._end_load(load)
             raise
+        self.on_load(load.entry.name, time.perf_counter() - started)
         current = self._end_load(load)
         self._runners.append(runner)
         if self._shutting_down:  # `close` may have swept already: nobody else would free it

@@ -18,7 +18,7 @@ from ollamalite.registry.gguf_header import file_digest
 from ollamalite.registry.library import Library
 from ollamalite.registry.models_file import ModelsFile, Registry
 from ollamalite.runtime.scheduler import Scheduler
-from ollamalite.server import anthropic, gate, models, ollama, openai, openapi
+from ollamalite.server import anthropic, gate, metrics, models, observe, ollama, openai, openapi
 from ollamalite.server.errors import error_body, error_response
 from ollamalite.server.keys import LIBRARY, PULLER, SCHEDULER, SETTINGS
 from ollamalite.server.stream import STREAM
@@ -111,7 +111,8 @@ def _registrar(library: Library) -> Register:
 
 
 def create_app(settings: Settings, registry: Registry) -> web.Application:
-    app = web.Application(middlewares=[*gate.middlewares(settings), errors_middleware],
+    app = web.Application(middlewares=[observe.observe, *gate.middlewares(settings),
+                                       errors_middleware],
                           client_max_size=settings.max_body)
     app[SETTINGS] = settings
     app[SCHEDULER] = Scheduler(settings, registry)
@@ -125,4 +126,5 @@ def create_app(settings: Settings, registry: Registry) -> web.Application:
     app[models.BLOBS] = BlobStore(settings)
     openapi.add_routes(app, (*ollama.ROUTES, *models.ROUTES, *openai.ROUTES, *anthropic.ROUTES,
                              *openapi.ROUTES_OF_DOCUMENT))
+    metrics.add_routes(app)
     return app

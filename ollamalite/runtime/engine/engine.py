@@ -141,6 +141,16 @@ class Engine:
             self._cond.notify()
 
     @property
+    def busy_slots(self) -> int:
+        """Slots serving a job now: a sample, read without the lock (for /metrics)."""
+        return sum(slot.job is not None for slot in self.slots)
+
+    @property
+    def queued(self) -> int:
+        """Jobs waiting for a free slot: a sample, read without the lock (for /metrics)."""
+        return len(self._queue)
+
+    @property
     def embed_ctx(self) -> int:
         """The longest input an embedding job may hold: one input must fit one batch."""
         return min(self.slot_ctx, self.n_batch)
@@ -231,9 +241,13 @@ class Engine:
         shared = self._reusable(best, job)
         others = [s for s in free if s is not best]
         if len(best.cached) - shared <= KEEP_TAIL or not others:
+            log.debug("slot %d: chosen, its cache continues the prompt for %d of %d tokens",
+                      best.seq_id, shared, len(best.cached))
             return best
         spare = min(others, key=lambda s: s.last_used)
         if shared < MIN_COPY or self._reusable(spare, job) >= shared:
+            log.debug("slot %d: chosen, least recently used (slot %d keeps its %d tokens)",
+                      spare.seq_id, best.seq_id, len(best.cached))
             return spare
         llama_cpp.llama_memory_seq_rm(self.mem, spare.seq_id, -1, -1)
         llama_cpp.llama_memory_seq_cp(self.mem, best.seq_id, spare.seq_id, -1, -1)
