@@ -42,6 +42,13 @@ BODIES: tuple[Any, ...] = (
     {"model": MODEL, "input": "hi", "dimensions": 10**9},
     {"model": MODEL, "prompt": "hi", "raw": True, "template": "x"},
     {"model": MODEL, "prompt": "x" * 100_000},
+    {"model": MODEL, "prompt": "hi", "context": [1_000_000]},
+    {"model": MODEL, "prompt": "hi", "context": [-1]},
+    {"model": MODEL, "keep_alive": 1e12}, {"model": MODEL, "keep_alive": -1e308},
+    {"model": MODEL, "keep_alive": "9999999999999h"},
+    {"model": "x", "from": "/proc/self/environ"}, {"model": "x", "from": "../../../etc/shadow"},
+    {"model": MODEL, "prompt": "hi", "template":
+        "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}"},
 )
 # Bodies json.dumps cannot write: invalid UTF-8, a number past Python's int digit limit.
 RAW_BODIES = (
