@@ -92,3 +92,13 @@ class SseStream(NdjsonStream):
     async def done(self) -> web.StreamResponse:
         await self.write(b"data: [DONE]\n\n")
         return await self.close()
+
+
+class EventStream(SseStream):
+    """Server-sent events named by an `event:` line after their payload's `type` (OpenAI's
+    Responses); a payload without one (an error object) is a bare `data:` event."""
+
+    def frame(self, obj: Any) -> bytes:
+        data = super().frame(obj)
+        kind = obj.get("type") if isinstance(obj, dict) else None
+        return b"event: " + kind.encode("utf-8") + b"\n" + data if isinstance(kind, str) else data
