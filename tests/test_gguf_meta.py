@@ -28,8 +28,10 @@ def test_model_info_hides_long_arrays_unless_verbose() -> None:
     assert short["llama.embedding_length"] == 576
     assert short["tokenizer.ggml.tokens"] == []
     assert "tokenizer.chat_template" not in short and "general.name" not in short
-    verbose = info.model_info(verbose=True)
+    assert info.model_info(verbose=True)["tokenizer.ggml.tokens"] == []  # not kept
+    verbose = read_header(bundled_model_path(), arrays=True).model_info(verbose=True)
     assert len(verbose["tokenizer.ggml.tokens"]) == 49152
+    assert verbose["tokenizer.ggml.tokens"][:2] == ["<|endoftext|>", "<|im_start|>"]
 
 
 def test_digest_is_sha256_of_the_file(tmp_path: Path) -> None:

@@ -113,8 +113,9 @@ def test_create_from_modelfile_text(live: LiveServer) -> None:
     assert 'stop                           "<|im_end|>"\nstop                           "END"' \
         in shown["parameters"]
     assert "    system: |-\n      Line one.\n      Line two.\n" in config_text(live)
-    reply = httpx.post(live.url + "/api/generate",
-                       json={"model": "legacy:v1", "prompt": "Hi", "stream": False}).json()
+    reply = httpx.post(live.url + "/api/generate",  # loads legacy:v1 in place of the bundled
+                       json={"model": "legacy:v1", "prompt": "Hi", "stream": False},
+                       timeout=60).json()
     assert reply["eval_count"] <= 2
 
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 import re
-from functools import lru_cache
 from typing import Any, Iterator
 
 from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
+from ollamalite.caches import byte_lru
 from ollamalite.errors import BadRequest
 from ollamalite.runtime.engine.sampling import GrammarError, check_grammar
 
@@ -43,6 +43,9 @@ TYPE_KEYWORDS = {
               "minContains", "maxContains", "unevaluatedItems", "additionalItems"},
 }
 TYPE_KEYWORDS["integer"] = TYPE_KEYWORDS["number"]
+# Grammars whose parse result is kept, by their size (a schema as large as a request makes a
+# grammar as large).
+CACHE_BYTES = 16 * 2**20
 # Deepest grammar nesting handed to llama.cpp's (recursive) parser; also its repetition limit.
 MAX_NESTING = 2000
 # Where subschemas live, by the shape of the keyword's value.
@@ -101,7 +104,7 @@ def nesting_depth(grammar: str) -> int:
     return deepest
 
 
-@lru_cache(maxsize=256)
+@byte_lru(CACHE_BYTES)
 def _parses(grammar: str) -> bool:
     try:
         check_grammar(grammar)

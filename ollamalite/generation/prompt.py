@@ -35,10 +35,10 @@ def render_chat(template: str | None, messages: Sequence[Message], bos: str, eos
     template variables (`tools`, `enable_thinking`, …)."""
     if template is None:
         return "".join(str(m.get("content", "")) for m in messages)
+    render = chat_template.formatter(template, bos, eos)
     try:
-        render = chat_template.formatter(template, bos, eos)
-        return render(messages=list(messages), **(variables or {})).prompt
-    except (jinja2.TemplateError, ValueError, TypeError) as exc:
+        return render(list(messages), **(variables or {}))
+    except (jinja2.TemplateError, ValueError, TypeError, ArithmeticError) as exc:
         raise BadRequest(f"template error: {exc}") from None
 
 
@@ -68,14 +68,25 @@ def template_messages(messages: Sequence[Message]) -> list[Message]:
 def fit_chat(messages: list[Message], render: Callable[[list[Message]], list[int]],
              limit: int, truncate: bool = True) -> list[int]:
     """Tokens of the conversation, dropping its oldest turns (never the system prompt or the
-    last message) until it fits, as Ollama does; with `truncate` off, too long is an error."""
+    last message) until it fits, as Ollama does; with `truncate` off, too long is an error.
+    How many turns to drop is found by bisection: a render per halving, not one per turn
+    dropped (each render is budgeted, but thousands of them would not be)."""
     head = [m for m in messages[:1] if m.get("role") == "system"]
     body = messages[len(head):]
-    while body:
-        tokens = render(head + body)
+    tokens = render(head + body)
+    if len(tokens) < limit:
+        return tokens
+    if not truncate:
+        raise BadRequest(TOO_LONG)
+    fitting = None
+    low, high = 1, len(body) - 1  # the fewest turns to drop lies between
+    while low <= high:
+        middle = (low + high) // 2
+        tokens = render(head + body[middle:])
         if len(tokens) < limit:
-            return tokens
-        if len(body) == 1 or not truncate:
-            break
-        body = body[1:]
-    raise BadRequest(TOO_LONG)
+            fitting, high = tokens, middle - 1
+        else:
+            low = middle + 1
+    if fitting is None:
+        raise BadRequest(TOO_LONG)
+    return fitting

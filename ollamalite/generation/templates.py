@@ -19,16 +19,15 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, Sequence
 
 import jinja2
-import jinja2.ext
 import jinja2.meta
-from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
+from ollamalite.caches import byte_lru
 from ollamalite.errors import BadRequest
 from ollamalite.generation import prompt
+from ollamalite.registry import chat_template, template_sandbox
 from ollamalite.generation.reply import (
     ReplyParser,
     ThinkingSplitter,
@@ -48,6 +47,8 @@ _TOOLS = [{"type": "function", "function": {
     "parameters": {"type": "object", "properties": {"zqx_key": {"type": "string"}},
                    "required": ["zqx_key"]}}}]
 _TAG_AROUND = re.compile(r"(<[^<>\s]+>)\s*" + re.escape(_REASONING) + r"\s*(<[^<>\s]+>)")
+# Templates whose features are kept, by their size (request templates can be large).
+CACHE_BYTES = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -68,9 +69,10 @@ class TemplateFeatures:
                 if has]
 
 
-@lru_cache(maxsize=32)
+@byte_lru(CACHE_BYTES)
 def features(template: str | None) -> TemplateFeatures:
-    """Inspect a template (CPU: a parse and three renders; cached, call off the event loop)."""
+    """Inspect a template (CPU: a parse and three renders; cached, call off the event loop).
+    A template too long, or one that exceeds its render budget on a probe, is a 400."""
     if not template:
         return TemplateFeatures()
     try:
@@ -83,16 +85,19 @@ def features(template: str | None) -> TemplateFeatures:
 
 
 def _variables(template: str) -> set[str]:
-    env = jinja2.Environment(extensions=[Jinja2ChatFormatter.IgnoreGenerationTags,
-                                         jinja2.ext.loopcontrols])
-    return jinja2.meta.find_undeclared_variables(env.parse(template))
+    template_sandbox.check_size(template)
+    env = jinja2.Environment(extensions=list(chat_template.EXTENSIONS))
+    with template_sandbox.parsing():
+        return jinja2.meta.find_undeclared_variables(env.parse(template))
 
 
 def _render(template: str, messages: list[dict[str, Any]], **variables: Any) -> str | None:
-    """A probe render; a template that fails on it (whatever it raises) just lacks the
-    feature probed."""
+    """A probe render; a template that fails on it (whatever it raises but its budget) just
+    lacks the feature probed."""
     try:
         return prompt.render_chat(template, messages, "", "", variables)
+    except template_sandbox.BudgetExceeded:
+        raise
     except Exception:
         return None
 

@@ -23,7 +23,7 @@ from ollamalite.errors import BadRequest, NotFound, describe
 from ollamalite.options import validate_options
 from ollamalite.registry import chat_template, modelfile, names
 from ollamalite.registry.blobs import BlobStore, parse_digest
-from ollamalite.registry.gguf_header import GGUF_MAGIC, file_digest
+from ollamalite.registry.gguf_header import GGUF_MAGIC, GGUFError, file_digest, read_header
 from ollamalite.registry.library import Library
 from ollamalite.registry.models_file import CONFIGURED, ModelEntry, overlay_fields
 
@@ -50,7 +50,7 @@ async def create(library: Library, blobs: BlobStore, req: dict[str, Any]) -> lis
         raise BadRequest("invalid model name")
     req = _merge_modelfile(req)
     _refuse_unsupported(req)
-    overlay = _overlay(req)
+    overlay = await asyncio.to_thread(_overlay, req)  # compiles a template: up to ~1 s
     if req["from_"]:
         base = library.registry.get(req["from_"]) if names.is_valid(req["from_"]) else None
         if base is not None:
@@ -230,9 +230,16 @@ def _adopt(blobs: BlobStore, hex_digest: str) -> tuple[Path, str]:
 
 
 def _check_gguf(path: Path) -> None:
+    """Ollama's refusal for a file that is not GGUF; then the header must parse, so a broken
+    file is refused here rather than entering models.yaml and failing every later request."""
     with open(path, "rb") as f:
         if f.read(4) != GGUF_MAGIC:
             raise BadRequest("supplied file was not in GGUF format")
+    try:
+        read_header(path)
+    except GGUFError as exc:
+        raise BadRequest(f"supplied file is not a valid GGUF: {exc.message.split(': ', 1)[-1]}"
+                         ) from None
 
 
 def _gguf_digest(path: Path) -> str:

@@ -95,8 +95,9 @@ async def show(request: web.Request) -> web.Response:
 
 
 def _show_body(entry: ModelEntry, req: dict[str, Any]) -> dict[str, Any]:
-    """Blocking: the GGUF header (cached), the file's time, the template's features."""
-    info = read_header(entry.path)
+    """Blocking: the GGUF header (cached unless verbose, which reads the vocabulary too), the
+    file's time, the template's features."""
+    info = read_header(entry.path, arrays=req["verbose"])
     features = templates.features(chat_template.pick(entry, info))
     return show_fmt.show_body(entry, info, entry.path.stat().st_mtime, req["verbose"],
                               req.get("system"), features.capabilities())
