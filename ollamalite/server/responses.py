@@ -65,7 +65,8 @@ class _History:
         elif kind == "function_call_output":
             self._output(item, where)
         elif kind == "reasoning":
-            self.thinking += "\n".join(p.get("text") or "" for p in item["summary"] or ())
+            self.thinking += "\n".join(p["text"] for p in item["summary"] or ()
+                                       if isinstance(p.get("text"), str))
         elif kind == "item_reference":
             raise BadRequest(f"{where}: item_reference {_STATELESS}")
         else:
