@@ -11,6 +11,8 @@ the same reply, so equal replies and equal prompt token counts prove the item ma
 from __future__ import annotations
 
 import json
+import socket
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -186,6 +188,30 @@ def test_sdk_streams(client: openai.OpenAI) -> None:
     assert events[-1].type == "response.completed"
     assert events[-1].response.output_text == whole.output_text
     assert [e.sequence_number for e in events] == list(range(len(events)))
+
+
+def test_client_disconnect_stops_generation(live: LiveServer, http: httpx.Client) -> None:
+    host, port = live.url.removeprefix("http://").split(":")
+    body = json.dumps({"model": MODEL, "input": "Write an endless story.", "stream": True,
+                       "max_output_tokens": 2000}).encode()
+    head = (f"POST /v1/responses HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+    with socket.create_connection((host, int(port)), timeout=120) as sock:
+        sock.sendall(head.encode() + body)
+        received = b""
+        while b"event: response.output_text.delta" not in received:
+            data = sock.recv(4096)
+            assert data, "server closed the stream before the first delta"
+            received += data
+    deadline = time.monotonic() + 10
+    while "client went away" not in live.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "client went away, generation cancelled" in live.log()
+    started = time.perf_counter()
+    after = http.post("/v1/responses", json={"model": MODEL, "input": "Hi",
+                                             "max_output_tokens": 4, **GREEDY}).json()
+    assert after["status"] == "incomplete" and after["usage"]["output_tokens"] == 4
+    assert time.perf_counter() - started < 10
 
 
 # -- structured outputs ---------------------------------------------------------------------------
