@@ -15,6 +15,7 @@ from ollamalite.errors import BadRequest
 from ollamalite.registry import chat_template
 
 Message = dict[str, Any]
+_TEMPLATE_ERRORS = (jinja2.TemplateError, ValueError, TypeError, ArithmeticError)
 TOO_LONG = ("the prompt is longer than the context length currently available to the model; "
             "shorten the prompt, adjust the context length in settings, or use a model with a "
             "longer context length")
@@ -38,8 +39,28 @@ def render_chat(template: str | None, messages: Sequence[Message], bos: str, eos
     render = chat_template.formatter(template, bos, eos)
     try:
         return render(list(messages), **(variables or {}))
-    except (jinja2.TemplateError, ValueError, TypeError, ArithmeticError) as exc:
+    except _TEMPLATE_ERRORS as exc:
+        folded = fold_system(messages)
+        if folded is None:
+            raise BadRequest(f"template error: {exc}") from None
+    try:
+        return render(folded, **(variables or {}))
+    except _TEMPLATE_ERRORS as exc:
         raise BadRequest(f"template error: {exc}") from None
+
+
+def fold_system(messages: Sequence[Message]) -> list[Message] | None:
+    """System turns after the first message (Claude Code sends them) folded into the leading
+    system message, for templates that refuse them anywhere else ("System message must be at
+    the beginning"); None when there are none. Only then: in place, they keep the prompt's
+    prefix (and a slot's cache) from one turn to the next."""
+    later = [m for m in messages[1:] if m.get("role") == "system"]
+    if not later:
+        return None
+    head = list(messages[:1]) if messages and messages[0].get("role") == "system" else []
+    texts = [str(m.get("content") or "") for m in [*head, *later]]
+    rest = [m for m in messages[len(head):] if m.get("role") != "system"]
+    return [{"role": "system", "content": "\n\n".join(texts)}, *rest]
 
 
 def template_messages(messages: Sequence[Message]) -> list[Message]:

@@ -1,7 +1,7 @@
 """One text generation in protocol-neutral terms: what every protocol adapter builds.
 
-/api/chat, /api/generate, /v1/chat/completions and /v1/completions each turn their own wire
-request into a `TextRequest`; nothing below the adapters sees a protocol's field names.
+/api/chat, /api/generate, /v1/chat/completions, /v1/completions and /v1/messages each turn
+their own wire request into a `TextRequest`; nothing below the adapters sees a protocol's field names.
 """
 
 from __future__ import annotations

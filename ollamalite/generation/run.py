@@ -1,6 +1,6 @@
 """The one text generation run, whatever protocol asked for it: check, load, tokenize, generate.
 
-A protocol adapter (server/ollama.py, server/openai.py) turns its wire request into a
+A protocol adapter (server/ollama.py, openai.py, anthropic.py) turns its wire request into a
 `TextRequest`, opens `generate(scheduler, req)` and turns the `Delta`s of the `Generation` it
 gets into its own chunks. The request's registry entry is looked up once, so a models.yaml
 reload in between cannot validate one entry and load another. Nothing here knows HTTP.
@@ -43,8 +43,10 @@ class Generation:
     thinking, tool calls); then `finished` holds the engine's counts and tokens."""
 
     def __init__(self, name: str, events: AsyncIterator[Event], started: float,
-                 load_duration: float, parser: ReplyParser | None = None) -> None:
+                 load_duration: float, parser: ReplyParser | None = None,
+                 prompt_tokens: int = 0) -> None:
         self.name = name
+        self.prompt_tokens = prompt_tokens  # the prompt's length, known before the first event
         self.events = events
         self.started = started  # perf_counter() when the request arrived
         self.load_duration = load_duration  # seconds this request waited for a load
@@ -115,26 +117,50 @@ def _inspect(entry: ModelEntry, req: TextRequest
     return grammar.grammar_for(req.format), features
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    checked: Checked
+    opts: RunOptions
+    runner: Runner
+    load_duration: float
+    tokens: list[int]
+
+
 @asynccontextmanager
-async def generate(scheduler: Scheduler, req: TextRequest) -> AsyncIterator[Generation]:
-    """Check, load (the model stays held while the block runs), tokenize off the event loop,
-    and start the engine; leaving the block early cancels the job."""
-    started = time.perf_counter()
+async def _prepare(scheduler: Scheduler, req: TextRequest) -> AsyncIterator[_Prepared]:
+    """Check, load (the model stays held while the block runs) and tokenize off the event
+    loop: what a generation and a token count share."""
     checked = await check(scheduler, req)
     opts = run_options(merge(checked.entry.options, req.options))
     async with scheduler.use(checked.entry.name, opts.num_ctx, req.keep_alive) as lease:
-        runner = lease.runner
-        tokens = await asyncio.to_thread(prompt_tokens, runner, checked.entry, req,
+        tokens = await asyncio.to_thread(prompt_tokens, lease.runner, checked.entry, req,
                                          checked.think, opts)
+        yield _Prepared(checked, opts, lease.runner, lease.load_duration, tokens)
+
+
+@asynccontextmanager
+async def generate(scheduler: Scheduler, req: TextRequest) -> AsyncIterator[Generation]:
+    """Prepare the prompt and start the engine; leaving the block early cancels the job."""
+    started = time.perf_counter()
+    async with _prepare(scheduler, req) as ready:
+        checked = ready.checked
         parser = templates.reply_parser(checked.features, req.tools, checked.think,
-                                        prompt_tail(runner, tokens))
-        events = _events(runner, tokens, opts, checked.grammar)
+                                        prompt_tail(ready.runner, ready.tokens))
+        events = _events(ready.runner, ready.tokens, ready.opts, checked.grammar)
         try:
-            yield Generation(checked.entry.name, events, started, lease.load_duration, parser)
+            yield Generation(checked.entry.name, events, started, ready.load_duration, parser,
+                             prompt_tokens=len(ready.tokens))
         finally:
             # Close the job now, not whenever the garbage collector finalizes the generator:
             # a client that went away mid-stream must stop its generation at once.
             await events.aclose()
+
+
+async def count_tokens(scheduler: Scheduler, req: TextRequest) -> int:
+    """How many tokens `generate` would submit for `req` (the model loads: it holds the
+    tokenizer), without generating."""
+    async with _prepare(scheduler, req) as ready:
+        return len(ready.tokens)
 
 
 async def load_or_unload(scheduler: Scheduler, req: TextRequest) -> str:

@@ -17,7 +17,7 @@ from ollamalite.registry.gguf_header import file_digest
 from ollamalite.registry.library import Library
 from ollamalite.registry.models_file import ModelsFile, Registry
 from ollamalite.runtime.scheduler import Scheduler
-from ollamalite.server import gate, models, ollama, openai, responses
+from ollamalite.server import anthropic, gate, models, ollama, openai, responses
 from ollamalite.server.errors import error_body, error_response
 from ollamalite.server.keys import LIBRARY, PULLER, SCHEDULER, SETTINGS
 from ollamalite.server.stream import STREAM
@@ -125,4 +125,5 @@ def create_app(settings: Settings, registry: Registry) -> web.Application:
     models.add_routes(app)
     openai.add_routes(app)
     responses.add_routes(app)
+    anthropic.add_routes(app)
     return app

@@ -1,4 +1,5 @@
-"""How an error looks on the wire: OpenAI's envelope under /v1, Ollama's `{"error"}` elsewhere.
+"""How an error looks on the wire: Anthropic's envelope under /v1/messages, OpenAI's elsewhere
+under /v1, Ollama's `{"error"}` everywhere else.
 
 One home for the shape, so the error middleware, a stream's last line and the gate's refusals
 (401, 413) all answer a client in the protocol it speaks.
@@ -10,11 +11,13 @@ from typing import Any
 
 from aiohttp import web
 
-from ollamalite.server import openai
+from ollamalite.server import anthropic, openai
 from ollamalite.server.stream import json_response
 
 
 def error_body(request: web.Request, status: int, message: str) -> dict[str, Any]:
+    if request.path.startswith(anthropic.PREFIX):
+        return anthropic.error_body(status, message)
     if request.path.startswith(openai.PREFIX):
         return openai.error_body(status, message)
     return {"error": message}

@@ -68,7 +68,11 @@ def _image(value: Any) -> str:
     prefix = next((p for p in _IMAGE_PREFIXES if url.startswith(p)), None)
     if prefix is None:
         raise BadRequest("invalid image input")
-    data = url[len(prefix):]
+    return base64_image(url[len(prefix):])
+
+
+def base64_image(data: str) -> str:
+    """An image's base64 data, checked (Ollama's `invalid image input` when it is not)."""
     try:
         base64.b64decode(data, validate=True)
     except binascii.Error:
@@ -166,6 +170,11 @@ def native_options(req: dict[str, Any], max_tokens: int | None) -> dict[str, Any
         opts["stop"] = list(req["stop"])
     if max_tokens is not None:
         opts["num_predict"] = max_tokens
+    return checked_options(opts)
+
+
+def checked_options(opts: dict[str, Any]) -> dict[str, Any]:
+    """Ollama's `options` as the core takes them; what it refuses is a 400."""
     try:
         return validate_options(opts)
     except ValidationError as exc:

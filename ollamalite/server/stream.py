@@ -1,5 +1,6 @@
-"""Streamed responses: Ollama's NDJSON (one compact JSON object per line) and OpenAI's
-server-sent events (`data: {json}` and a blank line), each flushed as it is written.
+"""Streamed responses: Ollama's NDJSON (one compact JSON object per line), OpenAI's
+server-sent events (`data: {json}` and a blank line) and Anthropic's named ones (an `event:`
+line first), each flushed as it is written.
 
 The response starts on the first object, so an error before any output still gets a real status;
 a started stream is kept on its request (`STREAM`), so an error after that can end it instead.
@@ -7,13 +8,15 @@ a started stream is kept on its request (`STREAM`), so an error after that can e
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, AsyncIterator, TypeVar
 
 from aiohttp import web
 
+T = TypeVar("T")
 NDJSON = "application/x-ndjson"
 EVENT_STREAM = "text/event-stream"
 
@@ -95,10 +98,38 @@ class SseStream(NdjsonStream):
 
 
 class EventStream(SseStream):
-    """Server-sent events named by an `event:` line after their payload's `type` (OpenAI's
-    Responses); a payload without one (an error object) is a bare `data:` event."""
+    """Anthropic's and OpenAI's Responses streams: each object is an event named by its
+    `type` (`event: <type>` before its `data:`), which is how the SDKs dispatch them; there is
+    no `[DONE]`. A payload without a `type` (OpenAI's error object) is a bare `data:` event."""
 
     def frame(self, obj: Any) -> bytes:
-        data = super().frame(obj)
         kind = obj.get("type") if isinstance(obj, dict) else None
-        return b"event: " + kind.encode("utf-8") + b"\n" + data if isinstance(kind, str) else data
+        data = super().frame(obj)
+        return b"event: " + kind.encode() + b"\n" + data if isinstance(kind, str) else data
+
+
+async def heartbeat(items: AsyncIterator[T], interval: float) -> AsyncIterator[T | None]:
+    """`items`, with a None whenever `interval` seconds pass without one: the moments to send
+    a keep-alive while the model evaluates a long prompt. Close it (`aclosing`): the pending
+    item is then cancelled and awaited, so a client gone stops the work, and `items` can be
+    closed after it."""
+    iterator = aiter(items)
+    pending: asyncio.Future[T] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(iterator))
+            done, _ = await asyncio.wait({pending}, timeout=interval)
+            if not done:
+                yield None
+                continue
+            try:
+                item = pending.result()
+            except StopAsyncIteration:
+                return
+            pending = None
+            yield item
+    finally:
+        if pending is not None:
+            pending.cancel()
+            await asyncio.gather(pending, return_exceptions=True)

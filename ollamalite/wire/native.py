@@ -22,6 +22,7 @@ from marshmallow import (
 
 from ollamalite.durations import keep_alive_seconds
 from ollamalite.options import validate_options
+from ollamalite.wire import Body
 
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -83,21 +84,12 @@ class Base64List(fields.List):
         super().__init__(Base64(), **kwargs)
 
 
-class ModelRequest(Schema):
+class ModelRequest(Body):
     """Fields shared by every request that names a model."""
-
-    class Meta:
-        unknown = EXCLUDE
 
     model = fields.String(load_default="")
     keep_alive = KeepAlive(load_default=None, allow_none=True)
     options = Options(load_default=dict, allow_none=True)
-
-    @pre_load
-    def _reject_non_object(self, data: Any, **kwargs: Any) -> Any:
-        if not isinstance(data, dict):
-            raise ValidationError("request body must be a JSON object")
-        return data
 
 
 class CompletionRequest(ModelRequest):
@@ -252,10 +244,7 @@ class PresetMessage(Schema):
     images = Base64List(load_default=None, allow_none=True)
 
 
-class CreateRequest(Schema):
-    class Meta:
-        unknown = EXCLUDE
-
+class CreateRequest(Body):
     model = fields.String(load_default="")
     name = fields.String(load_default="")
     stream = fields.Boolean(load_default=True)
@@ -277,12 +266,6 @@ class CreateRequest(Schema):
     parser = fields.String(load_default="")
     requires = fields.String(load_default="")
     info = fields.Dict(load_default=None, allow_none=True)
-
-    @pre_load
-    def _reject_non_object(self, data: Any, **kwargs: Any) -> Any:
-        if not isinstance(data, dict):
-            raise ValidationError("request body must be a JSON object")
-        return data
 
 
 class CopyRequest(Schema):

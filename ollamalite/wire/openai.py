@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load, validate
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from ollamalite.options import StopField
+from ollamalite.wire import Body
 
 EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "ultra", "max")
 
@@ -90,19 +91,13 @@ def _only(value: Any, message: str) -> validate.Validator:
     return validate.Equal(value, error=message)
 
 
-class GenerationRequest(_Lenient):
+class GenerationRequest(Body):
     """Fields every /v1 generation request has (/v1/responses too)."""
 
     model = fields.String(load_default="")
     stream = fields.Boolean(load_default=False, allow_none=True)
     temperature = _optional(fields.Float, validate=validate.Range(min=0, max=2))
     top_p = _optional(fields.Float, validate=validate.Range(min=0, max=1))
-
-    @pre_load
-    def _reject_non_object(self, data: Any, **kwargs: Any) -> Any:
-        if not isinstance(data, dict):
-            raise ValidationError("request body must be a JSON object")
-        return data
 
 
 class SamplingRequest(GenerationRequest):

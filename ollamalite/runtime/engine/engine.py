@@ -350,6 +350,7 @@ class Engine:
             eval_count=len(slot.generated),
             eval_duration=int((now - first) * 1e9),
             tokens=tuple(job.prompt) + tuple(slot.generated),
+            stop_sequence=slot.text.matched,
         ))
         slot.release(now)
 

@@ -30,6 +30,7 @@ class Finished:
     eval_count: int
     eval_duration: int
     tokens: tuple[int, ...]  # prompt + generated, for /api/generate's `context`
+    stop_sequence: str | None = None  # the stop string that ended it (Anthropic reports it)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ class TextAssembler:
         self._stops = tuple(s for s in stops if s)
         self._held = ""
         self.stopped = False
+        self.matched: str | None = None  # the stop string that ended the text
 
     def push(self, data: bytes) -> str:
         """Text that can be sent now (possibly empty)."""
@@ -26,8 +27,9 @@ class TextAssembler:
         if not self._stops:
             out, self._held = self._held, ""
             return out
-        cut = self._first_stop()
-        if cut is not None:
+        hit = self._first_stop()
+        if hit is not None:
+            cut, self.matched = hit
             self.stopped = True
             out, self._held = self._held[:cut], ""
             return out
@@ -44,9 +46,10 @@ class TextAssembler:
         self._held = ""
         return out
 
-    def _first_stop(self) -> int | None:
-        hits = [i for i in (self._held.find(s) for s in self._stops) if i >= 0]
-        return min(hits) if hits else None
+    def _first_stop(self) -> tuple[int, str] | None:
+        """Where the earliest stop string starts, and which one it is."""
+        hits = [(i, s) for s, i in ((s, self._held.find(s)) for s in self._stops) if i >= 0]
+        return min(hits, key=lambda hit: hit[0]) if hits else None
 
     def _partial_stop_len(self) -> int:
         """Length of the longest tail of the held text that begins some stop string."""
