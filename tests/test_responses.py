@@ -11,7 +11,6 @@ the same reply, so equal replies and equal prompt token counts prove the item ma
 from __future__ import annotations
 
 import json
-import socket
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -26,7 +25,7 @@ from ollamalite.runtime.engine.jobs import Finished
 from ollamalite.server.responses import ResponseBuilder, responses_request
 from ollamalite.wire import load
 from ollamalite.wire import openai as wire
-from tests.conftest import MODEL, LiveServer, serving
+from tests.conftest import MODEL, LiveServer, disconnect_mid_stream, serving
 from tests.test_tools_thinking import CONFIG, SHOTS
 
 GREEDY: dict[str, Any] = {"temperature": 0}
@@ -191,22 +190,9 @@ def test_sdk_streams(client: openai.OpenAI) -> None:
 
 
 def test_client_disconnect_stops_generation(live: LiveServer, http: httpx.Client) -> None:
-    host, port = live.url.removeprefix("http://").split(":")
     body = json.dumps({"model": MODEL, "input": "Write an endless story.", "stream": True,
                        "max_output_tokens": 2000}).encode()
-    head = (f"POST /v1/responses HTTP/1.1\r\nHost: {host}:{port}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
-    with socket.create_connection((host, int(port)), timeout=120) as sock:
-        sock.sendall(head.encode() + body)
-        received = b""
-        while b"event: response.output_text.delta" not in received:
-            data = sock.recv(4096)
-            assert data, "server closed the stream before the first delta"
-            received += data
-    deadline = time.monotonic() + 10
-    while "client went away" not in live.log() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert "client went away, generation cancelled" in live.log()
+    disconnect_mid_stream(live, "/v1/responses", body, b"event: response.output_text.delta")
     started = time.perf_counter()
     after = http.post("/v1/responses", json={"model": MODEL, "input": "Hi",
                                              "max_output_tokens": 4, **GREEDY}).json()
