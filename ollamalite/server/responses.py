@@ -254,6 +254,22 @@ def _function_call(call: ToolCall, status: str) -> dict[str, Any]:
             "arguments": json.dumps(call["function"].get("arguments") or {}), "status": status}
 
 
+def _echoed(req: dict[str, Any], text: TextRequest) -> dict[str, Any]:
+    """The request's settings as a response repeats them (the sampling values as used);
+    nothing is stored, whatever `store` asked."""
+    reasoning = req["reasoning"] or {}
+    return {"instructions": req["instructions"], "max_output_tokens": req["max_output_tokens"],
+            "model": req["model"], "parallel_tool_calls": req["parallel_tool_calls"] is not False,
+            "previous_response_id": None,
+            "reasoning": {"effort": reasoning.get("effort"), "summary": None},
+            "store": False, "temperature": text.options["temperature"],
+            "top_p": text.options["top_p"],
+            "text": {"format": (req["text"] or {}).get("format") or {"type": "text"}},
+            "tool_choice": req["tool_choice"] or "auto",
+            "tools": [t for t in req["tools"] or () if t.get("type") == "function"],
+            "truncation": "disabled", "metadata": req["metadata"] or {}}
+
+
 def status_of(fin: Finished) -> str:
     """A reply cut at its token limit is `incomplete`."""
     return "incomplete" if fin.done_reason == "length" else "completed"
@@ -270,17 +286,7 @@ class ResponseBuilder:
         self.event = _Events()
         self.items: list[dict[str, Any]] = []
         self.open: _TextItem | None = None
-        fmt = (req["text"] or {}).get("format") or {"type": "text"}
-        self.echo = {
-            "instructions": req["instructions"], "max_output_tokens": req["max_output_tokens"],
-            "model": req["model"], "parallel_tool_calls": req["parallel_tool_calls"] is not False,
-            "previous_response_id": None, "reasoning": {"effort": (req["reasoning"] or {}).get(
-                "effort"), "summary": None},
-            "store": False, "temperature": text.options["temperature"],
-            "top_p": text.options["top_p"], "text": {"format": fmt},
-            "tool_choice": req["tool_choice"] or "auto",
-            "tools": [t for t in req["tools"] or () if t.get("type") == "function"],
-            "truncation": "disabled", "metadata": req["metadata"] or {}}
+        self.echo = _echoed(req, text)
 
     def response(self, status: str, fin: Finished | None = None, error: str | None = None
                  ) -> dict[str, Any]:
