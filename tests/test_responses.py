@@ -13,19 +13,24 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, AsyncIterator, Iterator
 
 import httpx
 import jsonschema
 import openai
 import pytest
 
+from aiohttp import web
+
 from ollamalite.generation.reply import Delta
-from ollamalite.runtime.engine.jobs import Finished
+from ollamalite.generation.run import Generation
+from ollamalite.runtime.engine.jobs import Event, Failed, Finished, TextChunk
+from ollamalite.server import responses
 from ollamalite.server.responses import ResponseBuilder, responses_request
 from ollamalite.wire import load
 from ollamalite.wire import openai as wire
 from tests.conftest import MODEL, LiveServer, disconnect_mid_stream, serving
+from tests.scripted import post_once, scripted
 from tests.test_tools_thinking import CONFIG, SHOTS
 
 GREEDY: dict[str, Any] = {"temperature": 0}
@@ -425,3 +430,49 @@ def test_builder_empty_reply_is_an_empty_message() -> None:
         "response.output_item.done", "response.completed"]
     [message] = events[-1]["response"]["output"]
     assert message["content"][0]["text"] == "" and message["status"] == "completed"
+
+
+async def scripted_stream(events: AsyncIterator[Event]) -> list[tuple[str | None, Any]]:
+    """A streamed response over scripted engine events, behind the real error middleware:
+    each SSE frame's `event:` name (None when absent) and its data."""
+    async def respond(request: web.Request) -> web.StreamResponse:
+        req = load(wire.RESPONSES, {"model": "m", "input": "x"})
+        return await responses.stream_events(
+            request, Generation("m", events, 0.0, 0.0),
+            ResponseBuilder(req, responses_request(req)))
+
+    status, ctype, body = await post_once(respond, "/v1/responses")
+    assert (status, ctype) == (200, "text/event-stream")
+    frames = []
+    for frame in body.removesuffix("\n\n").split("\n\n"):
+        lines = frame.split("\n")
+        name = lines[0].removeprefix("event: ") if len(lines) == 2 else None
+        frames.append((name, json.loads(lines[-1].removeprefix("data: "))))
+    return frames
+
+
+async def test_an_engine_failure_mid_stream_is_response_failed() -> None:
+    frames = await scripted_stream(scripted([TextChunk("Hel", 1), Failed("boom")]))
+    assert [name for name, _ in frames] == [
+        "response.created", "response.in_progress", "response.output_item.added",
+        "response.content_part.added", "response.output_text.delta",
+        "response.output_text.done", "response.content_part.done",
+        "response.output_item.done", "response.failed"]
+    failed = frames[-1][1]["response"]
+    assert failed["status"] == "failed"
+    assert failed["error"] == {"code": "server_error", "message": "boom"}
+    assert failed["output"][0]["status"] == "incomplete"
+    assert failed["output"][0]["content"][0]["text"] == "Hel"
+
+
+async def test_an_unexpected_error_mid_stream_is_a_bare_error_event() -> None:
+    """The middleware ends a started stream with OpenAI's error object, which has no `type`:
+    a `data:` line alone, which the SDK raises as an APIError."""
+    async def broken() -> AsyncIterator[Event]:
+        yield TextChunk("Hel", 1)
+        raise RuntimeError("bug")
+
+    frames = await scripted_stream(broken())
+    assert frames[-1] == (None, {"error": {"message": "internal error", "type": "api_error",
+                                           "param": None, "code": None}})
+    assert frames[-2][0] == "response.output_text.delta"

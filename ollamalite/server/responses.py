@@ -359,7 +359,7 @@ class ResponseBuilder:
 
 # -- handler ----------------------------------------------------------------------------------
 
-async def _stream(request: web.Request, gen: Generation, builder: ResponseBuilder
+async def stream_events(request: web.Request, gen: Generation, builder: ResponseBuilder
                   ) -> web.StreamResponse:
     """SSE with `event:` lines; no `[DONE]`, as OpenAI sends none. A client gone away raises
     out of `send`, which ends the generation."""
@@ -385,7 +385,7 @@ async def responses(request: web.Request) -> web.StreamResponse:
     builder = ResponseBuilder(req, text)
     async with run.generate(request.app[SCHEDULER], text) as gen:
         if req["stream"]:
-            return await _stream(request, gen, builder)
+            return await stream_events(request, gen, builder)
         async for delta in gen.deltas():
             builder.feed(delta)
         builder.finish(gen.result)
