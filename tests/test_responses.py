@@ -348,6 +348,7 @@ def test_reasoning_items(client: openai.OpenAI, http: httpx.Client) -> None:
     ({"previous_response_id": "resp_123"},
      "previous_response_id: not supported: responses are not stored, send the whole "
      "conversation as input"),
+    ({"input": []}, r"input: \[\] is too short - 'input'"),
     ({"conversation": "conv_1"}, "conversation: not supported: responses are not stored"),
     ({"input": [{"type": "item_reference", "id": "msg_1"}]},
      "input.0: item_reference is not supported: responses are not stored"),

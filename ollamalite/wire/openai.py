@@ -173,6 +173,8 @@ class ResponseInput(fields.Field):
             return value
         if not isinstance(value, list):
             raise ValidationError("must be a string or a list of input items")
+        if not value:
+            raise ValidationError("[] is too short - 'input'")
         return self._items.deserialize(value, attr, data, **kwargs)
 
 
