@@ -26,7 +26,7 @@ from ollamalite.generation.reply import Delta
 from ollamalite.generation.run import Generation
 from ollamalite.runtime.engine.jobs import Event, Failed, Finished, TextChunk
 from ollamalite.server import responses
-from ollamalite.server.responses import ResponseBuilder, responses_request
+from ollamalite.server.responses import ResponseBuilder, native_history, responses_request
 from ollamalite.wire import load
 from ollamalite.wire import openai as wire
 from tests.conftest import MODEL, LiveServer, disconnect_mid_stream, serving
@@ -394,6 +394,35 @@ def test_accepted_and_echoed(client: openai.OpenAI) -> None:
 def test_unknown_model_is_not_found(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError, match='model "ghost" not found'):
         client.responses.create(model="ghost", input="x")
+
+
+def test_items_become_ollama_messages() -> None:
+    """Calls after assistant text join its message, one message for consecutive calls; an
+    output is a tool message named after its call; reasoning is the next turn's thinking."""
+    req = load(wire.RESPONSES, {"model": MODEL, "instructions": "Be brief.", "input": [
+        {"role": "user", "content": "Weather in Paris and Rome?"},
+        {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": "Two"},
+                                                        {"type": "summary_text", "text": "calls"}]},
+        {"type": "message", "role": "assistant",
+         "content": [{"type": "output_text", "text": "Checking."}]},
+        {"type": "function_call", "call_id": "c1", "name": "get_weather",
+         "arguments": '{"city": "Paris"}'},
+        {"type": "function_call", "call_id": "c2", "name": "get_weather",
+         "arguments": '{"city": "Rome"}'},
+        {"type": "function_call_output", "call_id": "c2", "output": "rain"},
+        {"type": "function_call_output", "call_id": "c1",
+         "output": [{"type": "input_text", "text": "sun"}]},
+        {"role": "developer", "content": [{"type": "input_text", "text": "a"},
+                                          {"type": "input_text", "text": "b"}]}]})
+    assert native_history(req["instructions"], req["input"]) == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Weather in Paris and Rome?"},
+        {"role": "assistant", "content": "Checking.", "thinking": "Two\ncalls", "tool_calls": [
+            {"id": "c1", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}},
+            {"id": "c2", "function": {"name": "get_weather", "arguments": {"city": "Rome"}}}]},
+        {"role": "tool", "content": "rain", "tool_call_id": "c2", "tool_name": "get_weather"},
+        {"role": "tool", "content": "sun", "tool_call_id": "c1", "tool_name": "get_weather"},
+        {"role": "system", "content": "a\nb"}]
 
 
 # -- the builder on its own: item order and a failure mid-stream --------------------------------
