@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, fields, replace
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 from marshmallow import EXCLUDE, Schema, ValidationError
 from marshmallow import fields as mf
@@ -25,6 +25,9 @@ LOAD_TIME_KEYS = frozenset(
 )
 # Options Ollama has removed and ignores silently; kept so they log as ignored, not unknown.
 IGNORED_KEYS = frozenset({"tfs_z", "penalize_newline", "num_keep", "draft_num_predict"})
+# The JSON Schema of a field that takes a string or a list of strings (for the OpenAPI document,
+# which cannot infer it from a custom field).
+STRING_OR_LIST = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
 
 
 class TruncatingInt(mf.Integer):
@@ -38,6 +41,8 @@ class TruncatingInt(mf.Integer):
 
 class StopField(mf.Field):
     """`stop` as a list of strings; a lone string is accepted as a list of one."""
+
+    json_schema: ClassVar[dict[str, Any]] = STRING_OR_LIST
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> tuple:
         items = [value] if isinstance(value, str) else value

@@ -13,6 +13,7 @@ from ollamalite.options import SamplingParams, run_options, validate_options
 from ollamalite.registry import names
 from ollamalite.runtime.engine.text import TextAssembler
 from ollamalite.settings import from_env, parse_host
+from ollamalite.wire import load, native
 
 
 @pytest.mark.parametrize("raw, expected", [
@@ -127,6 +128,13 @@ def test_options_validate_types_and_aliases(caplog: pytest.LogCaptureFixture) ->
     with pytest.raises(ValidationError) as err:
         validate_options({"temperature": "hot", "top_p": 2})
     assert set(err.value.messages) == {"temperature", "top_p"}
+
+
+@pytest.mark.parametrize("schema", [native.GENERATE, native.CHAT, native.EMBED,
+                                    native.EMBEDDINGS, native.SHOW])
+def test_null_options_are_no_options(schema: native.Schema) -> None:
+    """Found by the fuzzer: `"options": null` reached the handlers as None (a 500)."""
+    assert load(schema, {"model": "m", "options": None})["options"] == {}
 
 
 def test_run_options_split() -> None:

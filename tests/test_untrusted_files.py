@@ -28,6 +28,7 @@ from ollamalite.registry.blobs import BlobStore
 from ollamalite.registry.library import Library
 from ollamalite.registry.models_file import ModelsFile, Registry
 from ollamalite.server import models as model_routes
+from ollamalite.server import openapi
 from ollamalite.server.app import errors_middleware
 from ollamalite.server.keys import SETTINGS
 from ollamalite.settings import Settings
@@ -172,7 +173,8 @@ async def blob_client(tmp_path: Path) -> AsyncIterator[TestClient]:
     """The blob routes in an app whose JSON body limit (1 KiB) is far below the uploads."""
     app = web.Application(middlewares=[errors_middleware], client_max_size=1024)
     app[SETTINGS] = Settings(data_dir=tmp_path / "home", max_upload=100_000)
-    model_routes.add_routes(app)
+    app[model_routes.BLOBS] = BlobStore(app[SETTINGS])
+    openapi.add_routes(app, model_routes.ROUTES)
     client = TestClient(TestServer(app))
     await client.start_server()
     yield client

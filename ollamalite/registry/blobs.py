@@ -23,13 +23,13 @@ from typing import AsyncIterator
 from ollamalite.errors import ApiError, BadRequest
 from ollamalite.settings import Settings
 
-_DIGEST = re.compile(r"sha256[:-]([0-9a-fA-F]{64})")
+DIGEST = re.compile(r"sha256[:-]([0-9a-fA-F]{64})")
 CHUNK = 1 << 20
 
 
 def parse_digest(text: str) -> str:
     """`sha256:<hex>` (or `sha256-<hex>`) -> lower-case hex; anything else is a 400."""
-    match = _DIGEST.fullmatch(text)
+    match = DIGEST.fullmatch(text)
     if match is None:
         raise BadRequest("invalid digest format")
     return match.group(1).lower()

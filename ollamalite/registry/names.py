@@ -11,12 +11,12 @@ import re
 from ollamalite.errors import BadRequest
 
 _PART = r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,79}"
-_NAME_RE = re.compile(rf"^(?:[A-Za-z0-9_.\-:]{{1,350}}/)?(?:{_PART}/)?{_PART}(?::{_PART})?$")
+NAME_RE = re.compile(rf"^(?:[A-Za-z0-9_.\-:]{{1,350}}/)?(?:{_PART}/)?{_PART}(?::{_PART})?$")
 DEFAULT_TAG = "latest"
 
 
 def is_valid(name: str) -> bool:
-    return bool(_NAME_RE.match(name))
+    return bool(NAME_RE.match(name))
 
 
 def display_name(name: str) -> str:

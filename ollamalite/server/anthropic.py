@@ -26,12 +26,13 @@ from ollamalite.generation.run import Generation
 from ollamalite.runtime.engine.jobs import Finished
 from ollamalite.server import openai
 from ollamalite.server.keys import SCHEDULER
+from ollamalite.server.openapi import ANTHROPIC_PREFIX, RUN_ERRORS, SSE, Route
 from ollamalite.server.request import read_body
 from ollamalite.server.stream import EventStream, heartbeat, json_response
 from ollamalite.wire import anthropic as wire
 from ollamalite.wire import load
 
-PREFIX = "/v1/messages"
+PREFIX = ANTHROPIC_PREFIX
 PING_S = 10.0  # a keep-alive this often while no output comes (a long prompt evaluating)
 PING = {"type": "ping"}
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
@@ -318,6 +319,9 @@ async def count_tokens(request: web.Request) -> web.Response:
     return json_response({"input_tokens": count})
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_post(PREFIX, messages)
-    app.router.add_post(f"{PREFIX}/count_tokens", count_tokens)
+ROUTES = (
+    Route("POST", PREFIX, messages, "The next message of a conversation (Anthropic's Messages "
+          "API).", wire.MESSAGES, SSE, RUN_ERRORS),
+    Route("POST", f"{PREFIX}/count_tokens", count_tokens, "The prompt's length in tokens, as "
+          "the message's usage.input_tokens counts it.", wire.COUNT_TOKENS, errors=RUN_ERRORS),
+)

@@ -13,11 +13,12 @@ from aiohttp import web
 from ollamalite.errors import ApiError
 from ollamalite.pull.download import Limits
 from ollamalite.pull.puller import Puller, Register
+from ollamalite.registry.blobs import BlobStore
 from ollamalite.registry.gguf_header import file_digest
 from ollamalite.registry.library import Library
 from ollamalite.registry.models_file import ModelsFile, Registry
 from ollamalite.runtime.scheduler import Scheduler
-from ollamalite.server import anthropic, gate, models, ollama, openai, responses
+from ollamalite.server import anthropic, gate, models, ollama, openai, openapi, responses
 from ollamalite.server.errors import error_body, error_response
 from ollamalite.server.keys import LIBRARY, PULLER, SCHEDULER, SETTINGS
 from ollamalite.server.stream import STREAM
@@ -32,7 +33,7 @@ INTERNAL_ERROR = "internal error"  # the details go to the log, not to the clien
 
 def _router_error(request: web.Request, status: int, text: str) -> web.Response:
     """Unknown path or method: Ollama's router answers plain text; /v1 clients expect JSON."""
-    if request.path.startswith(openai.PREFIX):
+    if openapi.api_of(request.path) != "ollama":
         return error_response(request, status, text)
     return web.Response(status=status, text=text)
 
@@ -121,9 +122,8 @@ def create_app(settings: Settings, registry: Registry) -> web.Application:
     app.cleanup_ctx.append(_scheduler_ctx)
     app.on_shutdown.append(_finish_requests)
     app.on_response_prepare.append(gate.add_cors_headers)
-    ollama.add_routes(app)
-    models.add_routes(app)
-    openai.add_routes(app)
-    responses.add_routes(app)
-    anthropic.add_routes(app)
+    app[models.BLOBS] = BlobStore(settings)
+    openapi.add_routes(app, (*ollama.ROUTES, *models.ROUTES, *openai.ROUTES, *responses.ROUTES,
+                             *anthropic.ROUTES,
+                             *openapi.ROUTES_OF_DOCUMENT))
     return app

@@ -12,13 +12,15 @@ from typing import Any
 from aiohttp import web
 
 from ollamalite.server import anthropic, openai
+from ollamalite.server.openapi import api_of
 from ollamalite.server.stream import json_response
 
 
 def error_body(request: web.Request, status: int, message: str) -> dict[str, Any]:
-    if request.path.startswith(anthropic.PREFIX):
+    api = api_of(request.path)
+    if api == "anthropic":
         return anthropic.error_body(status, message)
-    if request.path.startswith(openai.PREFIX):
+    if api == "openai":
         return openai.error_body(status, message)
     return {"error": message}
 

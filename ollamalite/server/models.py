@@ -8,13 +8,15 @@ from aiohttp import web
 
 from ollamalite.errors import NotFound
 from ollamalite.registry import edits
-from ollamalite.registry.blobs import CHUNK, BlobStore, parse_digest
+from ollamalite.registry.blobs import CHUNK, DIGEST, BlobStore, parse_digest
 from ollamalite.server.keys import LIBRARY, SETTINGS
+from ollamalite.server.openapi import EMPTY_OK, MODEL_ERRORS, STREAMED, Reply, Route
 from ollamalite.server.request import read_body
 from ollamalite.server.stream import NdjsonStream, json_response
 from ollamalite.wire import load, native
 
 BLOBS = web.AppKey("blobs", BlobStore)
+_DIGEST_PARAM = {"digest": {"type": "string", "pattern": f"^{DIGEST.pattern}$"}}
 
 
 async def create(request: web.Request) -> web.StreamResponse:
@@ -67,10 +69,18 @@ async def post_blob(request: web.Request) -> web.Response:
     return web.Response(status=201)
 
 
-def add_routes(app: web.Application) -> None:
-    app[BLOBS] = BlobStore(app[SETTINGS])
-    app.router.add_post("/api/create", create)
-    app.router.add_post("/api/copy", copy)
-    app.router.add_delete("/api/delete", delete)
-    app.router.add_route("HEAD", "/api/blobs/{digest}", head_blob)
-    app.router.add_post("/api/blobs/{digest}", post_blob)
+ROUTES = (
+    Route("POST", "/api/create", create, "Makes a model: from another model, a local GGUF or "
+          "an uploaded blob, with a template, system, parameters and messages on top.",
+          native.CREATE, STREAMED, MODEL_ERRORS),
+    Route("POST", "/api/copy", copy, "Copies a model under a new name.", native.COPY, EMPTY_OK,
+          MODEL_ERRORS),
+    Route("DELETE", "/api/delete", delete, "Deletes a model from models.yaml (and its file if "
+          "ollamalite made it).", native.DELETE, EMPTY_OK, MODEL_ERRORS),
+    Route("HEAD", "/api/blobs/{digest}", head_blob, "Whether a blob (`sha256:<hex>`) is here.",
+          replies=EMPTY_OK, errors=MODEL_ERRORS, params=_DIGEST_PARAM),
+    Route("POST", "/api/blobs/{digest}", post_blob, "Uploads a blob; its sha256 must match.",
+          replies=(Reply(200, "The blob was here already.", ()),
+                   Reply(201, "The blob is stored.", ())), errors=(400, 507), upload=True,
+          params=_DIGEST_PARAM),
+)

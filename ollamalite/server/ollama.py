@@ -23,6 +23,7 @@ from ollamalite.registry.gguf_header import GGUFError, file_digest, read_header
 from ollamalite.registry.models_file import ModelEntry
 from ollamalite.server import show as show_fmt
 from ollamalite.server.keys import PULLER
+from ollamalite.server.openapi import MODEL_ERRORS, RUN_ERRORS, STREAMED, TEXT, Reply, Route
 from ollamalite.server.request import read_body, require_model, scheduler_of
 from ollamalite.server.stream import NdjsonStream, created_at, json_response, local_time
 from ollamalite.wire import load, native
@@ -261,15 +262,24 @@ async def embeddings(request: web.Request) -> web.Response:
     return json_response({"embedding": result.vectors[0].tolist() if texts else []})
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_get("/", index)
-    app.router.add_get("/api/version", version)
-    app.router.add_get("/api/tags", tags)
-    app.router.add_get("/api/ps", ps)
-    app.router.add_post("/api/show", show)
-    app.router.add_post("/api/generate", generate)
-    app.router.add_post("/api/chat", chat)
-    app.router.add_post("/api/embed", embed)
-    app.router.add_post("/api/embeddings", embeddings)
-    app.router.add_post("/api/pull", pull)
-    app.router.add_post("/api/push", push)
+ROUTES = (
+    Route("GET", "/", index, "Whether the server is up.",
+          replies=(Reply(200, "`Ollama is running`.", (TEXT,)),)),
+    Route("GET", "/api/version", version, "The Ollama API version this server follows."),
+    Route("GET", "/api/tags", tags, "The models this server offers, newest first."),
+    Route("GET", "/api/ps", ps, "The models in memory."),
+    Route("POST", "/api/show", show, "A model's details, template, parameters and "
+          "capabilities.", native.SHOW, errors=MODEL_ERRORS),
+    Route("POST", "/api/generate", generate, "Completes a prompt.", native.GENERATE, STREAMED,
+          RUN_ERRORS),
+    Route("POST", "/api/chat", chat, "The next message of a conversation.", native.CHAT,
+          STREAMED, RUN_ERRORS),
+    Route("POST", "/api/embed", embed, "Unit-length embeddings of the inputs.", native.EMBED,
+          errors=RUN_ERRORS),
+    Route("POST", "/api/embeddings", embeddings, "The raw embedding of one prompt (legacy).",
+          native.EMBEDDINGS, errors=RUN_ERRORS),
+    Route("POST", "/api/pull", pull, "Downloads a model from hf.co or a GGUF URL (a configured "
+          "model is already pulled).", native.PULL, STREAMED, (*MODEL_ERRORS, 502)),
+    Route("POST", "/api/push", push, "Refused: there is no registry to push to.", native.PULL,
+          (), MODEL_ERRORS),
+)

@@ -32,19 +32,18 @@ from ollamalite.options import validate_options
 from ollamalite.runtime.engine.jobs import Finished
 from ollamalite.server import ollama
 from ollamalite.server.keys import SCHEDULER
+from ollamalite.server.openapi import MODEL_ERRORS, RUN_ERRORS, SSE, Route
 from ollamalite.server.request import read_body
 from ollamalite.server.stream import SseStream, json_response
 from ollamalite.wire import load
 from ollamalite.wire import openai as wire
 from ollamalite.wire.native import ROLES
 
-PREFIX = "/v1/"
 FINGERPRINT = "fp_ollama"
 _ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error"}
 _IMAGE_PREFIXES = ("data:;base64,", *(f"data:image/{t};base64," for t in
                                       ("jpeg", "jpg", "png", "webp")))
 # OpenAI's reasoning efforts as Ollama's `think` values (Ollama clamps the ends of the scale).
-_ROLES = (*ROLES, "developer")  # OpenAI's newer name for the system role
 _THINK = {"none": False, "minimal": "low", "low": "low", "medium": "medium", "high": "high",
           "max": "max", "xhigh": "max", "ultra": "max"}
 
@@ -126,7 +125,7 @@ def native_tool_call(call_id: str | None, name: str, arguments: str | None
 def native_role(role: str, where: str) -> str:
     """A message's role as Ollama names it (`developer` is OpenAI's newer `system`)."""
     role = role.lower()
-    if role not in _ROLES:
+    if role not in wire.ROLES:
         raise BadRequest(f"{where}.role: role must be one of {', '.join(ROLES)}")
     return "system" if role == "developer" else role
 
@@ -466,9 +465,13 @@ async def model(request: web.Request) -> web.Response:
     return json_response(model_object(entry.name, stat.st_mtime))
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_post("/v1/chat/completions", chat_completions)
-    app.router.add_post("/v1/completions", completions)
-    app.router.add_post("/v1/embeddings", embeddings)
-    app.router.add_get("/v1/models", models)
-    app.router.add_get("/v1/models/{model:.+}", model)
+ROUTES = (
+    Route("POST", "/v1/chat/completions", chat_completions, "The next message of a chat.",
+          wire.CHAT, SSE, RUN_ERRORS),
+    Route("POST", "/v1/completions", completions, "Completes a prompt.", wire.COMPLETION, SSE,
+          RUN_ERRORS),
+    Route("POST", "/v1/embeddings", embeddings, "Unit-length embeddings of the inputs.",
+          wire.EMBEDDING, errors=RUN_ERRORS),
+    Route("GET", "/v1/models", models, "The models this server offers."),
+    Route("GET", "/v1/models/{model:.+}", model, "One model.", errors=MODEL_ERRORS),
+)

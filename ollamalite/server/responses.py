@@ -25,6 +25,7 @@ from ollamalite.generation.request import Message, TextRequest
 from ollamalite.generation.run import Generation
 from ollamalite.runtime.engine.jobs import Finished
 from ollamalite.server.keys import SCHEDULER
+from ollamalite.server.openapi import RUN_ERRORS, SSE, Route
 from ollamalite.server.openai import (IMAGE, TEXT, json_format, message_content, native_options,
                                       native_role, native_tool_call, native_tools, think_of)
 from ollamalite.server.request import read_body
@@ -392,5 +393,7 @@ async def responses(request: web.Request) -> web.StreamResponse:
         return json_response(builder.response(status_of(gen.result), gen.result))
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_post("/v1/responses", responses)
+ROUTES = (
+    Route("POST", "/v1/responses", responses, "The model's response to the input items "
+          "(OpenAI's Responses API, stateless).", wire.RESPONSES, SSE, RUN_ERRORS),
+)

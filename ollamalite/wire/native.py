@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any
+from typing import Any, ClassVar, Mapping
 
 from marshmallow import (
     EXCLUDE,
@@ -21,7 +21,8 @@ from marshmallow import (
 )
 
 from ollamalite.durations import keep_alive_seconds
-from ollamalite.options import validate_options
+from ollamalite.options import STRING_OR_LIST, OptionsSchema, validate_options
+from ollamalite.registry.names import NAME_RE
 from ollamalite.wire import Body
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -30,6 +31,8 @@ ROLES = ("system", "user", "assistant", "tool")
 class KeepAlive(fields.Field):
     """A number of seconds or a Go duration string; negative means forever."""
 
+    json_schema: ClassVar[dict[str, Any]] = {"type": ["number", "string"]}
+
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> float:
         try:
             return keep_alive_seconds(value)
@@ -37,17 +40,30 @@ class KeepAlive(fields.Field):
             raise ValidationError(str(exc)) from None
 
 
-class Options(fields.Dict):
-    """Ollama `options`, checked key by key (see options.py)."""
+class Options(fields.Nested):
+    """Ollama `options`, checked key by key by `validate_options` (unknown keys are logged and
+    ignored), which loads them with `OptionsSchema`: nested here so the document shows it."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(OptionsSchema, allow_none=True, **kwargs)
+
+    def deserialize(self, value: Any, attr: str | None = None,
+                    data: Mapping[str, Any] | None = None, **kwargs: Any) -> dict:
+        """`null` is no options, as in Ollama (marshmallow would hand the handler None)."""
+        return {} if value is None else super().deserialize(value, attr, data, **kwargs)
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> dict:
-        raw = super()._deserialize(value, attr, data, **kwargs)
-        return validate_options(raw)
+        if not isinstance(value, Mapping):
+            raise ValidationError("Not a valid mapping type.")
+        return validate_options(value)
 
 
 class Format(fields.Field):
     """`"json"`, a JSON-schema object, or empty (the schema itself is checked when it is
     turned into a grammar: `structured.grammar_for`)."""
+
+    json_schema: ClassVar[dict[str, Any]] = {"anyOf": [{"enum": ["", "json"]},
+                                                       {"type": "object"}]}
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
         if value in (None, ""):
@@ -59,6 +75,9 @@ class Format(fields.Field):
 
 
 class Think(fields.Field):
+    json_schema: ClassVar[dict[str, Any]] = {"enum": [True, False, "high", "medium", "low",
+                                                      "max"]}
+
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
         if isinstance(value, bool) or value in ("high", "medium", "low", "max"):
             return value
@@ -69,6 +88,8 @@ class Base64(fields.String):
     """Standard base64 (padded, no `data:` prefix), as Go decodes Ollama's `[]byte` images.
 
     Checked while the body is loaded, so bad data is named before any capability check."""
+
+    json_schema: ClassVar[dict[str, Any]] = {"type": "string", "format": "byte"}
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         text = super()._deserialize(value, attr, data, **kwargs)
@@ -89,7 +110,7 @@ class ModelRequest(Body):
 
     model = fields.String(load_default="")
     keep_alive = KeepAlive(load_default=None, allow_none=True)
-    options = Options(load_default=dict, allow_none=True)
+    options = Options(load_default=dict)
 
 
 class CompletionRequest(ModelRequest):
@@ -161,7 +182,8 @@ class Message(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    role = fields.String(required=True)
+    # Checked (after lower-casing) by _known_role; the enum is for the document.
+    role = fields.String(required=True, metadata={"enum": list(ROLES)})
     content = fields.String(load_default="", allow_none=True)
     thinking = fields.String(load_default=None, allow_none=True)
     images = Base64List(load_default=None, allow_none=True)
@@ -188,6 +210,8 @@ class ChatRequest(CompletionRequest):
 
 class EmbedInput(fields.Field):
     """`/api/embed`'s `input`: a string (empty: nothing) or a list of strings, as a list."""
+
+    json_schema: ClassVar[dict[str, Any]] = STRING_OR_LIST
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list:
         if value is None or value == "":
@@ -226,6 +250,8 @@ class PullRequest(ShowRequest):
 class License(fields.Field):
     """A string or a list of strings, kept as a list."""
 
+    json_schema: ClassVar[dict[str, Any]] = STRING_OR_LIST
+
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list:
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, list) or not all(isinstance(s, str) for s in items):
@@ -244,9 +270,15 @@ class PresetMessage(Schema):
     images = Base64List(load_default=None, allow_none=True)
 
 
+def _new_name() -> fields.String:
+    """A name a model is created, copied or deleted under: `names.is_valid` checks it where
+    it is used; the pattern is for the document."""
+    return fields.String(load_default="", metadata={"pattern": NAME_RE.pattern})
+
+
 class CreateRequest(Body):
-    model = fields.String(load_default="")
-    name = fields.String(load_default="")
+    model = _new_name()
+    name = _new_name()
     stream = fields.Boolean(load_default=True)
     from_ = fields.String(data_key="from", load_default="")
     files = fields.Dict(fields.String(), fields.String(), load_default=None, allow_none=True)
@@ -272,16 +304,16 @@ class CopyRequest(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    source = fields.String(load_default="")
-    destination = fields.String(load_default="")
+    source = _new_name()
+    destination = _new_name()
 
 
 class DeleteRequest(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    model = fields.String(load_default="")
-    name = fields.String(load_default="")
+    model = _new_name()
+    name = _new_name()
 
 
 GENERATE = GenerateRequest()

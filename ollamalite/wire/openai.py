@@ -8,14 +8,16 @@ honour (`n` > 1, `logit_bias`, `echo`, ...) are refused.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
-from ollamalite.options import StopField
+from ollamalite.options import STRING_OR_LIST, StopField
 from ollamalite.wire import Body
+from ollamalite.wire.native import ROLES as NATIVE_ROLES
 
 EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "ultra", "max")
+ROLES = (*NATIVE_ROLES, "developer")  # OpenAI's newer name for the system role
 
 
 class _Lenient(Schema):
@@ -25,6 +27,9 @@ class _Lenient(Schema):
 
 class Content(fields.Field):
     """A message's `content`: a string, a list of content parts (objects), or null."""
+
+    json_schema: ClassVar[dict[str, Any]] = {"anyOf": [
+        {"type": "string"}, {"type": "array", "items": {"type": "object"}}]}
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
         if isinstance(value, str):
@@ -36,6 +41,8 @@ class Content(fields.Field):
 
 class OneOrList(fields.Field):
     """A string, or a list of strings (OpenAI's `prompt` and `input`)."""
+
+    json_schema: ClassVar[dict[str, Any]] = STRING_OR_LIST
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[str]:
         items = [value] if isinstance(value, str) else value
@@ -56,7 +63,8 @@ class ToolCall(_Lenient):
 
 
 class ChatMessage(_Lenient):
-    role = fields.String(required=True)
+    # Checked (after lower-casing) by server/openai.py; the enum is for the document.
+    role = fields.String(required=True, metadata={"enum": list(ROLES)})
     content = Content(load_default=None, allow_none=True)
     name = fields.String(load_default=None, allow_none=True)
     reasoning = fields.String(load_default=None, allow_none=True)
@@ -166,6 +174,8 @@ class InputItem(_Lenient):
 class ResponseInput(fields.Field):
     """`input`: a string (one user message) or a list of items."""
 
+    json_schema: ClassVar[dict[str, Any]] = {"anyOf": [
+        {"type": "string"}, {"type": "array", "minItems": 1, "items": {"type": "object"}}]}
     _items = fields.List(fields.Nested(InputItem))
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
