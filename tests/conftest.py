@@ -131,6 +131,25 @@ def start_server(config: Path, log_path: Path, env: dict[str, str] | None = None
     raise RuntimeError("server did not start in time")
 
 
+def disconnect_mid_stream(server: LiveServer, path: str, body: bytes, marker: bytes) -> None:
+    """POST `body` over a raw socket, read until `marker` has streamed, hang up; then wait
+    (10 s at most) for the server to log that the generation was cancelled."""
+    host, port = server.url.removeprefix("http://").split(":")
+    head = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+    with socket.create_connection((host, int(port)), timeout=120) as sock:
+        sock.sendall(head.encode() + body)
+        received = b""
+        while marker not in received:
+            data = sock.recv(4096)
+            assert data, f"the server closed the stream before {marker!r}"
+            received += data
+    deadline = time.monotonic() + 10
+    while "client went away" not in server.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "client went away, generation cancelled" in server.log()
+
+
 def stop_server(server: LiveServer) -> None:
     server.process.terminate()
     try:

@@ -16,7 +16,7 @@ from tests.conftest import MODEL, LiveServer, serving
 
 ROUTES = ("/api/generate", "/api/chat", "/api/embed", "/api/embeddings", "/api/show",
           "/api/pull", "/api/push", "/api/create", "/api/copy", "/v1/chat/completions",
-          "/v1/completions", "/v1/embeddings")
+          "/v1/completions", "/v1/embeddings", "/v1/responses")
 USER = [{"role": "user", "content": "x"}]
 BODIES: tuple[Any, ...] = (
     None, [], "x", 5, {"model": 5}, {"model": None}, {"model": MODEL, "options": "x"},
@@ -49,6 +49,16 @@ BODIES: tuple[Any, ...] = (
     {"model": "x", "from": "/proc/self/environ"}, {"model": "x", "from": "../../../etc/shadow"},
     {"model": MODEL, "prompt": "hi", "template":
         "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}"},
+    {"model": MODEL, "input": [{"role": 5}]}, {"model": MODEL, "input": [{"content": [5]}]},
+    {"model": MODEL, "input": [{"role": "user", "content": [{"type": "input_image"}]}]},
+    {"model": MODEL, "input": [{"type": "function_call", "name": "f", "call_id": "c",
+                                "arguments": "{{"}]},
+    {"model": MODEL, "input": [{"type": "reasoning", "summary": [{"text": 5}]}]},
+    {"model": MODEL, "input": [{"type": 5}]}, {"model": MODEL, "input": "hi", "text": 5},
+    {"model": MODEL, "input": "hi", "tools": [{"type": "function"}]},
+    {"model": MODEL, "input": "hi", "tools": [{"type": "function", "name": "f",
+                                               "parameters": 5}]},
+    {"model": MODEL, "input": "hi", "tool_choice": {"type": "function", "name": "f"}},
 )
 # Bodies json.dumps cannot write: invalid UTF-8, a number past Python's int digit limit.
 RAW_BODIES = (

@@ -18,7 +18,8 @@ from ollamalite.registry.gguf_header import file_digest
 from ollamalite.registry.library import Library
 from ollamalite.registry.models_file import ModelsFile, Registry
 from ollamalite.runtime.scheduler import Scheduler
-from ollamalite.server import anthropic, gate, metrics, models, observe, ollama, openai, openapi
+from ollamalite.server import (anthropic, gate, metrics, models, observe, ollama, openai, openapi,
+                               responses)
 from ollamalite.server.errors import error_body, error_response
 from ollamalite.server.keys import LIBRARY, PULLER, SCHEDULER, SETTINGS
 from ollamalite.server.stream import STREAM
@@ -124,7 +125,8 @@ def create_app(settings: Settings, registry: Registry) -> web.Application:
     app.on_shutdown.append(_finish_requests)
     app.on_response_prepare.append(gate.add_cors_headers)
     app[models.BLOBS] = BlobStore(settings)
-    openapi.add_routes(app, (*ollama.ROUTES, *models.ROUTES, *openai.ROUTES, *anthropic.ROUTES,
+    openapi.add_routes(app, (*ollama.ROUTES, *models.ROUTES, *openai.ROUTES, *responses.ROUTES,
+                             *anthropic.ROUTES,
                              *openapi.ROUTES_OF_DOCUMENT))
     metrics.add_routes(app)
     return app

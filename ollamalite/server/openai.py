@@ -17,7 +17,7 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from datetime import datetime
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from aiohttp import web
 from marshmallow import ValidationError
@@ -79,55 +79,72 @@ def base64_image(data: str) -> str:
     return data
 
 
-def _content(content: str | list[dict] | None) -> tuple[str, list[str]]:
-    """A message's content -> its text (text parts joined by newlines) and its images."""
+TEXT, IMAGE = "text", "image"  # what a content part holds, in `message_content`'s tables
+# Chat's content parts: what each holds, or why it is refused.
+_CHAT_PARTS = {"text": TEXT, "image_url": IMAGE,
+               "input_audio": "input_audio content is not supported"}
+
+
+def message_content(content: str | list[dict] | None, kinds: Mapping[str, str]
+                    ) -> tuple[str, list[str]]:
+    """A message's content -> its text (text parts joined by newlines) and its images.
+    `kinds` maps each part type a protocol accepts to TEXT, IMAGE or the reason it is
+    refused; both keep an image in `image_url` (chat's object or the Responses string)."""
     if not isinstance(content, list):
         return content or "", []
     texts, images = [], []
     for part in content:
-        kind = part.get("type")
-        if kind == "text" and isinstance(part.get("text"), str):
+        kind = kinds.get(part.get("type"))
+        if kind == TEXT and isinstance(part.get("text"), str):
             texts.append(part["text"])
-        elif kind == "image_url":
+        elif kind == IMAGE:
             images.append(_image(part.get("image_url")))
-        elif kind == "input_audio":
-            raise BadRequest("input_audio content is not supported")
+        elif kind in (None, TEXT):
+            raise BadRequest(f"invalid message format: unsupported content part "
+                             f"{part.get('type')!r}")
         else:
-            raise BadRequest(f"invalid message format: unsupported content part {kind!r}")
+            raise BadRequest(kind)
     return "\n".join(texts), images
 
 
-def _native_tool_call(call: dict[str, Any]) -> dict[str, Any]:
+def native_tool_call(call_id: str | None, name: str, arguments: str | None
+                     ) -> dict[str, Any]:
     """OpenAI's tool call (arguments as a JSON string) -> Ollama's (arguments as an object)."""
     try:
-        arguments = json.loads(call["function"]["arguments"] or "{}")
+        parsed = json.loads(arguments or "{}")
     except json.JSONDecodeError:
-        arguments = None
-    if not isinstance(arguments, dict):
+        parsed = None
+    if not isinstance(parsed, dict):
         raise BadRequest("invalid tool call arguments")
-    native: dict[str, Any] = {"function": {"name": call["function"]["name"],
-                                           "arguments": arguments}}
-    if call["id"]:
-        native["id"] = call["id"]
+    native: dict[str, Any] = {"function": {"name": name, "arguments": parsed}}
+    if call_id:
+        native["id"] = call_id
     return native
+
+
+def native_role(role: str, where: str) -> str:
+    """A message's role as Ollama names it (`developer` is OpenAI's newer `system`)."""
+    role = role.lower()
+    if role not in wire.ROLES:
+        raise BadRequest(f"{where}.role: role must be one of {', '.join(ROLES)}")
+    return "system" if role == "developer" else role
 
 
 def _native_message(msg: dict[str, Any], tool_names: dict[str, str], index: int
                     ) -> dict[str, Any]:
-    role = msg["role"].lower()
-    if role not in wire.ROLES:
-        raise BadRequest(f"messages.{index}.role: role must be one of {', '.join(ROLES)}")
+    role = native_role(msg["role"], f"messages.{index}")
     if msg["content"] is None and not msg["tool_calls"]:
         raise BadRequest("invalid message content: null content needs tool_calls")
-    text, images = _content(msg["content"])
-    native: dict[str, Any] = {"role": "system" if role == "developer" else role,
-                              "content": text}
+    text, images = message_content(msg["content"], _CHAT_PARTS)
+    native: dict[str, Any] = {"role": role, "content": text}
     if images:
         native["images"] = images
     if msg["reasoning"]:
         native["thinking"] = msg["reasoning"]
     if msg["tool_calls"]:
-        native["tool_calls"] = [_native_tool_call(c) for c in msg["tool_calls"]]
+        native["tool_calls"] = [native_tool_call(c["id"], c["function"]["name"],
+                                                 c["function"]["arguments"])
+                                for c in msg["tool_calls"]]
     if role == "tool":
         native["tool_name"] = msg["name"] or tool_names.get(msg["tool_call_id"] or "")
         native["tool_call_id"] = msg["tool_call_id"]
@@ -142,12 +159,13 @@ def native_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def native_options(req: dict[str, Any], max_tokens: int | None) -> dict[str, Any]:
-    """Ollama's `options`; as Ollama does, temperature and top_p default to OpenAI's 1.0."""
+    """Ollama's `options` from the sampling fields a request has; as Ollama does,
+    temperature and top_p default to OpenAI's 1.0."""
     opts: dict[str, Any] = {"temperature": 1.0, "top_p": 1.0}
     for key in ("temperature", "top_p", "seed", "frequency_penalty", "presence_penalty"):
-        if req[key] is not None:
+        if req.get(key) is not None:
             opts[key] = req[key]
-    if req["stop"] is not None:
+    if req.get("stop") is not None:
         opts["stop"] = list(req["stop"])
     if max_tokens is not None:
         opts["num_predict"] = max_tokens
@@ -169,14 +187,20 @@ def _max_tokens(req: dict[str, Any]) -> int | None:
     return new if new is not None else old
 
 
-def native_format(response_format: dict[str, Any] | None) -> Any:
-    """`response_format` -> Ollama's `format`: "json", a JSON schema, or None for text."""
-    if response_format is None or response_format["type"] == "text":
+def json_format(kind: str, schema: dict[str, Any] | None) -> Any:
+    """An OpenAI output format -> Ollama's `format`: "json", a JSON schema, or None for
+    text."""
+    if kind == "text":
         return None
-    spec = response_format["json_schema"]
-    if response_format["type"] == "json_schema" and spec and spec["schema"] is not None:
-        return spec["schema"]
-    return "json"
+    return schema if kind == "json_schema" and schema is not None else "json"
+
+
+def native_format(response_format: dict[str, Any] | None) -> Any:
+    """`response_format` (the schema nested under `json_schema`) -> Ollama's `format`."""
+    if response_format is None:
+        return None
+    spec = response_format["json_schema"] or {}
+    return json_format(response_format["type"], spec.get("schema"))
 
 
 def native_tools(tools: list[dict] | None, tool_choice: Any) -> list[dict] | None:
@@ -189,8 +213,8 @@ def native_tools(tools: list[dict] | None, tool_choice: Any) -> list[dict] | Non
                      'decides whether to call a tool (send "auto" or "none")')
 
 
-def native_think(req: dict[str, Any]) -> bool | str | None:
-    effort = (req["reasoning"] or {}).get("effort") or req["reasoning_effort"]
+def think_of(effort: str | None) -> bool | str | None:
+    """A reasoning effort as Ollama's `think`; None leaves it to the model."""
     return _THINK[effort] if effort else None
 
 
@@ -201,7 +225,8 @@ def chat_request(req: dict[str, Any]) -> TextRequest:
                        options=native_options(req, _max_tokens(req)),
                        format=native_format(req["response_format"]),
                        tools=native_tools(req["tools"], req["tool_choice"]),
-                       think=native_think(req),
+                       think=think_of((req["reasoning"] or {}).get("effort")
+                                      or req["reasoning_effort"]),
                        logprobs=bool(req["logprobs"] or req["top_logprobs"]))
 
 

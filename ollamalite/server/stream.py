@@ -98,11 +98,14 @@ class SseStream(NdjsonStream):
 
 
 class EventStream(SseStream):
-    """Anthropic's streams: each object is an event named by its `type` (`event: <type>`
-    before its `data:`), which is how the SDK dispatches them; there is no `[DONE]`."""
+    """Anthropic's and OpenAI's Responses streams: each object is an event named by its
+    `type` (`event: <type>` before its `data:`), which is how the SDKs dispatch them; there is
+    no `[DONE]`. A payload without a `type` (OpenAI's error object) is a bare `data:` event."""
 
     def frame(self, obj: Any) -> bytes:
-        return b"event: " + obj["type"].encode() + b"\n" + super().frame(obj)
+        kind = obj.get("type") if isinstance(obj, dict) else None
+        data = super().frame(obj)
+        return b"event: " + kind.encode() + b"\n" + data if isinstance(kind, str) else data
 
 
 async def heartbeat(items: AsyncIterator[T], interval: float) -> AsyncIterator[T | None]:

@@ -99,15 +99,20 @@ def _only(value: Any, message: str) -> validate.Validator:
     return validate.Equal(value, error=message)
 
 
-class SamplingRequest(Body):
-    """Fields /v1/chat/completions and /v1/completions share."""
+class GenerationRequest(Body):
+    """Fields every /v1 generation request has (/v1/responses too)."""
 
     model = fields.String(load_default="")
     stream = fields.Boolean(load_default=False, allow_none=True)
-    stream_options = fields.Nested(StreamOptions, load_default=None, allow_none=True)
-    max_tokens = _optional(fields.Integer, validate=validate.Range(min=1))
     temperature = _optional(fields.Float, validate=validate.Range(min=0, max=2))
     top_p = _optional(fields.Float, validate=validate.Range(min=0, max=1))
+
+
+class SamplingRequest(GenerationRequest):
+    """Fields /v1/chat/completions and /v1/completions share."""
+
+    stream_options = fields.Nested(StreamOptions, load_default=None, allow_none=True)
+    max_tokens = _optional(fields.Integer, validate=validate.Range(min=1))
     frequency_penalty = _optional(fields.Float, validate=validate.Range(min=-2, max=2))
     presence_penalty = _optional(fields.Float, validate=validate.Range(min=-2, max=2))
     seed = _optional(fields.Integer)
@@ -149,6 +154,78 @@ class EmbeddingRequest(_Lenient):
               "['float', 'base64']."))
 
 
+# -- /v1/responses --------------------------------------------------------------------------------
+
+class InputItem(_Lenient):
+    """One item of a Responses `input`: a message (`type` may be left out when `role` is
+    set), a function call, its output, or an earlier reasoning; server/responses.py tells
+    them apart."""
+
+    type = _optional(fields.String)
+    role = _optional(fields.String)
+    content = Content(load_default=None, allow_none=True)
+    call_id = _optional(fields.String)
+    name = _optional(fields.String)
+    arguments = _optional(fields.String)
+    output = Content(load_default=None, allow_none=True)
+    summary = _optional(fields.List, cls_or_instance=fields.Dict())
+
+
+class ResponseInput(fields.Field):
+    """`input`: a string (one user message) or a list of items."""
+
+    json_schema: ClassVar[dict[str, Any]] = {"anyOf": [
+        {"type": "string"}, {"type": "array", "minItems": 1, "items": {"type": "object"}}]}
+    _items = fields.List(fields.Nested(InputItem))
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if isinstance(value, str):
+            return value
+        if not isinstance(value, list):
+            raise ValidationError("must be a string or a list of input items")
+        if not value:
+            raise ValidationError("[] is too short - 'input'")
+        return self._items.deserialize(value, attr, data, **kwargs)
+
+
+class TextFormat(_Lenient):
+    """`text.format`: flat, unlike chat's `response_format` (no `json_schema` wrapper)."""
+
+    type = fields.String(required=True,
+                         validate=validate.OneOf(("text", "json_object", "json_schema")))
+    name = _optional(fields.String)
+    schema = _optional(fields.Dict)
+    strict = _optional(fields.Boolean)
+
+
+class TextConfig(_Lenient):
+    format = fields.Nested(TextFormat, load_default=None, allow_none=True)
+
+
+def _stateless(value: Any) -> None:
+    """Any value: nothing is stored to continue from."""
+    raise ValidationError("not supported: responses are not stored, send the whole "
+                          "conversation as input")
+
+
+class ResponsesRequest(GenerationRequest):
+    """/v1/responses, stateless as Ollama's: what needs stored responses is refused."""
+
+    input = ResponseInput(required=True)
+    instructions = _optional(fields.String)
+    max_output_tokens = _optional(fields.Integer, validate=validate.Range(min=1))
+    tools = _optional(fields.List, cls_or_instance=fields.Dict())
+    tool_choice = fields.Raw(load_default=None, allow_none=True)
+    parallel_tool_calls = fields.Boolean(load_default=True, allow_none=True)
+    text = fields.Nested(TextConfig, load_default=None, allow_none=True)
+    reasoning = fields.Nested(Reasoning, load_default=None, allow_none=True)
+    metadata = _optional(fields.Dict)
+    previous_response_id = _optional(fields.String, validate=_stateless)
+    conversation = fields.Raw(load_default=None, allow_none=True, validate=_stateless)
+    background = _optional(fields.Boolean, validate=_only(False, "not supported"))
+
+
 CHAT = ChatCompletionRequest()
 COMPLETION = CompletionRequest()
 EMBEDDING = EmbeddingRequest()
+RESPONSES = ResponsesRequest()
