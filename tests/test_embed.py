@@ -226,8 +226,9 @@ def test_client_disconnect_drops_the_embedding_job(http: httpx.Client, server: L
     host, port = base_url.removeprefix("http://").split(":")
     body = json.dumps({"model": MODEL, "input": [f"Item {i} is here." for i in range(512)]})
     with socket.create_connection((host, int(port))) as sock:
-        sock.sendall(b"POST /api/embed HTTP/1.1\r\nContent-Type: application/json"
-                     + f"\r\nHost: {host}:{port}\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode())
+        sock.sendall(b"POST /api/embed HTTP/1.1\r\nContent-Type: application/json\r\n"
+                     + f"Host: {host}:{port}\r\nContent-Length: {len(body)}\r\n\r\n"
+                       f"{body}".encode())
         time.sleep(0.2)  # submitted (tokenizing takes milliseconds), far from done (8 batches)
     deadline = time.monotonic() + 60
     while "embedding cancelled: client went away" not in server.log():

@@ -196,7 +196,7 @@ def test_missing_or_wrong_key_is_401_in_each_shape(keyed_server: LiveServer,
     assert native.json() == {"error": gate.UNAUTHORIZED}
     v1 = httpx.get(keyed_server.url + "/v1/models", headers=headers)
     assert v1.status_code == 401 and v1.headers["WWW-Authenticate"] == "Bearer"
-    assert v1.json() == {"error": {"message": gate.UNAUTHORIZED, "type": "api_error",
+    assert v1.json() == {"error": {"message": gate.UNAUTHORIZED, "type": "invalid_request_error",
                                    "param": None, "code": None}}
 
 

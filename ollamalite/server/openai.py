@@ -40,7 +40,9 @@ from ollamalite.wire import openai as wire
 from ollamalite.wire.native import ROLES
 
 FINGERPRINT = "fp_ollama"
-_ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error"}
+# OpenAI answers a missing or wrong key as a request error (code invalid_api_key).
+_ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error",
+                404: "not_found_error"}
 _IMAGE_PREFIXES = ("data:;base64,", *(f"data:image/{t};base64," for t in
                                       ("jpeg", "jpg", "png", "webp")))
 # OpenAI's reasoning efforts as Ollama's `think` values (Ollama clamps the ends of the scale).

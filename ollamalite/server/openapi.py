@@ -121,9 +121,9 @@ def document(routes: Iterable[Route]) -> dict[str, Any]:
     plugin = MarshmallowPlugin(schema_name_resolver=_component_name)
     spec = APISpec(title="ollamalite", version=__version__, openapi_version="3.1.0",
                    plugins=[plugin], info={"description": (
-                       "The Ollama REST API (/api), its OpenAI-compatible API (/v1) and Anthropic's "
-                       "Messages API (/v1/messages), "
-                       "served by ollamalite over llama.cpp.")})
+                       "The Ollama REST API (/api), its OpenAI-compatible API (/v1) and "
+                       "Anthropic's Messages API (/v1/messages), served by ollamalite over "
+                       "llama.cpp.")})
     assert plugin.converter is not None  # set by APISpec
     plugin.converter.add_attribute_function(_declared_schema)
     spec.components.schema("OllamaError", _OLLAMA_ERROR)
