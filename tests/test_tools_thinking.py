@@ -87,6 +87,12 @@ def test_capabilities_follow_the_template(http: httpx.Client) -> None:
             for m in (MODEL, "tooler", "thinker")}
     assert caps == {MODEL: ["completion"], "tooler": ["completion", "tools"],
                     "thinker": ["completion", "thinking"]}
+    listed = {m["name"].removesuffix(":latest"): m["capabilities"]
+              for m in http.get("/api/tags").json()["models"]}
+    assert {name: listed[name] for name in caps} == caps  # /api/tags rows carry the same list
+    assert http.post("/api/generate", json={"model": MODEL}).json()["done"]  # loads it
+    ps_rows = http.get("/api/ps").json()["models"]
+    assert ps_rows and all("capabilities" not in row for row in ps_rows)  # as Ollama's
 
 
 @pytest.mark.parametrize(("path", "body", "error"), [

@@ -19,7 +19,7 @@ from ollamalite.generation.request import TextRequest
 from ollamalite.generation.run import Generation
 from ollamalite.pull import sources
 from ollamalite.registry import chat_template
-from ollamalite.registry.gguf_header import GGUFError, file_digest, read_header
+from ollamalite.registry.gguf_header import GGUFError, GGUFInfo, file_digest, read_header
 from ollamalite.registry.models_file import ModelEntry
 from ollamalite.server import show as show_fmt
 from ollamalite.server.keys import PULLER
@@ -48,7 +48,13 @@ def _summary(entry: ModelEntry) -> dict[str, Any]:
     info, stat = read_header(entry.path), entry.path.stat()
     return {"name": entry.name, "model": entry.name, "modified_at": local_time(stat.st_mtime),
             "size": stat.st_size, "digest": entry.digest or file_digest(entry.path),
-            "details": info.details()}
+            "details": info.details(),
+            "capabilities": show_fmt.capabilities(entry, info, _template_capabilities(entry, info))}
+
+
+def _template_capabilities(entry: ModelEntry, info: GGUFInfo) -> list[str]:
+    """What the model's template adds (`tools`, `thinking`): compiled once, then cached."""
+    return templates.features(chat_template.pick(entry, info)).capabilities()
 
 
 async def model_summary(entry: ModelEntry) -> dict[str, Any]:
@@ -81,7 +87,7 @@ async def ps(request: web.Request) -> web.Response:
     rows = []
     for runner in scheduler_of(request).loaded:
         row = await model_summary(runner.entry)
-        del row["modified_at"]
+        del row["modified_at"], row["capabilities"]  # Ollama's /api/ps rows have neither
         expires = show_fmt.expiry(runner.keep_alive, runner.expires_at, runner.refs > 0)
         row.update(size=runner.size, expires_at=expires,
                    size_vram=0, context_length=runner.num_ctx)
@@ -99,9 +105,8 @@ def _show_body(entry: ModelEntry, req: dict[str, Any]) -> dict[str, Any]:
     """Blocking: the GGUF header (cached unless verbose, which reads the vocabulary too), the
     file's time, the template's features."""
     info = read_header(entry.path, arrays=req["verbose"])
-    features = templates.features(chat_template.pick(entry, info))
     return show_fmt.show_body(entry, info, entry.path.stat().st_mtime, req["verbose"],
-                              req.get("system"), features.capabilities())
+                              req.get("system"), _template_capabilities(entry, info))
 
 
 async def pull(request: web.Request) -> web.StreamResponse:

@@ -64,6 +64,14 @@ def modelfile(entry: ModelEntry, template: str | None, system: str | None) -> st
     return "\n".join(lines) + "\n"
 
 
+def capabilities(entry: ModelEntry, info: GGUFInfo, template_capabilities: Sequence[str]
+                 ) -> list[str]:
+    """Ollama's list, in its order: the model's own (`completion`, `embedding`, `insert`), then
+    what its template adds (`tools`, `thinking`) where it completes text."""
+    own = info.capabilities(entry.embedding)
+    return own + list(template_capabilities) if "completion" in own else own
+
+
 def show_body(entry: ModelEntry, info: GGUFInfo, mtime: float, verbose: bool,
               system_override: str | None = None,
               template_capabilities: Sequence[str] = ()) -> dict[str, Any]:
@@ -84,9 +92,6 @@ def show_body(entry: ModelEntry, info: GGUFInfo, mtime: float, verbose: bool,
     if entry.messages:
         body["messages"] = [dict(m) for m in entry.messages]
     body["model_info"] = info.model_info(verbose)
-    capabilities = info.capabilities(entry.embedding)
-    if "completion" in capabilities:
-        capabilities += template_capabilities
-    body["capabilities"] = capabilities
+    body["capabilities"] = capabilities(entry, info, template_capabilities)
     body["modified_at"] = local_time(mtime)
     return body
