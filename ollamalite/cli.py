@@ -24,9 +24,24 @@ if TYPE_CHECKING:
 log = logging.getLogger("ollamalite")
 
 
+class _Version(argparse.Action):
+    """`--version`: ollamalite's, then llama-cpp-python's and the CPU features its llama.cpp was
+    built with (imported only here, so other commands start without loading llama.cpp)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        import llama_cpp
+
+        from ollamalite.runtime.engine.cpu import build_features
+
+        print(f"ollamalite {__version__}\nllama-cpp-python {llama_cpp.__version__} "
+              f"(llama.cpp: {' '.join(build_features()) or 'no CPU features'})")
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ollamalite", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"ollamalite {__version__}")
+    parser.add_argument("--version", action=_Version, nargs=0,
+                        help="print ollamalite's version and the llama.cpp build it runs on")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="start the server")
     serve.add_argument("--host", help="address to bind (default from OLLAMA_HOST, else the "

@@ -7,8 +7,10 @@ import io
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import llama_cpp
 import pytest
 
+from ollamalite import __version__, cli
 from ollamalite.client.api import ClientError, server_url
 from ollamalite.client.commands import processor, short_id, until
 from ollamalite.client.create import CreateError, create_request
@@ -30,6 +32,7 @@ from ollamalite.client.run import (
     think_value,
 )
 from ollamalite.client.show_info import print_show
+from ollamalite.runtime.engine.cpu import build_features
 
 NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -291,3 +294,14 @@ def test_progress_on_a_terminal_redraws_the_line() -> None:
     text = out.getvalue()
     assert text.startswith("\rpulling manifest\x1b[K\npulling d  50%")
     assert "\rpulling d 100%" in text and text.endswith("\n")
+
+
+def test_version_names_ollamalite_and_the_llama_cpp_build(capsys: pytest.CaptureFixture[str]
+                                                          ) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--version"])
+    assert exited.value.code == 0
+    first, second = capsys.readouterr().out.splitlines()
+    assert first == f"ollamalite {__version__}"
+    assert second.startswith(f"llama-cpp-python {llama_cpp.__version__} (llama.cpp: ")
+    assert all(feature in second for feature in build_features())
