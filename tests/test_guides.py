@@ -4,7 +4,7 @@ The conventions, for docs/quickstart.md, jetbrains.md, continue.md and clients.m
 
 - A fenced block ```sh or ```python runs: sh with bash (`-eo pipefail`) in the repository's
   folder, python with this venv's interpreter, each in a subprocess of its own against a
-  server of this module's (the bundled `smollm2:135m`, its answers capped at 48 tokens so that
+  server of this module's (the bundled `smollm2:135m`, its answers capped at 24 tokens so that
   `ollamalite run`, which has no limit of its own, stays quick). It must exit 0.
 - The guides address the server as Ollama's default, `http://127.0.0.1:11434` (or
   `localhost:11434`); the test puts its server's address there, and in OLLAMA_HOST.
@@ -54,7 +54,7 @@ models:
   {MODEL}:
     path: bundled
     num_ctx: 2048
-    options: {{num_predict: 48}}
+    options: {{num_predict: 24}}
 """
 KEY_VARS = ("OLLAMALITE_API_KEY", "ANTHROPIC_", "OPENAI_")  # none of the developer's own
 # Continue's config.yaml (docs.continue.dev, "config.yaml Reference"): the top-level keys a
