@@ -25,6 +25,8 @@ DEFAULT_HOME = Path("~/.ollamalite")
 DEFAULT_OLLAMA_MODELS = Path("~/.ollama/models")
 DEFAULT_MAX_BODY = 64 << 20  # room for a few base64 images in one request
 DEFAULT_MAX_TRANSFER = 64 << 30  # bytes: the largest download or upload unless told otherwise
+# The KV cache types Ollama offers (OLLAMA_KV_CACHE_TYPE): the quantised ones need flash attention.
+KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,8 @@ class Settings:
     prefix_cache: bool = True
     # llama.cpp's extra CPU buffer types (AMX, repacked weights): auto (probed), on or off.
     repack: str = "auto"
+    kv_cache_type: str = "f16"  # one of KV_CACHE_TYPES; a models.yaml entry may set its own
+    flash_attention: str = "auto"  # auto (llama.cpp decides per model), on or off
     debug: bool = False
     # Files ollamalite creates: blobs/sha256-<hex> (uploads), models/ (GGUFs it made or fetched).
     data_dir: Path = DEFAULT_HOME.expanduser()
@@ -147,17 +151,28 @@ def _duration(env: Mapping[str, str], key: str, default: float) -> float:
     return value if value > 0 else default
 
 
-def _repack(env: Mapping[str, str]) -> str:
+def _switch(env: Mapping[str, str], key: str) -> str:
     """`auto`, or a forced `on`/`off` (Ollama's boolean words count too)."""
-    text = env_var(env, "OLLAMALITE_REPACK").lower()
+    text = env_var(env, key).lower()
     if text in ("", "auto"):
         return "auto"
     if text in ("1", "t", "true", "yes", "on"):
         return "on"
     if text in ("0", "f", "false", "no", "off"):
         return "off"
-    log.warning("invalid OLLAMALITE_REPACK=%r (auto, on or off), using auto", text)
+    log.warning("invalid %s=%r (auto, on or off), using auto", key, text)
     return "auto"
+
+
+def _kv_cache_type(env: Mapping[str, str]) -> str:
+    """Ollama's spelling, any case; anything else is logged and the default kept, as Ollama
+    does, so that a typo costs memory rather than the server."""
+    text = env_var(env, "OLLAMA_KV_CACHE_TYPE").lower()
+    if not text or text in KV_CACHE_TYPES:
+        return text or KV_CACHE_TYPES[0]
+    log.warning("invalid OLLAMA_KV_CACHE_TYPE=%r (%s), using %s", text,
+                ", ".join(KV_CACHE_TYPES), KV_CACHE_TYPES[0])
+    return KV_CACHE_TYPES[0]
 
 
 def _keep_alive(env: Mapping[str, str]) -> float:
@@ -216,7 +231,9 @@ def from_env(
         load_timeout=_duration(env, "OLLAMA_LOAD_TIMEOUT", 300.0),
         num_threads=_uint(env, "OLLAMALITE_NUM_THREADS", 0),
         prefix_cache=_bool(env, "OLLAMALITE_PREFIX_CACHE", True),
-        repack=_repack(env),
+        repack=_switch(env, "OLLAMALITE_REPACK"),
+        kv_cache_type=_kv_cache_type(env),
+        flash_attention=_switch(env, "OLLAMA_FLASH_ATTENTION"),
         debug=_bool(env, "OLLAMA_DEBUG", False),
         data_dir=_path(env, "OLLAMALITE_HOME", DEFAULT_HOME),
         ollama_models=_path(env, "OLLAMA_MODELS", DEFAULT_OLLAMA_MODELS),

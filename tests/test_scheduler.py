@@ -41,10 +41,12 @@ T = TypeVar("T")
 
 class FakeModel:
     size = 1000
-    kv_bytes_per_token = 1
 
     def __init__(self) -> None:
         self.closed = False
+
+    def kv_bytes_per_token(self, kv_type: str) -> int:
+        return 1
 
     def close(self) -> None:
         self.closed = True
@@ -54,6 +56,7 @@ class FakeEngine:
     """Closes at once, or (in its thread) when the test sets `may_close`."""
 
     n_slots = 1
+    kv_cache_type = "f16"
     queued = 0  # jobs waiting for a slot
 
     def __init__(self) -> None:

@@ -27,7 +27,7 @@ from ollamalite.durations import keep_alive_seconds
 from ollamalite.errors import BadRequest, ConfigError
 from ollamalite.options import validate_options
 from ollamalite.registry import names
-from ollamalite.settings import ServerSection
+from ollamalite.settings import KV_CACHE_TYPES, ServerSection
 
 log = logging.getLogger(__name__)
 BUNDLED = "bundled"
@@ -38,7 +38,8 @@ TOP_LEVEL_KEYS = frozenset({"models", "model_dirs", "server"})
 # `parameters` and `name` keep files written in the project's original shape valid:
 # `parameters` is another spelling of `options`, `name` repeats the entry's key.
 MODEL_KEYS = frozenset({"path", "num_ctx", "options", "parameters", "name", "system", "template",
-                        "keep_alive", "num_parallel", "messages", "license", "embedding"})
+                        "keep_alive", "num_parallel", "messages", "license", "embedding",
+                        "kv_cache_type", "flash_attention"})
 SERVER_KEYS = frozenset({"host", "port"})
 MESSAGE_ROLES = frozenset({"system", "user", "assistant", "tool"})
 # What a missing models.yaml means: the bundled model alone (written out on the first edit).
@@ -72,6 +73,8 @@ class ModelEntry:
     digest: str | None = None  # known digest (an Ollama manifest's), else the GGUF is hashed
     go_template: str | None = None  # an Ollama store's Go template: kept, never rendered
     embedding: bool | None = None  # None: as the GGUF's metadata says
+    kv_cache_type: str | None = None  # one of settings.KV_CACHE_TYPES
+    flash_attention: str | None = None  # auto, on or off
 
     def fields(self) -> dict[str, Any]:
         """This entry as models.yaml would spell it (absolute path), for copies of it."""
@@ -80,7 +83,9 @@ class ModelEntry:
                    "num_parallel": self.num_parallel, "keep_alive": keep_alive,
                    "system": self.system, "template": self.template,
                    "options": _plain(self.options), "messages": [dict(m) for m in self.messages],
-                   "license": self.license, "embedding": self.embedding}
+                   "license": self.license, "embedding": self.embedding,
+                   "kv_cache_type": self.kv_cache_type,
+                   "flash_attention": _flash_spelling(self.flash_attention)}
         return {k: v for k, v in spelled.items() if v not in (None, {}, [])}
 
 
@@ -205,6 +210,8 @@ def _entry(at: _Located, models: CommentedMap, name: str, base: Path,
         messages=_messages(at, spec, name),
         license=_text(at, spec, name, "license"),
         embedding=_flag(at, spec, name, "embedding"),
+        kv_cache_type=_kv_cache_type(at, spec, name),
+        flash_attention=_flash_attention(at, spec, name),
     )
 
 
@@ -288,6 +295,30 @@ def _flag(at: _Located, spec: CommentedMap, name: str, key: str) -> bool | None:
     if value is not None and not isinstance(value, bool):
         raise at.error(spec, key, f"model {name!r}: `{key}` must be true or false")
     return value
+
+
+def _kv_cache_type(at: _Located, spec: CommentedMap, name: str) -> str | None:
+    value = spec.get("kv_cache_type")
+    if value is not None and value not in KV_CACHE_TYPES:
+        raise at.error(spec, "kv_cache_type", f"model {name!r}: `kv_cache_type` must be one of "
+                                              f"{', '.join(KV_CACHE_TYPES)}")
+    return None if value is None else str(value)
+
+
+def _flash_attention(at: _Located, spec: CommentedMap, name: str) -> str | None:
+    """models.yaml's true, false or auto as Settings.flash_attention spells it."""
+    value = spec.get("flash_attention")
+    if value is None or value == "auto":
+        return value
+    if not isinstance(value, bool):
+        raise at.error(spec, "flash_attention", f"model {name!r}: `flash_attention` must be "
+                                                "true, false or auto")
+    return "on" if value else "off"
+
+
+def _flash_spelling(switch: str | None) -> bool | str | None:
+    """The inverse of `_flash_attention`."""
+    return {"on": True, "off": False}.get(switch or "", switch)
 
 
 def _text(at: _Located, spec: CommentedMap, name: str, key: str) -> str | None:

@@ -68,8 +68,8 @@ class Runner:
     @property
     def size(self) -> int:
         """Memory it holds, as `/api/ps` reports it: weights plus the KV cache of every slot."""
-        return self.model.size + self.model.kv_bytes_per_token * self.num_ctx * \
-            self.engine.n_slots
+        kv_bytes = self.model.kv_bytes_per_token(self.engine.kv_cache_type)
+        return self.model.size + kv_bytes * self.num_ctx * self.engine.n_slots
 
     def close(self, reason: str = "model unloaded") -> None:
         """Blocking: joins the engine thread (its jobs fail with `reason`) and frees
@@ -419,6 +419,7 @@ class Scheduler:
         info = await loop.run_in_executor(None, read_header, entry.path)
         ctx = _context_size(entry, info, num_ctx)
         slots = entry.num_parallel or self.settings.num_parallel
+        kv_type, flash = _kv_cache(entry, self.settings)
         opts = entry.options
         plan = await self.cpu_plan(entry)
         assert plan is not None  # an entry always gives the probe a model
@@ -430,12 +431,14 @@ class Scheduler:
             engine = await loop.run_in_executor(
                 None, lambda: Engine(model, slots, ctx, n_batch=opts.get("num_batch", 512),
                                      n_threads=opts.get("num_thread", self.settings.num_threads),
-                                     prefix_cache=self.settings.prefix_cache))
+                                     prefix_cache=self.settings.prefix_cache,
+                                     kv_cache_type=kv_type, flash_attention=flash))
         except Exception:
             model.close()
             raise
         elapsed = time.perf_counter() - started
-        log.info("loaded %s (%d slots x %d tokens) in %.2fs", entry.name, slots, ctx, elapsed)
+        log.info("loaded %s (%d slots x %d tokens, %s KV cache, flash attention %s) in %.2fs",
+                 entry.name, slots, ctx, kv_type, flash, elapsed)
         return Runner(entry=entry, info=info, model=model, engine=engine, num_ctx=ctx)
 
 
@@ -461,11 +464,26 @@ def _probe_model(entry: ModelEntry | None) -> Path | None:
     return entry.path if entry is not None else None
 
 
+def _kv_cache(entry: ModelEntry, settings: Settings) -> tuple[str, str]:
+    """The entry's KV cache type and flash attention switch, else the server's. llama.cpp
+    refuses a quantised V cache without flash attention, so with flash attention forced off
+    the cache falls back to f16, logged, as Ollama does."""
+    kv_type = entry.kv_cache_type or settings.kv_cache_type
+    flash = entry.flash_attention or settings.flash_attention
+    if kv_type != "f16" and flash == "off":
+        log.warning("%s: a %s KV cache needs flash attention, which is off: using f16",
+                    entry.name, kv_type)
+        kv_type = "f16"
+    return kv_type, flash
+
+
 def _loads_alike(new: ModelEntry, old: ModelEntry) -> bool:
     """Whether a loaded model can serve the new entry without loading again."""
     load_keys = ("num_ctx", "num_batch", "num_thread", "use_mmap", "use_mlock")
     return (new.path == old.path and new.num_ctx == old.num_ctx
             and new.num_parallel == old.num_parallel
+            and new.kv_cache_type == old.kv_cache_type
+            and new.flash_attention == old.flash_attention
             and all(new.options.get(k) == old.options.get(k) for k in load_keys))
 
 

@@ -33,7 +33,7 @@ from ollamalite.runtime.engine.jobs import (
     Logprob,
     TextChunk,
 )
-from ollamalite.runtime.engine.llama import LlamaModel, new_context, put_token
+from ollamalite.runtime.engine.llama import LlamaModel, new_context, put_token, set_kv_cache
 from ollamalite.runtime.engine.sampling import GrammarError, SamplerChain, log_softmax
 from ollamalite.runtime.engine.text import TextAssembler
 
@@ -120,14 +120,19 @@ class Engine:
     """Owns a llama.cpp context with `n_slots` sequences and the thread that decodes them."""
 
     def __init__(self, model: LlamaModel, n_slots: int, slot_ctx: int, n_batch: int = 512,
-                 n_threads: int = 0, prefix_cache: bool = True) -> None:
+                 n_threads: int = 0, prefix_cache: bool = True, kv_cache_type: str = "f16",
+                 flash_attention: str = "auto") -> None:
+        """`kv_cache_type` (a KV_TYPES key) and `flash_attention` (auto, on or off) as
+        `set_kv_cache` takes them."""
         self.model = model
+        self.kv_cache_type = kv_cache_type
         self.prefix_cache = prefix_cache
         self.n_slots = n_slots
         self.slot_ctx = slot_ctx
         self.n_batch = max(n_batch, n_slots)
         self.n_threads = n_threads or (os.cpu_count() or 1)
-        self.ctx = _new_context(model, n_slots, slot_ctx, self.n_batch, self.n_threads)
+        self.ctx = _new_context(model, n_slots, slot_ctx, self.n_batch, self.n_threads,
+                                kv_cache_type, flash_attention)
         self.mem = llama_cpp.llama_get_memory(self.ctx)
         self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self.slots = [Slot(i) for i in range(n_slots)]
@@ -466,9 +471,10 @@ def _emit(job: Job | EmbedJob, event: Event | Embedded) -> None:
         job.cancel()
 
 
-def _new_context(model: LlamaModel, n_slots: int, slot_ctx: int, n_batch: int,
-                 n_threads: int) -> llama_cpp.llama_context_p:
+def _new_context(model: LlamaModel, n_slots: int, slot_ctx: int, n_batch: int, n_threads: int,
+                 kv_cache_type: str, flash_attention: str) -> llama_cpp.llama_context_p:
     params = llama_cpp.llama_context_default_params()
+    set_kv_cache(params, kv_cache_type, flash_attention)
     params.n_ctx = slot_ctx * n_slots
     params.n_batch = n_batch
     params.n_ubatch = n_batch

@@ -18,6 +18,12 @@ log = logging.getLogger(__name__)
 _llama_log = logging.getLogger("llama.cpp")
 # ggml_log_level: 1 debug, 2 info, 3 warn, 4 error, 5 continuation of the previous line.
 _LEVELS = {3: logging.WARNING, 4: logging.ERROR}
+# settings.KV_CACHE_TYPES as ggml types, with the bytes of one block and the values it holds.
+KV_TYPES = {"f16": (llama_cpp.GGML_TYPE_F16, 2, 1), "q8_0": (llama_cpp.GGML_TYPE_Q8_0, 34, 32),
+            "q4_0": (llama_cpp.GGML_TYPE_Q4_0, 18, 32)}
+FLASH_ATTN = {"auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
+              "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+              "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED}
 
 
 @llama_cpp.llama_log_callback
@@ -61,8 +67,13 @@ class LlamaModel:
         self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(ptr)
         self.n_embd = llama_cpp.llama_model_n_embd_out(ptr)
         self.size = llama_cpp.llama_model_size(ptr)
-        self.kv_bytes_per_token = _kv_bytes_per_token(ptr)
+        self.kv_values_per_token = _kv_values_per_token(ptr)
         self._pieces: dict[tuple[int, bool], bytes] = {}
+
+    def kv_bytes_per_token(self, kv_type: str) -> int:
+        """The KV cache's bytes per token when its K and V are of `kv_type` (a KV_TYPES key)."""
+        _, block_bytes, block_values = KV_TYPES[kv_type]
+        return self.kv_values_per_token * block_bytes // block_values
 
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True,
                  ) -> list[int]:
@@ -164,13 +175,21 @@ class LlamaModel:
             self.ptr = None
 
 
-def _kv_bytes_per_token(ptr: llama_cpp.llama_model_p) -> int:
-    """K and V of one token in every layer at f16 (the KV cache's default type); an estimate
-    for models whose key and value heads differ in size."""
+def _kv_values_per_token(ptr: llama_cpp.llama_model_p) -> int:
+    """The values K and V hold for one token in every layer; an estimate for models whose key
+    and value heads differ in size."""
     n_head = max(1, llama_cpp.llama_model_n_head(ptr))
     head_dim = llama_cpp.llama_model_n_embd(ptr) // n_head
     return llama_cpp.llama_model_n_layer(ptr) * 2 * llama_cpp.llama_model_n_head_kv(ptr) * \
-        head_dim * 2
+        head_dim
+
+
+def set_kv_cache(params: llama_cpp.llama_context_params, kv_type: str,
+                 flash_attention: str) -> None:
+    """`kv_type` (a KV_TYPES key) for both K and V, and the FLASH_ATTN switch: llama.cpp
+    refuses a quantised V cache with flash attention off (the scheduler falls back to f16)."""
+    params.type_k = params.type_v = KV_TYPES[kv_type][0]
+    params.flash_attn_type = FLASH_ATTN[flash_attention]
 
 
 def new_context(model: LlamaModel, params: llama_cpp.llama_context_params, n_threads: int,
