@@ -50,6 +50,12 @@ def answer(server: LiveServer, model: str) -> str:
     return reply.json()["message"]["content"]
 
 
+def load(server: LiveServer, model: str) -> None:
+    """Ollama's way to load a model without generating: an empty prompt."""
+    reply = httpx.post(f"{server.url}/api/generate", json={"model": model}, timeout=300)
+    assert reply.status_code == 200 and reply.json()["done"], reply.text
+
+
 def sizes(server: LiveServer) -> dict[str, int]:
     models = httpx.get(f"{server.url}/api/ps", timeout=30).json()["models"]
     return {m["name"].removesuffix(":latest"): m["size"] for m in models}
@@ -85,8 +91,9 @@ def test_flash_attention_off_falls_back_to_f16(kv_server: LiveServer) -> None:
 def test_bad_environment_values_are_named_and_the_defaults_kept(
         tmp_path: Path, kv_server: LiveServer) -> None:
     env = {"OLLAMA_KV_CACHE_TYPE": "q5_1", "OLLAMA_FLASH_ATTENTION": "sometimes"}
+    load(kv_server, "plain")  # the same model, context and slots, with an f16 cache
     with serving(tmp_path, "models:\n" + entry("plain"), env) as live:
-        answer(live, "plain")
+        load(live, "plain")
         assert sizes(live)["plain"] == sizes(kv_server)["plain"]
         log = live.log()
     assert "invalid OLLAMA_KV_CACHE_TYPE='q5_1' (f16, q8_0, q4_0), using f16" in log
