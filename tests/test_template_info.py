@@ -59,11 +59,13 @@ def test_check_request() -> None:
     assert templates.check_request("m", thinker, None, False) is False
     assert templates.check_request("m", thinker, None, "low") == "low"
     # A grammar (format) holds the reply from its first token: no thinking to split off.
-    assert templates.check_request("m", thinker, None, None, constrained=True) is False
-    assert templates.check_request("m", thinker, None, False, constrained=True) is False
+    assert templates.check_request("m", thinker, None, None, constrained="format") is False
+    assert templates.check_request("m", thinker, None, False, constrained="format") is False
     with pytest.raises(BadRequest, match="think together with format"):
-        templates.check_request("m", thinker, None, True, constrained=True)
-    assert templates.check_request("m", plain, None, None, constrained=True) is None
+        templates.check_request("m", thinker, None, True, constrained="format")
+    assert templates.check_request("m", plain, None, None, constrained="format") is None
+    with pytest.raises(BadRequest, match="think together with tool_choice"):
+        templates.check_request("m", thinker, None, "high", constrained="tool_choice")
 
 
 def test_variables() -> None:

@@ -154,12 +154,13 @@ def _think_tags(template: str) -> tuple[str, str] | None:
 
 
 def check_request(name: str, found: TemplateFeatures, tools: Sequence[Any] | None,
-                  think: bool | str | None, constrained: bool = False) -> bool | str | None:
+                  think: bool | str | None, constrained: str = "") -> bool | str | None:
     """400 for what the model's template cannot do; returns the `think` to use: on by default
     for a model that can think (as Ollama since 0.12.4), None for one that cannot. A reply
-    `constrained` by a grammar (`format`) is held to it from its first token, so there is no
-    reasoning to split off: thinking is off by default then, and asking for it is a 400
-    (Ollama runs such a request twice, thinking first; ollamalite does not yet)."""
+    `constrained` by a grammar (the field that asks for it: `format`, `tool_choice`) is held to
+    it from its first token, so there is no reasoning to split off: thinking is off by default
+    then, and asking for it is a 400 (Ollama runs a `format` request twice, thinking first;
+    ollamalite does not yet)."""
     if tools and not found.tools:
         raise BadRequest(f'"{name}" does not support tools')
     if not found.thinking:
@@ -167,8 +168,8 @@ def check_request(name: str, found: TemplateFeatures, tools: Sequence[Any] | Non
             raise BadRequest(f'"{name}" does not support thinking')
         return None
     if constrained and think:
-        raise BadRequest("think together with format is not supported yet: leave think out "
-                         "or send false")
+        raise BadRequest(f"think together with {constrained} is not supported yet: leave "
+                         "think out or send false")
     return (not constrained) if think is None else think
 
 
