@@ -59,6 +59,13 @@ THINKING = """\
 {%- endif %}
 """
 
+# THINKING with levels, as gpt-oss reads them: the effort goes into the system turn.
+THINKING_LEVELS = """\
+{%- if reasoning_effort is defined %}
+{{- '<|im_start|>system\\nReasoning: ' + reasoning_effort + '<|im_end|>\\n' }}
+{%- endif %}
+""" + THINKING
+
 # Llama 3.2 style: the call is a bare JSON object with "parameters".
 LLAMA_TOOLS = """\
 {{- bos_token }}

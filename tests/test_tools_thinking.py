@@ -50,6 +50,10 @@ models:
     path: bundled
     num_ctx: 2048
     template: {_block(chat_templates.THINKING)}
+  leveler:
+    path: bundled
+    num_ctx: 2048
+    template: {_block(chat_templates.THINKING_LEVELS)}
 """
 
 
@@ -101,8 +105,12 @@ def test_capabilities_follow_the_template(http: httpx.Client) -> None:
     ("/api/chat", {"model": "tooler", "think": True}, '"tooler" does not support thinking'),
     ("/api/generate", {"model": MODEL, "think": "high"},
      '"smollm2:135m" does not support thinking'),
-    ("/api/chat", {"model": "thinker", "think": "low", "format": "json"},
+    ("/api/chat", {"model": "thinker", "think": True, "format": "json"},
      "think together with format is not supported yet"),
+    ("/api/chat", {"model": "leveler", "think": "low", "format": "json"},
+     "think together with format is not supported yet"),
+    ("/api/generate", {"model": "thinker", "think": "medium"},
+     '"thinker" does not support thinking levels'),
     ("/api/chat", {"model": "tooler", "tools": [{"type": "function", "function": {}}]},
      "tools.0.function.name"),
     ("/api/chat", {"model": "tooler", "messages": [
@@ -220,11 +228,31 @@ def test_chat_thinking_on_off_and_levels(http: httpx.Client) -> None:
     assert on["content"].strip()
     off = http.post("/api/chat", json={**body, "think": False}).json()["message"]
     assert "thinking" not in off and off["content"]
-    high = http.post("/api/chat", json={**body, "think": "high"}).json()["message"]
-    assert high["thinking"] == on["thinking"]
+    high = http.post("/api/chat", json={**body, "think": "high"})
+    assert high.status_code == 400  # this template has no levels
+    assert high.json() == {"error": '"thinker" does not support thinking levels: send think '
+                                    "true or false"}
     # With a grammar (format) thinking is off unless asked for: the JSON is content.
     constrained = http.post("/api/chat", json={**body, "format": "json"}).json()["message"]
     assert "thinking" not in constrained and constrained["content"].lstrip().startswith("{")
+
+
+def test_thinking_levels_reach_a_template_that_reads_them(http: httpx.Client) -> None:
+    """`leveler` writes `Reasoning: <level>` into the prompt (gpt-oss style): each level makes
+    another prompt (`context` holds the prompt's tokens), `true` and `false` still work."""
+    body = {"model": "leveler", "prompt": "What is 1+1?", "stream": False,
+            "options": {**GREEDY, "num_predict": 1}}
+    contexts = {}
+    for think in ("low", "medium", "high", True, False):
+        reply = http.post("/api/generate", json={**body, "think": think})
+        assert reply.status_code == 200 and reply.json()["done"]
+        contexts[think] = tuple(reply.json()["context"][:-1])  # the prompt, without the answer
+    assert len(set(contexts.values())) == 5
+    assert len(contexts["low"]) == len(contexts["high"])  # one word differs
+    chat = http.post("/api/chat", json={"model": "leveler", "think": "low", "stream": False,
+                                        "messages": [{"role": "user", "content": "Hi"}],
+                                        "options": {**GREEDY, "num_predict": 4}})
+    assert chat.status_code == 200 and chat.json()["message"]["thinking"]
 
 
 def test_official_client_thinking(live: LiveServer) -> None:
@@ -286,6 +314,10 @@ def test_openai_reasoning(oai: openai.OpenAI) -> None:
     plain = oai.chat.completions.create(model="thinker", messages=messages, max_tokens=40,
                                         temperature=0, seed=7, reasoning_effort="none")
     assert not (plain.choices[0].message.model_extra or {}).get("reasoning")
+    # An effort is a hint: a template without levels thinks as it does with `think: true`.
+    high = oai.chat.completions.create(model="thinker", messages=messages, max_tokens=40,
+                                       temperature=0, seed=7, reasoning_effort="high")
+    assert high.choices[0].message.model_extra["reasoning"] == message.model_extra["reasoning"]
     with pytest.raises(openai.BadRequestError, match="does not support tools"):
         oai.chat.completions.create(model="thinker", messages=messages, tools=[WEATHER])
 

@@ -28,6 +28,7 @@ from ollamalite.generation.embedding import EmbedRequest
 from ollamalite.generation.reply import Delta
 from ollamalite.generation.request import TextRequest
 from ollamalite.generation.run import Generation
+from ollamalite.generation.templates import Effort
 from ollamalite.options import validate_options
 from ollamalite.runtime.engine.jobs import Finished
 from ollamalite.server import ollama
@@ -231,8 +232,10 @@ def _named_tool(tool_choice: Any) -> str:
 
 
 def think_of(effort: str | None) -> bool | str | None:
-    """A reasoning effort as Ollama's `think`; None leaves it to the model."""
-    return _THINK[effort] if effort else None
+    """A reasoning effort as Ollama's `think` (a level only as a hint, see `Effort`); None
+    leaves it to the model."""
+    think = _THINK[effort] if effort else None
+    return Effort(think) if isinstance(think, str) else think
 
 
 def chat_request(req: dict[str, Any]) -> TextRequest:
