@@ -124,7 +124,8 @@ def test_show_template_has_a_suffix_branch_only_with_fim_tokens(http: httpx.Clie
 
 
 @pytest.mark.parametrize(("model", "lines"), [
-    (FIM_MODEL, ['num_ctx                        512', 'stop                           "<|im_end|>"']),
+    (FIM_MODEL, ['num_ctx                        512',
+                 'stop                           "<|im_end|>"']),
     (STOPPER, ['num_ctx                        4096', 'stop                           "END"',
                'stop                           "<|im_end|>"',
                'temperature                    0.5']),
