@@ -43,7 +43,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action=_Version, nargs=0,
                         help="print ollamalite's version and the llama.cpp build it runs on")
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="start the server")
+    serve = sub.add_parser("serve", help="start the server",
+                           description="Start the server. Everything else is set in the "
+                                       "environment (OLLAMA_HOST, OLLAMALITE_API_KEY, ...: "
+                                       "docs/configuration.md).")
     serve.add_argument("--host", help="address to bind (default from OLLAMA_HOST, else the "
                                       "models file's server.host, else 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default from OLLAMA_HOST, else the models "

@@ -24,7 +24,7 @@ LOAD_TIME_KEYS = frozenset(
      "logits_all", "num_thread"}
 )
 # Options Ollama has removed and ignores silently; kept so they log as ignored, not unknown.
-IGNORED_KEYS = frozenset({"tfs_z", "penalize_newline", "num_keep", "draft_num_predict"})
+IGNORED_KEYS = frozenset({"tfs_z", "penalize_newline", "draft_num_predict"})
 # The JSON Schema of a field that takes a string or a list of strings (for the OpenAPI document,
 # which cannot infer it from a custom field).
 STRING_OR_LIST = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
@@ -77,6 +77,7 @@ class OptionsSchema(Schema):
     max_tokens = TruncatingInt(validate=validate.Range(min=-2))
     num_ctx = TruncatingInt(validate=validate.Range(min=1))
     num_batch = TruncatingInt(validate=validate.Range(min=1))
+    num_keep = TruncatingInt(validate=validate.Range(min=-1))
     num_thread = TruncatingInt(validate=validate.Range(min=0))
     num_gpu = TruncatingInt()
     main_gpu = TruncatingInt()
@@ -137,6 +138,7 @@ class RunOptions:
     stop: tuple[str, ...] = ()
     num_ctx: int | None = None
     num_batch: int | None = None
+    num_keep: int = 4  # prompt tokens a context shift keeps (-1: all), Ollama's default
 
 
 def merge(*layers: Mapping[str, Any]) -> dict[str, Any]:
@@ -159,4 +161,5 @@ def run_options(opts: Mapping[str, Any]) -> RunOptions:
         stop=tuple(opts.get("stop", ())),
         num_ctx=opts.get("num_ctx"),
         num_batch=opts.get("num_batch"),
+        num_keep=opts.get("num_keep", 4),
     )

@@ -7,6 +7,10 @@
 # enables instructions ggml does not ask for. On a CPU other than x86-64 it prints nothing and
 # llama.cpp's own default (native) applies.
 #
+# `portable_cmake_args` prints the same options for x86-64-v3 (Haswell, Zen and later: SSE4.2,
+# AVX, AVX2, FMA, F16C, BMI2) whatever CPU builds it, every other option OFF: for a build that
+# runs on other machines (the Dockerfile; docs/docker.md says why this baseline).
+#
 # `cpu_key` prints a short checksum of what such a build depends on: the architecture, the
 # CPU's model name and flags, and the CMake options (with the user's own CMAKE_ARGS). Folders
 # of builds are keyed on it, so a cache carried to another CPU is rebuilt instead of crashing.
@@ -31,10 +35,9 @@ _cpu_has() {
     done
 }
 
-cpu_cmake_args() {
-    [ "$(uname -m)" = x86_64 ] && [ -r /proc/cpuinfo ] || return 0
-    local flags args="-DGGML_NATIVE=OFF" pair
-    flags=" $(_cpu_flags) "
+# _cmake_args_for "FLAGS": every option of the table, ON where FLAGS has its cpuinfo flags.
+_cmake_args_for() {
+    local flags=" $1 " args="-DGGML_NATIVE=OFF" pair
     for pair in $_CPU_GGML_FLAGS; do
         if _cpu_has "$flags" "${pair%%:*}"; then
             args="$args -D${pair#*:}=ON"
@@ -43,6 +46,15 @@ cpu_cmake_args() {
         fi
     done
     echo "$args"
+}
+
+cpu_cmake_args() {
+    [ "$(uname -m)" = x86_64 ] && [ -r /proc/cpuinfo ] || return 0
+    _cmake_args_for "$(_cpu_flags)"
+}
+
+portable_cmake_args() {
+    _cmake_args_for "sse4_2 avx avx2 fma f16c bmi2"
 }
 
 cpu_key() {

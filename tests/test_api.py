@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from ollamalite.registry.models_file import bundled_model_path
+from ollamalite.server.ollama import OLLAMA_API_VERSION
 from tests.conftest import MODEL, PIRATE, PIRATE_SYSTEM, LiveServer, disconnect_mid_stream
 
 GREEDY = {"temperature": 0, "num_predict": 16}
@@ -51,9 +52,11 @@ def test_root_and_head(http: httpx.Client) -> None:
     assert head.status_code == 200 and head.text == ""
 
 
-def test_version(http: httpx.Client) -> None:
+def test_version_is_the_ollama_api_level_not_the_package_version(http: httpx.Client) -> None:
+    """Clients compare it with the Ollama release that brought a feature (`--version` prints
+    ollamalite's own)."""
     body = http.get("/api/version").json()
-    assert set(body) == {"version"} and body["version"].count(".") == 2
+    assert body == {"version": OLLAMA_API_VERSION} and OLLAMA_API_VERSION.count(".") == 2
 
 
 def test_tags_lists_configured_models_with_real_metadata(http: httpx.Client) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import io
 from datetime import datetime, timedelta, timezone
@@ -305,3 +306,41 @@ def test_version_names_ollamalite_and_the_llama_cpp_build(capsys: pytest.Capture
     assert first == f"ollamalite {__version__}"
     assert second.startswith(f"llama-cpp-python {llama_cpp.__version__} (llama.cpp: ")
     assert all(feature in second for feature in build_features())
+
+
+def _commands() -> dict[str, argparse.ArgumentParser]:
+    """Each subcommand's parser, by name (aliases included)."""
+    [sub] = [action for action in cli._parser()._actions
+             if isinstance(action, argparse._SubParsersAction)]
+    return dict(sub.choices)
+
+
+@pytest.mark.parametrize("command", sorted(_commands()))
+def test_help_documents_every_argument(command: str, capsys: pytest.CaptureFixture[str]
+                                       ) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main([command, "--help"])
+    assert exited.value.code == 0
+    shown = " ".join(capsys.readouterr().out.split())  # argparse wraps long lines
+    for action in _commands()[command]._actions:
+        assert action.help and action.help != argparse.SUPPRESS, action.dest
+        assert " ".join(action.help.split()) in shown
+        for name in action.option_strings or [action.metavar or action.dest]:
+            assert name in shown
+
+
+def test_top_level_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    shown = capsys.readouterr().out
+    assert all(command in shown for command in _commands())
+    assert "--version" in shown
+
+
+def test_an_unknown_serve_flag_exits_2_naming_it(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["serve", "--port", "1", "--bogus"])
+    assert exited.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "unrecognized arguments: --bogus" in captured.err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 from typing import Iterator
@@ -203,10 +204,58 @@ def test_prefix_reuse_can_be_switched_off(model: LlamaModel) -> None:
 def test_generation_that_fills_the_context_ends_with_length(engine: Engine,
                                                              model: LlamaModel) -> None:
     prompt = chat_prompt(model, "Write a very long essay about the history of the world.")
-    run = Run(engine, prompt, num_ctx=len(prompt) + 6, num_predict=-1)
+    for job in ({"shift": False, "num_predict": -1}, {"num_predict": -2}):
+        run = Run(engine, prompt, num_ctx=len(prompt) + 6, **job)
+        run.text()
+        assert run.final.done_reason == "length"
+        assert 0 < run.final.eval_count <= 7
+
+
+def test_context_shift_keeps_generating_as_a_fresh_prompt_over_the_kept_window(
+        engine: Engine, model: LlamaModel) -> None:
+    """Three contexts' worth of tokens from a 96-token context; after the first shift the
+    stream goes on exactly as a fresh request over the tokens the shift kept."""
+    prompt = chat_prompt(model, "Count upwards from 1, one number per line, and never stop.")
+    limit, keep = 96, 4
+    digits = 'root ::= [0-9\\n] root'  # the same at every point, and never ends
+    run = Run(engine, prompt, num_ctx=limit, num_predict=3 * limit, num_keep=keep,
+              grammar=digits)
+    run.text()
+    assert run.final.done_reason == "length" and run.final.eval_count == 3 * limit
+    every = list(run.final.tokens)
+    discard = (limit - keep) // 2
+    window = every[:keep] + every[keep + discard:limit + 1]  # + the token sampled before it
+    fresh = Run(engine, window, num_predict=12, grammar=digits)
+    fresh.text()
+    assert list(fresh.final.tokens[len(window):]) == every[limit + 1:limit + 13]
+
+
+def test_unbounded_generation_ends_after_ten_contexts(engine: Engine, model: LlamaModel) -> None:
+    prompt = chat_prompt(model, "Repeat the word yes for ever.")
+    run = Run(engine, prompt, num_ctx=len(prompt) + 8, num_predict=-1,
+              grammar='root ::= "yes " root')  # never ends by itself
     run.text()
     assert run.final.done_reason == "length"
-    assert len(prompt) + run.final.eval_count <= len(prompt) + 7
+    assert run.final.eval_count == 10 * (len(prompt) + 8)
+
+
+def test_logprobs_come_from_the_logits_the_sampler_saw(engine: Engine, model: LlamaModel) -> None:
+    prompt = chat_prompt(model, "Name three colours.")
+    run = Run(engine, prompt, num_predict=16, logprobs=3)
+    chunks = list(run.chunks())
+    logprobs = [lp for c in chunks for lp in c.logprobs]
+    assert [len(c.logprobs) for c in chunks] == [c.n_tokens for c in chunks]
+    assert len(logprobs) == run.final.eval_count == 16
+    generated = run.final.tokens[len(prompt):]
+    assert [lp.token for lp in logprobs] == [model.spelling(t) for t in generated]
+    for lp in logprobs:
+        assert len(lp.top) == 3 and lp.logprob <= 0
+        assert [v for _, v in lp.top] == sorted((v for _, v in lp.top), reverse=True)
+        assert lp.top[0] == (lp.token, lp.logprob)  # greedy: the likeliest token was chosen
+        assert sum(math.exp(v) for _, v in lp.top) <= 1 + 1e-6
+    plain = list(Run(engine, prompt, num_predict=16).chunks())
+    assert "".join(c.text for c in plain) == "".join(c.text for c in chunks)
+    assert all(c.logprobs == () for c in plain)
 
 
 def test_overlong_prompt_fails_cleanly_and_engine_keeps_serving(engine: Engine,

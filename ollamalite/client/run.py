@@ -213,7 +213,7 @@ def run(client: Client, args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run a model: one answer, or an interactive chat")
-    p.add_argument("model")
+    p.add_argument("model", help="the model's name (pulled first if the server has none)")
     p.add_argument("prompt", nargs="*", help="the prompt (else stdin, else interactive)")
     p.add_argument("--format", help='response format: "json" or a JSON schema')
     p.add_argument("--think", nargs="?", const="true", choices=("true", "false", *THINK_LEVELS),

@@ -19,6 +19,8 @@ import string
 from dataclasses import dataclass, field
 from typing import Any, Collection, Mapping
 
+from ollamalite.runtime.engine.jobs import Logprob
+
 ToolCall = dict[str, Any]
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 _XML_FUNCTION = re.compile(r"\s*<function=([^>\s]+)>(.*)</function>\s*", re.S)
@@ -27,19 +29,22 @@ _XML_PARAMETER = re.compile(r"<parameter=([^>\s]+)>\n?(.*?)\n?</parameter>", re.
 
 @dataclass
 class Delta:
-    """What one step of the reply adds. A delta with tool calls carries no text."""
+    """What one step of the reply adds. A delta with tool calls carries no text; `logprobs`
+    are those of the tokens generated since the previous delta (when they were asked for)."""
 
     content: str = ""
     thinking: str = ""
     tool_calls: list[ToolCall] = field(default_factory=list)
+    logprobs: list[Logprob] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.content or self.thinking or self.tool_calls)
+        return bool(self.content or self.thinking or self.tool_calls or self.logprobs)
 
     def add(self, other: Delta) -> None:
         self.content += other.content
         self.thinking += other.thinking
         self.tool_calls.extend(other.tool_calls)
+        self.logprobs.extend(other.logprobs)
 
 
 def _partial_suffix(text: str, tag: str) -> int:

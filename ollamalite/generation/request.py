@@ -1,7 +1,8 @@
 """One text generation in protocol-neutral terms: what every protocol adapter builds.
 
 /api/chat, /api/generate, /v1/chat/completions, /v1/completions and /v1/messages each turn
-their own wire request into a `TextRequest`; nothing below the adapters sees a protocol's field names.
+their own wire request into a `TextRequest`; nothing below the adapters sees a protocol's field
+names.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ class TextRequest:
     options: dict[str, Any] = field(default_factory=dict)  # validated Ollama options
     keep_alive: float | None = None
     truncate: bool = True  # drop a chat's oldest turns to fit the context
-    logprobs: bool = False  # refused for now
+    shift: bool = True  # a generation that fills the context drops older tokens and goes on
+    logprobs: bool = False  # each generated token's logprob
+    top_logprobs: int = 0  # and this many likeliest alternatives at each position (0-20)
 
     @property
     def chat(self) -> bool:

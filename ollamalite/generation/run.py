@@ -12,7 +12,7 @@ import asyncio
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from ollamalite.errors import ApiError, BadRequest
 from ollamalite.generation import forced, stats, templates
@@ -23,7 +23,7 @@ from ollamalite.options import RunOptions, merge, run_options
 from ollamalite.registry import chat_template
 from ollamalite.registry.gguf_header import read_header
 from ollamalite.registry.models_file import ModelEntry
-from ollamalite.runtime.engine.jobs import Event, Failed, Finished, Job, TextChunk
+from ollamalite.runtime.engine.jobs import Event, Failed, Finished, Job, Logprob, TextChunk
 from ollamalite.runtime.scheduler import Runner, Scheduler
 
 
@@ -55,15 +55,21 @@ class Generation:
         self.stats = stats.current()
 
     async def deltas(self) -> AsyncIterator[Delta]:
-        """Raises ApiError when the engine fails; a tool call is held back until complete."""
+        """Raises ApiError when the engine fails; a tool call is held back until complete.
+        Logprobs ride on the first delta after their tokens (text the parser holds back
+        keeps them waiting; the last ones come with the end even when it adds no text)."""
+        logprobs: list[Logprob] = []
         async for event in self.events:
             if isinstance(event, Failed):
                 raise ApiError(event.message)
             self.stats.record(event, time.perf_counter())
             if isinstance(event, TextChunk):
+                logprobs.extend(event.logprobs)
                 deltas = self.parser.feed(event.text)
             else:
-                deltas = self.parser.finish()
+                deltas = self.parser.finish() or ([Delta()] if logprobs else [])
+            if deltas and logprobs:
+                deltas[0].logprobs, logprobs = logprobs, []
             for delta in deltas:
                 yield delta
             if isinstance(event, Finished):
@@ -95,8 +101,6 @@ async def check(scheduler: Scheduler, req: TextRequest) -> Checked:
     entry = scheduler.entry(req.model)
     if req.has_images:
         raise BadRequest(f'"{req.model}" does not support images')
-    if req.logprobs:
-        raise BadRequest("logprobs are not supported yet")
     grammar_text, features = await asyncio.to_thread(_inspect, entry, req)
     constraint = "tool_choice" if req.force_tool else "format" if grammar_text else ""
     think = templates.check_request(req.model, features, req.tools, req.think, constraint)
@@ -149,7 +153,7 @@ async def generate(scheduler: Scheduler, req: TextRequest) -> AsyncIterator[Gene
         checked = ready.checked
         parser = templates.reply_parser(checked.features, req.tools, checked.think,
                                         prompt_tail(ready.runner, ready.tokens))
-        events = _events(ready.runner, ready.tokens, ready.opts, checked.grammar)
+        events = _events(ready.runner, req, ready.tokens, ready.opts, checked.grammar)
         try:
             yield Generation(checked.entry.name, events, started, ready.load_duration, parser,
                              prompt_tokens=len(ready.tokens))
@@ -178,15 +182,23 @@ async def load_or_unload(scheduler: Scheduler, req: TextRequest) -> str:
         return "load"
 
 
-async def _events(runner: Runner, tokens: list[int], opts: RunOptions,
+def _job(req: TextRequest, tokens: list[int], opts: RunOptions, grammar_text: str | None,
+         emit: Callable[[Event], None]) -> Job:
+    """The engine's job for `tokens`; `grammar_text` (GBNF) constrains the output."""
+    return Job(prompt=tokens, sampling=opts.sampling, emit=emit, num_predict=opts.num_predict,
+               stop=opts.stop, num_ctx=opts.num_ctx, num_batch=opts.num_batch,
+               grammar=grammar_text, logprobs=req.top_logprobs if req.logprobs else None,
+               shift=req.shift, num_keep=opts.num_keep)
+
+
+async def _events(runner: Runner, req: TextRequest, tokens: list[int], opts: RunOptions,
                   grammar_text: str | None) -> AsyncIterator[Event]:
-    """Submit to the model's engine and yield its events until the last; leaving early
-    cancels the job. `grammar_text` (GBNF) constrains the output."""
+    """Submit the job to the model's engine and yield its events until the last; leaving
+    early cancels the job."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Event] = asyncio.Queue()
-    job = Job(prompt=tokens, sampling=opts.sampling, num_predict=opts.num_predict, stop=opts.stop,
-              num_ctx=opts.num_ctx, num_batch=opts.num_batch, grammar=grammar_text,
-              emit=lambda event: loop.call_soon_threadsafe(queue.put_nowait, event))
+    job = _job(req, tokens, opts, grammar_text,
+               lambda event: loop.call_soon_threadsafe(queue.put_nowait, event))
     runner.engine.submit(job)
     try:
         while True:

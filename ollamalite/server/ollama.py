@@ -23,6 +23,7 @@ from ollamalite.registry.gguf_header import GGUFError, GGUFInfo, file_digest, re
 from ollamalite.registry.models_file import ModelEntry
 from ollamalite.server import show as show_fmt
 from ollamalite.server.keys import PULLER
+from ollamalite.server.logprobs import token_objects
 from ollamalite.server.openapi import MODEL_ERRORS, RUN_ERRORS, STREAMED, TEXT, Reply, Route
 from ollamalite.server.request import read_body, require_model, scheduler_of
 from ollamalite.server.stream import NdjsonStream, created_at, json_response, local_time
@@ -147,7 +148,8 @@ def text_request(req: dict[str, Any], chat: bool) -> TextRequest:
     common: dict[str, Any] = dict(
         model=require_model(req), format=req["format"], think=req["think"],
         options=req["options"], keep_alive=req["keep_alive"], truncate=req["truncate"],
-        logprobs=bool(req["logprobs"] or req["top_logprobs"]))
+        shift=req["shift"], logprobs=bool(req["logprobs"] or req["top_logprobs"]),
+        top_logprobs=req["top_logprobs"])
     if chat:
         return TextRequest(messages=req["messages"], tools=req["tools"], **common)
     return TextRequest(prompt=req["prompt"], suffix=req["suffix"], system=req["system"],
@@ -184,9 +186,16 @@ class ChatShape(GenerateShape):
                 "done": False}
 
 
+def with_logprobs(body: dict[str, Any], delta: Delta) -> dict[str, Any]:
+    """`logprobs` goes last, as Ollama orders it, and only when there are some."""
+    if delta.logprobs:
+        body["logprobs"] = token_objects(delta.logprobs)
+    return body
+
+
 def final(shape: GenerateShape, whole: Delta, gen: Generation, context: bool) -> dict[str, Any]:
-    """The last object: the reason, the token ids (templated /api/generate, as Ollama), and
-    the timings in nanoseconds."""
+    """The last object: the reason, the token ids (templated /api/generate, as Ollama), the
+    timings in nanoseconds, and a non-streamed answer's logprobs."""
     fin = gen.result
     body = shape.done(whole, fin.done_reason)
     if context:
@@ -196,7 +205,7 @@ def final(shape: GenerateShape, whole: Delta, gen: Generation, context: bool) ->
                 prompt_eval_count=fin.prompt_eval_count,
                 prompt_eval_duration=fin.prompt_eval_duration, eval_count=fin.eval_count,
                 eval_duration=fin.eval_duration)
-    return body
+    return with_logprobs(body, whole)
 
 
 async def respond(request: web.Request, gen: Generation, shape: GenerateShape, stream: bool,
@@ -208,7 +217,7 @@ async def respond(request: web.Request, gen: Generation, shape: GenerateShape, s
     out = NdjsonStream(request)
     try:
         async for delta in gen.deltas():
-            await out.send(shape.chunk(delta))
+            await out.send(with_logprobs(shape.chunk(delta), delta))
         await out.send(final(shape, Delta(), gen, context))
     except ApiError as exc:
         if not out.started:

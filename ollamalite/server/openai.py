@@ -33,6 +33,7 @@ from ollamalite.options import validate_options
 from ollamalite.runtime.engine.jobs import Finished
 from ollamalite.server import ollama
 from ollamalite.server.keys import SCHEDULER
+from ollamalite.server.logprobs import CompletionLogprobs, token_objects
 from ollamalite.server.openapi import MODEL_ERRORS, RUN_ERRORS, SSE, Route
 from ollamalite.server.request import read_body
 from ollamalite.server.stream import SseStream, json_response
@@ -248,7 +249,8 @@ def chat_request(req: dict[str, Any]) -> TextRequest:
                        tools=tools, force_tool=force_tool,
                        think=think_of((req["reasoning"] or {}).get("effort")
                                       or req["reasoning_effort"]),
-                       logprobs=bool(req["logprobs"] or req["top_logprobs"]))
+                       logprobs=bool(req["logprobs"] or req["top_logprobs"]),
+                       top_logprobs=req["top_logprobs"] or 0)
 
 
 def text_request(req: dict[str, Any]) -> TextRequest:
@@ -257,7 +259,7 @@ def text_request(req: dict[str, Any]) -> TextRequest:
     return TextRequest(model=req["model"], prompt=req["prompt"][0] if req["prompt"] else "",
                        suffix=req["suffix"] or "",
                        options=native_options(req, req["max_tokens"]),
-                       logprobs=req["logprobs"] is not None)
+                       logprobs=req["logprobs"] is not None, top_logprobs=req["logprobs"] or 0)
 
 
 # -- responses: core deltas -> OpenAI ----------------------------------------------------------
@@ -299,10 +301,11 @@ class _Formatter(ABC):
     prefix = ""
     obj = ""  # the `object` of the whole answer; chunks add `.chunk` where OpenAI does
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, logprobs: bool = False) -> None:
         self.id = f"{self.prefix}-{uuid.uuid4().hex[:24]}"
         self.created = int(time.time())
         self.model = model
+        self.logprobs = logprobs  # choices carry them (else `logprobs: null`)
 
     def envelope(self, obj: str, choices: list[dict[str, Any]],
                  usage: dict[str, int] | None = None) -> dict[str, Any]:
@@ -338,8 +341,8 @@ class ChatFormatter(_Formatter):
     prefix = "chatcmpl"
     obj = "chat.completion"
 
-    def __init__(self, model: str) -> None:
-        super().__init__(model)
+    def __init__(self, model: str, logprobs: bool = False) -> None:
+        super().__init__(model, logprobs)
         self.started = False
         self.called_tools = False
 
@@ -347,7 +350,8 @@ class ChatFormatter(_Formatter):
                    ) -> dict[str, Any]:
         message = {"role": "assistant", **_delta(whole)}
         reason = finish_reason(done_reason, "tool_calls" in message)
-        return self.envelope(self.obj, [{"index": 0, "message": message, "logprobs": None,
+        return self.envelope(self.obj, [{"index": 0, "message": message,
+                                         "logprobs": self._logprobs(whole),
                                          "finish_reason": reason}], usage)
 
     def chunk(self, delta: Delta) -> dict[str, Any]:
@@ -356,15 +360,21 @@ class ChatFormatter(_Formatter):
         if not self.started:
             out = {"role": "assistant", **out}
             self.started = True
-        return self._chunk(out, None)
+        return self._chunk(out, None, self._logprobs(delta))
 
     def finish(self, done_reason: str) -> list[dict[str, Any]]:
         opening = [] if self.started else [self.chunk(Delta())]
         return [*opening, self._chunk({}, finish_reason(done_reason, self.called_tools))]
 
-    def _chunk(self, delta: dict[str, Any], reason: str | None) -> dict[str, Any]:
+    def _logprobs(self, delta: Delta) -> dict[str, Any] | None:
+        if not self.logprobs:
+            return None
+        return {"content": token_objects(delta.logprobs, always_top=True)}
+
+    def _chunk(self, delta: dict[str, Any], reason: str | None,
+               logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
         return self.envelope(f"{self.obj}.chunk", [{"index": 0, "delta": delta,
-                                                    "logprobs": None,
+                                                    "logprobs": logprobs,
                                                     "finish_reason": reason}])
 
     def usage_chunk(self, usage: dict[str, int]) -> dict[str, Any]:
@@ -377,18 +387,24 @@ class TextFormatter(_Formatter):
     prefix = "cmpl"
     obj = "text_completion"
 
-    def _choice(self, text: str, reason: str | None) -> dict[str, Any]:
-        return {"text": text, "index": 0, "logprobs": None, "finish_reason": reason}
+    def __init__(self, model: str, logprobs: bool = False) -> None:
+        super().__init__(model, logprobs)
+        self.lists = CompletionLogprobs()
+
+    def _choice(self, delta: Delta, reason: str | None) -> dict[str, Any]:
+        logprobs = self.lists.lists(delta.logprobs) if self.logprobs else None
+        return {"text": delta.content, "index": 0, "logprobs": logprobs,
+                "finish_reason": reason}
 
     def completion(self, whole: Delta, done_reason: str, usage: dict[str, int]
                    ) -> dict[str, Any]:
-        return self.envelope(self.obj, [self._choice(whole.content, done_reason)], usage)
+        return self.envelope(self.obj, [self._choice(whole, done_reason)], usage)
 
     def chunk(self, delta: Delta) -> dict[str, Any]:
-        return self.envelope(self.obj, [self._choice(delta.content, None)])
+        return self.envelope(self.obj, [self._choice(delta, None)])
 
     def finish(self, done_reason: str) -> list[dict[str, Any]]:
-        return [self.envelope(self.obj, [self._choice("", done_reason)])]
+        return [self.envelope(self.obj, [self._choice(Delta(), done_reason)])]
 
     def usage_chunk(self, usage: dict[str, int]) -> dict[str, Any]:
         return self.envelope(self.obj, [], usage)
@@ -449,13 +465,15 @@ async def _complete(request: web.Request, text: TextRequest, fmt: _Formatter, st
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     req = load(wire.CHAT, await read_body(request))
-    return await _complete(request, chat_request(req), ChatFormatter(req["model"]),
+    text = chat_request(req)
+    return await _complete(request, text, ChatFormatter(req["model"], text.logprobs),
                            bool(req["stream"]), req["stream_options"])
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
     req = load(wire.COMPLETION, await read_body(request))
-    return await _complete(request, text_request(req), TextFormatter(req["model"]),
+    text = text_request(req)
+    return await _complete(request, text, TextFormatter(req["model"], text.logprobs),
                            bool(req["stream"]), req["stream_options"])
 
 

@@ -2,7 +2,9 @@
 
 Each step packs one token for every generating slot plus prompt chunks of newly admitted jobs
 into a single `llama_batch` and calls `llama_decode` once (a batch llama.cpp refuses is decoded
-again job by job, so a failure ends only the job that causes it). A job goes to the free slot
+again job by job, so a failure ends only the job that causes it). A generation that reaches the
+end of its context shifts it, as Ollama does: the oldest half of what follows the kept start is
+dropped from the KV cache and the rest moved back. A job goes to the free slot
 whose KV cache shares the longest prefix with its prompt, so a chat's next turn only evaluates
 the new messages. Embedding jobs run on the same thread, one batch after each generation step, in
 a second context (`embedder.py`).
@@ -28,10 +30,11 @@ from ollamalite.runtime.engine.jobs import (
     Failed,
     Finished,
     Job,
+    Logprob,
     TextChunk,
 )
 from ollamalite.runtime.engine.llama import LlamaModel, new_context, put_token
-from ollamalite.runtime.engine.sampling import GrammarError, SamplerChain
+from ollamalite.runtime.engine.sampling import GrammarError, SamplerChain, log_softmax
 from ollamalite.runtime.engine.text import TextAssembler
 
 log = logging.getLogger(__name__)
@@ -42,6 +45,11 @@ KEEP_TAIL = 8
 # Fewer shared tokens than this are cheaper to evaluate again than to copy a slot's cache
 # (a chat template's opening, shared by every conversation, is far shorter).
 MIN_COPY = 64
+# `num_predict` -2 (Ollama's "fill the context"): generate until the context is full, no shift.
+FILL_CONTEXT = -2
+# A generation without `num_predict` ends after this many context lengths of tokens, shifts
+# included.
+UNBOUNDED_CONTEXTS = 10
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -68,12 +76,19 @@ class Slot:
         self.pending = job.prompt[n_keep:]
         self.prompt_eval_count = len(self.pending)
         self.limit = limit
+        # Context shifts let a generation run past its context; one with no `num_predict` still
+        # ends, so that a model that never says its end-of-turn cannot hold a slot for ever.
+        self.ceiling = job.num_predict if job.num_predict > 0 else UNBOUNDED_CONTEXTS * limit
         self.sampler = sampler
         self.text = TextAssembler(job.stop)
         self.generated: list[int] = []
         self.next_token: int | None = None
         self.logit_index = -1
         self.unsent_tokens = 0
+        self.unsent_logprobs: list[Logprob] = []
+        # After a context shift: the leading cells that still match a fresh prompt (those after
+        # them were computed beside tokens since dropped).
+        self.kept: int | None = None
         self.admitted_at = now
         self.first_token_at: float | None = None
 
@@ -340,21 +355,58 @@ class Engine:
             return self._finish(slot, "stop", now)
         slot.generated.append(token)
         slot.unsent_tokens += 1
+        if job.logprobs is not None:
+            slot.unsent_logprobs.append(self._logprob(slot.logit_index, token, job.logprobs))
         text = slot.text.push(self.model.piece(token))
         if text:
-            _emit(job, TextChunk(text, slot.unsent_tokens))
-            slot.unsent_tokens = 0
+            self._send(slot, text)
         if slot.text.stopped:
             return self._finish(slot, "stop", now)
-        if 0 < job.num_predict <= len(slot.generated) or len(slot.cached) >= slot.limit:
+        if len(slot.generated) >= slot.ceiling:
+            return self._finish(slot, "length", now)
+        if len(slot.cached) >= slot.limit and not self._shift(slot):
             return self._finish(slot, "length", now)
         slot.next_token = token
+
+    def _logprob(self, index: int, token: int, top: int) -> Logprob:
+        """`token`'s logprob at batch row `index`, with the `top` likeliest tokens there."""
+        chosen, best = log_softmax(llama_cpp.llama_get_logits_ith(self.ctx, index),
+                                   self.model.n_vocab, token, top)
+        spell = self.model.spelling
+        return Logprob(spell(token), chosen, tuple((spell(t), lp) for t, lp in best))
+
+    def _send(self, slot: Slot, text: str) -> None:
+        """Emit `text` with the tokens (and logprobs) generated since the last chunk."""
+        _emit(slot.job, TextChunk(text, slot.unsent_tokens, tuple(slot.unsent_logprobs)))
+        slot.unsent_tokens = 0
+        slot.unsent_logprobs = []
+
+    def _shift(self, slot: Slot) -> bool:
+        """Make room in a full context (Ollama's context shift): keep the prompt's first
+        `num_keep` tokens, drop the oldest half of the rest and move what follows back, so
+        generation goes on. False when the job asked not to, or the cache cannot shift."""
+        job = slot.job
+        keep = len(job.prompt) if job.num_keep < 0 else min(job.num_keep, len(job.prompt))
+        discard = (len(slot.cached) - keep) // 2
+        if (not job.shift or job.num_predict == FILL_CONTEXT or discard <= 0
+                or not llama_cpp.llama_memory_can_shift(self.mem)):
+            return False
+        llama_cpp.llama_memory_seq_rm(self.mem, slot.seq_id, keep, keep + discard)
+        llama_cpp.llama_memory_seq_add(self.mem, slot.seq_id, keep + discard, -1, -discard)
+        del slot.cached[keep:keep + discard]
+        slot.kept = keep
+        log.info("slot %d: context full, kept %d tokens and dropped %d", slot.seq_id, keep,
+                 discard)
+        return True
 
     def _finish(self, slot: Slot, reason: str, now: float) -> None:
         job = slot.job
         tail = slot.text.flush()
-        if tail:
-            _emit(job, TextChunk(tail, slot.unsent_tokens))
+        if tail or slot.unsent_logprobs:
+            self._send(slot, tail)
+        if slot.kept is not None:
+            llama_cpp.llama_memory_seq_rm(self.mem, slot.seq_id, slot.kept, -1)
+            del slot.cached[slot.kept:]
         first = slot.first_token_at or now
         _emit(job, Finished(
             done_reason=reason,

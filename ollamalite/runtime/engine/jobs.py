@@ -12,11 +12,25 @@ from ollamalite.options import SamplingParams
 
 
 @dataclass(frozen=True)
+class Logprob:
+    """A generated token's log-probability: the log-softmax of the raw logits the sampler saw
+    (before penalties, temperature or grammar, as Ollama and OpenAI report it), and the most
+    likely tokens at that position when asked for. Tokens are their bytes as the model spells
+    them (special tokens included), which may be part of a UTF-8 character."""
+
+    token: bytes
+    logprob: float
+    top: tuple[tuple[bytes, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class TextChunk:
-    """Newly generated text (whole UTF-8 characters) and how many tokens produced it."""
+    """Newly generated text (whole UTF-8 characters), how many tokens produced it and, when the
+    job asked, their logprobs (one per token, in order)."""
 
     text: str
     n_tokens: int
+    logprobs: tuple[Logprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -67,6 +81,9 @@ class Job:
     num_ctx: int | None = None
     num_batch: int | None = None
     grammar: str | None = None  # GBNF the output must follow (structured outputs)
+    logprobs: int | None = None  # None: none; n: each token's logprob and its n likeliest rivals
+    shift: bool = True  # at the context's end, drop older tokens and go on (else "length")
+    num_keep: int = 4  # prompt tokens a shift never drops (-1: the whole prompt)
     cancelled: bool = False
     submitted_at: float = field(default_factory=time.perf_counter)
 

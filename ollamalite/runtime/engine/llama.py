@@ -62,7 +62,7 @@ class LlamaModel:
         self.n_embd = llama_cpp.llama_model_n_embd_out(ptr)
         self.size = llama_cpp.llama_model_size(ptr)
         self.kv_bytes_per_token = _kv_bytes_per_token(ptr)
-        self._pieces: dict[int, bytes] = {}
+        self._pieces: dict[tuple[int, bool], bytes] = {}
 
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True,
                  ) -> list[int]:
@@ -97,19 +97,26 @@ class LlamaModel:
 
     def piece(self, token: int) -> bytes:
         """The bytes a generated token stands for; control tokens render as nothing."""
-        cached = self._pieces.get(token)
-        if cached is None:
-            cached = self._token_bytes(token, special=False)
-            self._pieces[token] = cached
-        return cached
+        return self._token_bytes(token, special=False)
+
+    def spelling(self, token: int) -> bytes:
+        """A token's bytes with special tokens spelled out (`<|im_end|>`): what chat templates
+        and logprobs call a token, so that an end-of-turn candidate is not an empty string."""
+        return self._token_bytes(token, special=True)
 
     def token_text(self, token: int) -> str:
         """A special token's own spelling (for chat templates' `bos_token`/`eos_token`)."""
         if token < 0:
             return ""
-        return self._token_bytes(token, special=True).decode("utf-8", errors="replace")
+        return self.spelling(token).decode("utf-8", errors="replace")
 
     def _token_bytes(self, token: int, special: bool) -> bytes:
+        cached = self._pieces.get((token, special))
+        if cached is None:
+            cached = self._pieces[(token, special)] = self._render(token, special)
+        return cached
+
+    def _render(self, token: int, special: bool) -> bytes:
         buf = ctypes.create_string_buffer(64)
         n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
         if n < 0:

@@ -80,6 +80,18 @@ class SamplerChain:
         self.ptr = self.grammar = None
 
 
+def log_softmax(logits: ctypes.POINTER(ctypes.c_float), n_vocab: int, token: int, top: int
+                ) -> tuple[float, list[tuple[int, float]]]:
+    """`token`'s log-probability under raw `logits`, and the `top` likeliest tokens with
+    theirs, most likely first (float64 sums: a 150k-entry vocabulary loses digits in float32)."""
+    row = np.ctypeslib.as_array(logits, shape=(n_vocab,)).astype(np.float64)
+    peak = row.max()
+    norm = peak + math.log(np.exp(row - peak).sum())
+    best = np.argpartition(row, -top)[-top:] if top else np.empty(0, dtype=np.intp)
+    best = best[np.argsort(-row[best], kind="stable")]
+    return float(row[token] - norm), [(int(t), float(row[t] - norm)) for t in best]
+
+
 class Candidates:
     """A reusable `llama_token_data_array` over the whole vocabulary, filled with numpy."""
 
