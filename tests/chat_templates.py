@@ -143,3 +143,11 @@ QWEN_XML_TOOLS = """\
 {%- endfor %}
 {%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}
 """
+
+
+def entries(**templates: str) -> str:
+    """models.yaml entries serving the bundled model under each name with that chat template
+    (a 2048-token context)."""
+    return "".join(f"  {name}:\n    path: bundled\n    num_ctx: 2048\n    template: |-\n"
+                   + "".join(f"      {line}\n" for line in template.splitlines())
+                   for name, template in templates.items())

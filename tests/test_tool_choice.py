@@ -10,8 +10,7 @@ several seeds and prompts, whole and streamed, on /v1/chat/completions, /v1/resp
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import anthropic
 import httpx
@@ -20,8 +19,8 @@ import openai
 import pytest
 
 from tests import chat_templates
-from tests.conftest import MODEL, LiveServer, serving
-from tests.test_tools_thinking import CONFIG, WEATHER, _block
+from tests.conftest import MODEL, LiveServer, module_server
+from tests.test_tools_thinking import CONFIG, WEATHER
 
 ADD = {"type": "function", "function": {
     "name": "add", "description": "Add two whole numbers",
@@ -40,15 +39,8 @@ PROMPTS = ["What is the weather in Paris?", "Add 2 and 3.", "Will it rain in Osl
            "Tell me a joke.", "How warm is it in Lima in fahrenheit?"]
 # Varied sampling: the grammar, not a lucky greedy path, makes the call.
 SAMPLED = [{"temperature": 0.8, "seed": seed} for seed in (1, 2, 3, 4, 5)]
-TOOL_CONFIG = f"""{CONFIG}  llamatooler:
-    path: bundled
-    num_ctx: 2048
-    template: {_block(chat_templates.LLAMA_TOOLS)}
-  xmltooler:
-    path: bundled
-    num_ctx: 2048
-    template: {_block(chat_templates.QWEN_XML_TOOLS)}
-"""
+TOOL_CONFIG = CONFIG + chat_templates.entries(llamatooler=chat_templates.LLAMA_TOOLS,
+                                             xmltooler=chat_templates.QWEN_XML_TOOLS)
 
 
 def anthropic_tool(tool: dict[str, Any]) -> dict[str, Any]:
@@ -57,11 +49,7 @@ def anthropic_tool(tool: dict[str, Any]) -> dict[str, Any]:
             "input_schema": function["parameters"]}
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    folder: Path = tmp_path_factory.mktemp("tool_choice")
-    with serving(folder, TOOL_CONFIG, {"OLLAMA_MAX_LOADED_MODELS": "2"}) as server:
-        yield server
+live = module_server("tool_choice", TOOL_CONFIG, {"OLLAMA_MAX_LOADED_MODELS": "2"})
 
 
 @pytest.fixture(scope="module")

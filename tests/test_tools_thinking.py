@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Any, Iterator
 
 import httpx
@@ -23,7 +22,7 @@ import openai
 import pytest
 
 from tests import chat_templates
-from tests.conftest import MODEL, LiveServer, serving
+from tests.conftest import MODEL, LiveServer, module_server
 
 GREEDY = {"temperature": 0, "seed": 7, "num_predict": 40}
 WEATHER = {"type": "function", "function": {
@@ -33,35 +32,16 @@ WEATHER = {"type": "function", "function": {
 CALL_ID = re.compile(r"^call_[a-z0-9]{8}$")
 
 
-def _block(text: str) -> str:
-    return "|-\n" + "\n".join("      " + line for line in text.splitlines())
-
-
 CONFIG = f"""\
 models:
   {MODEL}:
     path: bundled
     num_ctx: 2048
-  tooler:
-    path: bundled
-    num_ctx: 2048
-    template: {_block(chat_templates.QWEN_TOOLS)}
-  thinker:
-    path: bundled
-    num_ctx: 2048
-    template: {_block(chat_templates.THINKING)}
-  leveler:
-    path: bundled
-    num_ctx: 2048
-    template: {_block(chat_templates.THINKING_LEVELS)}
-"""
+""" + chat_templates.entries(tooler=chat_templates.QWEN_TOOLS, thinker=chat_templates.THINKING,
+                             leveler=chat_templates.THINKING_LEVELS)
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    folder: Path = tmp_path_factory.mktemp("tools")
-    with serving(folder, CONFIG, {"OLLAMA_MAX_LOADED_MODELS": "3"}) as server:
-        yield server
+live = module_server("tools", CONFIG, {"OLLAMA_MAX_LOADED_MODELS": "3"})
 
 
 @pytest.fixture(scope="module")
