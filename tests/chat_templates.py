@@ -59,6 +59,13 @@ THINKING = """\
 {%- endif %}
 """
 
+# THINKING with levels, as gpt-oss reads them: the effort goes into the system turn.
+THINKING_LEVELS = """\
+{%- if reasoning_effort is defined %}
+{{- '<|im_start|>system\\nReasoning: ' + reasoning_effort + '<|im_end|>\\n' }}
+{%- endif %}
+""" + THINKING
+
 # Llama 3.2 style: the call is a bare JSON object with "parameters".
 LLAMA_TOOLS = """\
 {{- bos_token }}
@@ -136,3 +143,11 @@ QWEN_XML_TOOLS = """\
 {%- endfor %}
 {%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}
 """
+
+
+def entries(**templates: str) -> str:
+    """models.yaml entries serving the bundled model under each name with that chat template
+    (a 2048-token context)."""
+    return "".join(f"  {name}:\n    path: bundled\n    num_ctx: 2048\n    template: |-\n"
+                   + "".join(f"      {line}\n" for line in template.splitlines())
+                   for name, template in templates.items())

@@ -12,7 +12,7 @@ import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generator, Iterator
+from typing import Any, Generator, Iterator
 
 import pytest
 
@@ -170,6 +170,16 @@ def serving(folder: Path, config_text: str, env: dict[str, str] | None = None,
         yield live
     finally:
         stop_server(live)
+
+
+def module_server(name: str, config_text: str, env: dict[str, str] | None = None) -> Any:
+    """A module-scoped fixture: a server of the module's own on `config_text` (see
+    `serving`), in a temporary folder named after `name`."""
+    @pytest.fixture(scope="module")
+    def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+        with serving(tmp_path_factory.mktemp(name), config_text, env) as server:
+            yield server
+    return live
 
 
 @pytest.fixture(scope="session")

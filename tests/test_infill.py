@@ -22,6 +22,7 @@ FIM_MODEL = "fim:latest"
 PRE, SUF, MID = 11, 12, 13
 PREFIX = "def add(a, b):\n    "
 SUFFIX = "\n    return total\n"
+STOPPER = "stopper:latest"  # options of its own, no num_ctx
 
 
 def copy_with_fim_tokens(source: Path, target: Path) -> None:
@@ -60,7 +61,9 @@ def fim_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def fim_server(fim_gguf: Path) -> Iterator[LiveServer]:
     folder = fim_gguf.parent
     with serving(folder, f"models:\n  {FIM_MODEL}:\n    path: {fim_gguf}\n    num_ctx: 512\n"
-                         f"  {MODEL}:\n    path: bundled\n    num_ctx: 512\n") as live:
+                         f"  {MODEL}:\n    path: bundled\n    num_ctx: 512\n"
+                         f"  {STOPPER}:\n    path: bundled\n"
+                         "    options: {stop: [END, '<|im_end|>'], temperature: 0.5}\n") as live:
         yield live
 
 
@@ -103,6 +106,39 @@ def test_show_reports_insert_only_for_the_model_with_fim_tokens(http: httpx.Clie
     assert http.post("/api/show", json={"model": FIM_MODEL}).json()["capabilities"] == [
         "completion", "insert"]
     assert http.post("/api/show", json={"model": MODEL}).json()["capabilities"] == ["completion"]
+
+
+def test_show_template_has_a_suffix_branch_only_with_fim_tokens(http: httpx.Client) -> None:
+    """Continue sends `suffix` only to a model whose /api/show `template` mentions `.Suffix`;
+    the branch spells the prompt the server builds, then the chat template as before."""
+    fim, plain = (http.post("/api/show", json={"model": m}).json() for m in (FIM_MODEL, MODEL))
+    chat = read_header(bundled_model_path()).chat_template
+    assert plain["template"] == chat and ".Suffix" not in plain["template"]
+    assert fim["template"] == ("{{- if .Suffix }}<jupyter_start>{{ .Prompt }}<jupyter_text>"
+                               "{{ .Suffix }}<jupyter_code>{{- else }}" + chat + "{{- end }}")
+    assert f'TEMPLATE """{chat}"""' in fim["modelfile"]  # what `create` can read back
+    # What JetBrains reads stays as it was.
+    info = fim["model_info"]
+    assert info["general.architecture"] == "llama" and info["llama.context_length"] > 0
+    assert fim["details"]["format"] == "gguf" and "insert" in fim["capabilities"]
+
+
+@pytest.mark.parametrize(("model", "lines"), [
+    (FIM_MODEL, ['num_ctx                        512',
+                 'stop                           "<|im_end|>"']),
+    (STOPPER, ['num_ctx                        4096', 'stop                           "END"',
+               'stop                           "<|im_end|>"',
+               'temperature                    0.5']),
+])
+def test_show_parameters_are_what_runs(http: httpx.Client, model: str, lines: list[str]) -> None:
+    """`num_ctx` is the context a load gets (the entry's, else the default), `stop` the entry's
+    or else the text of the token that ends generation; /api/ps then shows that context."""
+    shown = http.post("/api/show", json={"model": model}).json()["parameters"]
+    assert sorted(shown.split("\n")) == sorted(lines)
+    assert http.post("/api/generate", json={"model": model, "prompt": "Hi", "stream": False,
+                                            "options": {"num_predict": 1}}).status_code == 200
+    loaded = {m["name"]: m for m in http.get("/api/ps").json()["models"]}
+    assert f"num_ctx                        {loaded[model]['context_length']}" in lines
 
 
 def test_suffix_builds_pre_prefix_suf_suffix_mid(http: httpx.Client) -> None:

@@ -58,11 +58,14 @@ def test_response_format_becomes_format(response_format: Any, native: Any) -> No
 
 def test_tools_and_tool_choice() -> None:
     tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
-    assert chat(tools=tools)["tools"] == tools
+    assert (chat(tools=tools)["tools"], chat(tools=tools)["force_tool"]) == (tools, False)
     assert chat(tools=tools, tool_choice="auto")["tools"] == tools
     assert chat(tools=tools, tool_choice="none")["tools"] is None
-    with pytest.raises(BadRequest, match='tool_choice {"type": "function"'):
-        chat(tools=tools, tool_choice={"type": "function", "function": {"name": "f"}})
+    assert chat(tools=tools, tool_choice="required")["force_tool"] is True
+    named = chat(tools=tools, tool_choice={"type": "function", "function": {"name": "f"}})
+    assert (named["tools"], named["force_tool"]) == (tools, "f")
+    with pytest.raises(BadRequest, match='invalid tool_choice "any"'):
+        chat(tools=tools, tool_choice="any")
 
 
 @pytest.mark.parametrize(("body", "think"), [

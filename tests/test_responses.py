@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any, AsyncIterator, Iterator
 
 import httpx
@@ -29,7 +28,7 @@ from ollamalite.server import responses
 from ollamalite.server.responses import ResponseBuilder, native_history, responses_request
 from ollamalite.wire import load
 from ollamalite.wire import openai as wire
-from tests.conftest import MODEL, LiveServer, disconnect_mid_stream, serving
+from tests.conftest import MODEL, LiveServer, disconnect_mid_stream, module_server
 from tests.scripted import post_once, scripted
 from tests.test_tools_thinking import CONFIG, SHOTS
 
@@ -47,11 +46,7 @@ TEXT_EVENTS = ["response.created", "response.in_progress", "response.output_item
                "response.output_item.done", "response.completed"]
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    folder: Path = tmp_path_factory.mktemp("responses")
-    with serving(folder, CONFIG, {"OLLAMA_MAX_LOADED_MODELS": "3"}) as server:
-        yield server
+live = module_server("responses", CONFIG, {"OLLAMA_MAX_LOADED_MODELS": "3"})
 
 
 @pytest.fixture(scope="module")
@@ -366,7 +361,8 @@ def test_reasoning_items(client: openai.OpenAI, http: httpx.Client) -> None:
      "invalid tool call arguments"),
     ({"input": [{"type": "function_call_output", "output": "x"}]},
      "input.0: a function_call_output needs a call_id"),
-    ({"tools": [WEATHER], "tool_choice": "required"}, 'tool_choice "required" is not supported'),
+    ({"tools": [WEATHER], "tool_choice": {"type": "function", "name": "f"}},
+     'tool_choice names the tool "f", which is not in tools: "get_weather"'),
     ({"tools": [WEATHER]}, f'"{MODEL}" does not support tools'),
     ({"text": {"format": {"type": "xml"}}}, "text.format.type: Must be one of"),
     ({"reasoning": {"effort": "high"}}, f'"{MODEL}" does not support thinking'),

@@ -28,6 +28,9 @@ WEATHER = {"type": "function", "function": {
     (ct.THINKING, TemplateFeatures(think_tags=("<think>", "</think>"))),
     (ct.THINKING.replace("think>", "reasoning>"),
      TemplateFeatures(think_tags=("<reasoning>", "</reasoning>"))),
+    (ct.THINKING_LEVELS, TemplateFeatures(think_tags=("<think>", "</think>"), think_levels=True)),
+    # Naming the variable is not reading it: levels are found by what they change.
+    ("{# reasoning_effort #}" + ct.THINKING, TemplateFeatures(think_tags=("<think>", "</think>"))),
     (None, TemplateFeatures()),
     ("{{ .Prompt }}", TemplateFeatures()),  # a Go template: nothing to probe
 ])
@@ -57,13 +60,21 @@ def test_check_request() -> None:
     assert templates.check_request("m", plain, None, False) is None
     assert templates.check_request("m", thinker, None, None) is True  # on by default
     assert templates.check_request("m", thinker, None, False) is False
-    assert templates.check_request("m", thinker, None, "low") == "low"
+    with pytest.raises(BadRequest, match='"m" does not support thinking levels'):
+        templates.check_request("m", thinker, None, "low")
+    # OpenAI's effort is a hint: without levels it means "think".
+    assert templates.check_request("m", thinker, None, templates.Effort("low")) is True
+    leveler = templates.features(ct.THINKING_LEVELS)
+    assert templates.check_request("m", leveler, None, "low") == "low"
+    assert templates.check_request("m", leveler, None, templates.Effort("high")) == "high"
     # A grammar (format) holds the reply from its first token: no thinking to split off.
-    assert templates.check_request("m", thinker, None, None, constrained=True) is False
-    assert templates.check_request("m", thinker, None, False, constrained=True) is False
+    assert templates.check_request("m", thinker, None, None, constrained="format") is False
+    assert templates.check_request("m", thinker, None, False, constrained="format") is False
     with pytest.raises(BadRequest, match="think together with format"):
-        templates.check_request("m", thinker, None, True, constrained=True)
-    assert templates.check_request("m", plain, None, None, constrained=True) is None
+        templates.check_request("m", thinker, None, True, constrained="format")
+    assert templates.check_request("m", plain, None, None, constrained="format") is None
+    with pytest.raises(BadRequest, match="think together with tool_choice"):
+        templates.check_request("m", leveler, None, "high", constrained="tool_choice")
 
 
 def test_variables() -> None:

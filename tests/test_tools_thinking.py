@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Any, Iterator
 
 import httpx
@@ -23,7 +22,7 @@ import openai
 import pytest
 
 from tests import chat_templates
-from tests.conftest import MODEL, LiveServer, serving
+from tests.conftest import MODEL, LiveServer, module_server
 
 GREEDY = {"temperature": 0, "seed": 7, "num_predict": 40}
 WEATHER = {"type": "function", "function": {
@@ -33,31 +32,16 @@ WEATHER = {"type": "function", "function": {
 CALL_ID = re.compile(r"^call_[a-z0-9]{8}$")
 
 
-def _block(text: str) -> str:
-    return "|-\n" + "\n".join("      " + line for line in text.splitlines())
-
-
 CONFIG = f"""\
 models:
   {MODEL}:
     path: bundled
     num_ctx: 2048
-  tooler:
-    path: bundled
-    num_ctx: 2048
-    template: {_block(chat_templates.QWEN_TOOLS)}
-  thinker:
-    path: bundled
-    num_ctx: 2048
-    template: {_block(chat_templates.THINKING)}
-"""
+""" + chat_templates.entries(tooler=chat_templates.QWEN_TOOLS, thinker=chat_templates.THINKING,
+                             leveler=chat_templates.THINKING_LEVELS)
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    folder: Path = tmp_path_factory.mktemp("tools")
-    with serving(folder, CONFIG, {"OLLAMA_MAX_LOADED_MODELS": "3"}) as server:
-        yield server
+live = module_server("tools", CONFIG, {"OLLAMA_MAX_LOADED_MODELS": "3"})
 
 
 @pytest.fixture(scope="module")
@@ -101,8 +85,12 @@ def test_capabilities_follow_the_template(http: httpx.Client) -> None:
     ("/api/chat", {"model": "tooler", "think": True}, '"tooler" does not support thinking'),
     ("/api/generate", {"model": MODEL, "think": "high"},
      '"smollm2:135m" does not support thinking'),
-    ("/api/chat", {"model": "thinker", "think": "low", "format": "json"},
+    ("/api/chat", {"model": "thinker", "think": True, "format": "json"},
      "think together with format is not supported yet"),
+    ("/api/chat", {"model": "leveler", "think": "low", "format": "json"},
+     "think together with format is not supported yet"),
+    ("/api/generate", {"model": "thinker", "think": "medium"},
+     '"thinker" does not support thinking levels'),
     ("/api/chat", {"model": "tooler", "tools": [{"type": "function", "function": {}}]},
      "tools.0.function.name"),
     ("/api/chat", {"model": "tooler", "messages": [
@@ -220,11 +208,31 @@ def test_chat_thinking_on_off_and_levels(http: httpx.Client) -> None:
     assert on["content"].strip()
     off = http.post("/api/chat", json={**body, "think": False}).json()["message"]
     assert "thinking" not in off and off["content"]
-    high = http.post("/api/chat", json={**body, "think": "high"}).json()["message"]
-    assert high["thinking"] == on["thinking"]
+    high = http.post("/api/chat", json={**body, "think": "high"})
+    assert high.status_code == 400  # this template has no levels
+    assert high.json() == {"error": '"thinker" does not support thinking levels: send think '
+                                    "true or false"}
     # With a grammar (format) thinking is off unless asked for: the JSON is content.
     constrained = http.post("/api/chat", json={**body, "format": "json"}).json()["message"]
     assert "thinking" not in constrained and constrained["content"].lstrip().startswith("{")
+
+
+def test_thinking_levels_reach_a_template_that_reads_them(http: httpx.Client) -> None:
+    """`leveler` writes `Reasoning: <level>` into the prompt (gpt-oss style): each level makes
+    another prompt (`context` holds the prompt's tokens), `true` and `false` still work."""
+    body = {"model": "leveler", "prompt": "What is 1+1?", "stream": False,
+            "options": {**GREEDY, "num_predict": 1}}
+    contexts = {}
+    for think in ("low", "medium", "high", True, False):
+        reply = http.post("/api/generate", json={**body, "think": think})
+        assert reply.status_code == 200 and reply.json()["done"]
+        contexts[think] = tuple(reply.json()["context"][:-1])  # the prompt, without the answer
+    assert len(set(contexts.values())) == 5
+    assert len(contexts["low"]) == len(contexts["high"])  # one word differs
+    chat = http.post("/api/chat", json={"model": "leveler", "think": "low", "stream": False,
+                                        "messages": [{"role": "user", "content": "Hi"}],
+                                        "options": {**GREEDY, "num_predict": 4}})
+    assert chat.status_code == 200 and chat.json()["message"]["thinking"]
 
 
 def test_official_client_thinking(live: LiveServer) -> None:
@@ -286,6 +294,10 @@ def test_openai_reasoning(oai: openai.OpenAI) -> None:
     plain = oai.chat.completions.create(model="thinker", messages=messages, max_tokens=40,
                                         temperature=0, seed=7, reasoning_effort="none")
     assert not (plain.choices[0].message.model_extra or {}).get("reasoning")
+    # An effort is a hint: a template without levels thinks as it does with `think: true`.
+    high = oai.chat.completions.create(model="thinker", messages=messages, max_tokens=40,
+                                       temperature=0, seed=7, reasoning_effort="high")
+    assert high.choices[0].message.model_extra["reasoning"] == message.model_extra["reasoning"]
     with pytest.raises(openai.BadRequestError, match="does not support tools"):
         oai.chat.completions.create(model="thinker", messages=messages, tools=[WEATHER])
 

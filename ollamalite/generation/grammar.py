@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from contextlib import contextmanager
 from typing import Any, Iterator
 
 from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
@@ -64,17 +65,21 @@ def grammar_for(fmt: str | Schema | None) -> str | None:
     if fmt is None or fmt == "":
         return None
     if fmt == "json":
-        grammar = JSON_GBNF
-    elif isinstance(fmt, dict):
-        grammar = schema_grammar(fmt)
-    else:
-        raise BadRequest(f'invalid format: {fmt!r}; expected "json" or a JSON schema object')
+        return checked_grammar(JSON_GBNF, "format")
+    if isinstance(fmt, dict):
+        return checked_grammar(schema_grammar(fmt), "format")
+    raise BadRequest(f'invalid format: {fmt!r}; expected "json" or a JSON schema object')
+
+
+def checked_grammar(grammar: str, where: str) -> str:
+    """`grammar` once llama.cpp is known to parse it safely; BadRequest naming `where` (the
+    request field the schema came from) otherwise."""
     if nesting_depth(grammar) > MAX_NESTING:
-        raise BadRequest("format: the schema makes a grammar nested too deeply for llama.cpp "
+        raise BadRequest(f"{where}: the schema makes a grammar nested too deeply for llama.cpp "
                          f"(more than {MAX_NESTING} levels: a very large maxLength, maxItems "
                          "or pattern repetition?)")
     if not _parses(grammar):
-        raise BadRequest("format: llama.cpp could not parse the grammar made from this schema "
+        raise BadRequest(f"{where}: llama.cpp could not parse the grammar made from this schema "
                          "(a `pattern` using regex syntax GBNF lacks, such as \\d or \\w, or "
                          "repetitions past llama.cpp's limits?)")
     return grammar
@@ -115,17 +120,31 @@ def _parses(grammar: str) -> bool:
 
 def schema_grammar(schema: Schema) -> str:
     """A JSON schema -> GBNF, after checking that the converter honours all of it."""
+    checked = checked_schema(schema, "format")
+    with converting("format"):
+        return json_schema_to_gbnf(json.dumps(checked))
+
+
+def checked_schema(schema: Any, where: str) -> Schema:
+    """`schema` normalised for the converter; BadRequest naming `where` and each keyword the
+    converter would drop."""
     try:
         schema = _inline_root_ref(normalise(schema))
         problems = list(unsupported(schema, schema, "#"))
     except RecursionError:
-        raise BadRequest("format: JSON schema nested too deeply") from None
+        raise BadRequest(f"{where}: JSON schema nested too deeply") from None
     if problems:
-        raise BadRequest("format: JSON schema features not supported: " + "; ".join(problems))
+        raise BadRequest(f"{where}: JSON schema features not supported: " + "; ".join(problems))
+    return schema
+
+
+@contextmanager
+def converting(where: str) -> Iterator[None]:
+    """The converter's own failures on a schema it does not understand, as a 400."""
     try:
-        return json_schema_to_gbnf(json.dumps(schema))
+        yield
     except _CONVERTER_ERRORS as exc:
-        raise BadRequest(f"format: invalid JSON schema: {exc}") from None
+        raise BadRequest(f"{where}: invalid JSON schema: {exc}") from None
 
 
 # -- normalising ----------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ class TextRequest:
     context: list[int] | None = None  # an earlier /api/generate's tokens to continue from
     images: list[str] | None = None  # base64 images of a prompt completion (chat: per message)
     tools: list[dict[str, Any]] | None = None
+    force_tool: bool | str = False  # tool_choice: True, call one of `tools`; a name, that one
     think: bool | str | None = None
     format: Any = None  # "json", a JSON schema, or None
     options: dict[str, Any] = field(default_factory=dict)  # validated Ollama options

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import AsyncIterator, Callable
 
 from ollamalite.errors import ApiError, BadRequest
-from ollamalite.generation import grammar, stats, templates
+from ollamalite.generation import forced, stats, templates
 from ollamalite.generation.reply import Delta, ReplyParser
 from ollamalite.generation.request import TextRequest
 from ollamalite.generation.tokens import prompt_tail, prompt_tokens
@@ -102,8 +102,8 @@ async def check(scheduler: Scheduler, req: TextRequest) -> Checked:
     if req.has_images:
         raise BadRequest(f'"{req.model}" does not support images')
     grammar_text, features = await asyncio.to_thread(_inspect, entry, req)
-    think = templates.check_request(req.model, features, req.tools, req.think,
-                                    constrained=grammar_text is not None)
+    constraint = "tool_choice" if req.force_tool else "format" if grammar_text else ""
+    think = templates.check_request(req.model, features, req.tools, req.think, constraint)
     return Checked(entry, grammar_text, features, think)
 
 
@@ -120,7 +120,7 @@ def _inspect(entry: ModelEntry, req: TextRequest
     if req.suffix and "insert" not in capabilities:
         raise BadRequest(f'"{req.model}" does not support insert')
     features = templates.features(chat_template.pick(entry, info, req.template))
-    return grammar.grammar_for(req.format), features
+    return forced.reply_grammar(req, features), features
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,9 @@ template itself. Rules (documented in docs/api.md):
 - thinking: an assistant turn with reasoning renders it between a pair of tags (`<x>…</x>`,
   usually `<think>…</think>`), or the template text contains both `<think>` and `</think>`
   (Ollama's rule for GGUF templates).
+- thinking levels: the prompt rendered with `reasoning_effort` "low" differs from the one with
+  "high" (gpt-oss style). Rendering, not the variable's name alone: a template may name it
+  and ignore it, or set its own default before reading it.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ class TemplateFeatures:
     tool_close: str = ""
     tool_xml: bool = False  # <function=…><parameter=…> inside the tags, not JSON
     think_tags: tuple[str, str] | None = None
+    think_levels: bool = False  # reads `reasoning_effort`: "low"/"medium"/"high" change the prompt
 
     @property
     def thinking(self) -> bool:
@@ -71,8 +75,8 @@ class TemplateFeatures:
 
 @byte_lru(CACHE_BYTES)
 def features(template: str | None) -> TemplateFeatures:
-    """Inspect a template (CPU: a parse and three renders; cached, call off the event loop).
-    A template too long, or one that exceeds its render budget on a probe, is a 400."""
+    """Inspect a template (CPU: a parse and up to five renders; cached, call off the event
+    loop). A template too long, or one that exceeds its render budget on a probe, is a 400."""
     if not template:
         return TemplateFeatures()
     try:
@@ -81,7 +85,8 @@ def features(template: str | None) -> TemplateFeatures:
         return TemplateFeatures()
     has_tools = "tools" in names
     opening, closing, xml = _tool_tags(template) if has_tools else ("", "", False)
-    return TemplateFeatures(has_tools, opening, closing, xml, _think_tags(template))
+    levels = "reasoning_effort" in template and _think_levels(template)
+    return TemplateFeatures(has_tools, opening, closing, xml, _think_tags(template), levels)
 
 
 def _variables(template: str) -> set[str]:
@@ -153,22 +158,40 @@ def _think_tags(template: str) -> tuple[str, str] | None:
     return None
 
 
+def _think_levels(template: str) -> bool:
+    low, high = (_render(template, [_USER], enable_thinking=True, reasoning_effort=effort)
+                 for effort in ("low", "high"))
+    return low is not None and high is not None and low != high
+
+
+class Effort(str):
+    """A thinking level that is only a hint (OpenAI's reasoning effort, which clients send by
+    habit): a template without levels thinks at its one level instead of refusing."""
+
+
 def check_request(name: str, found: TemplateFeatures, tools: Sequence[Any] | None,
-                  think: bool | str | None, constrained: bool = False) -> bool | str | None:
+                  think: bool | str | None, constrained: str = "") -> bool | str | None:
     """400 for what the model's template cannot do; returns the `think` to use: on by default
     for a model that can think (as Ollama since 0.12.4), None for one that cannot. A reply
-    `constrained` by a grammar (`format`) is held to it from its first token, so there is no
-    reasoning to split off: thinking is off by default then, and asking for it is a 400
-    (Ollama runs such a request twice, thinking first; ollamalite does not yet)."""
+    `constrained` by a grammar (the field that asks for it: `format`, `tool_choice`) is held to
+    it from its first token, so there is no reasoning to split off: thinking is off by default
+    then, and asking for it is a 400 (Ollama runs a `format` request twice, thinking first;
+    ollamalite does not yet). A level (`"high"`…) needs a template with levels; an `Effort`
+    there means just "think"."""
     if tools and not found.tools:
         raise BadRequest(f'"{name}" does not support tools')
     if not found.thinking:
         if think:
             raise BadRequest(f'"{name}" does not support thinking')
         return None
+    if isinstance(think, str) and not found.think_levels:
+        if not isinstance(think, Effort):
+            raise BadRequest(f'"{name}" does not support thinking levels: send think true or '
+                             "false")
+        think = True
     if constrained and think:
-        raise BadRequest("think together with format is not supported yet: leave think out "
-                         "or send false")
+        raise BadRequest(f"think together with {constrained} is not supported yet: leave "
+                         "think out or send false")
     return (not constrained) if think is None else think
 
 

@@ -54,6 +54,8 @@ FILE_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9:
 
 # Fill-in-the-middle token keys (`tokenizer.ggml.<name>_token_id`): current and older names.
 FIM_KEYS = (("fim_pre", "prefix"), ("fim_suf", "suffix"), ("fim_mid", "middle"))
+# The tokens that end a turn or the text, by their `tokenizer.ggml.<kind>_token_id` keys.
+END_KINDS = ("eot", "eom", "eos")
 
 
 # Architectures that only embed (llama.cpp builds them without a KV cache or output head).
@@ -139,14 +141,53 @@ class GGUFInfo:
     def has_fim_tokens(self) -> bool:
         """Fill-in-the-middle prefix, suffix and middle token ids, under either of the names
         llama.cpp reads (`fim_pre_token_id`..., or the older `prefix_token_id`...)."""
-        return all(any(f"tokenizer.ggml.{name}_token_id" in self.metadata for name in names)
-                   for names in FIM_KEYS)
+        return self.fim_ids() is not None
+
+    def fim_ids(self) -> tuple[int, int, int] | None:
+        """The prefix, suffix and middle token ids, or None without all three."""
+        ids = [next((self.metadata[k] for k in (f"tokenizer.ggml.{n}_token_id" for n in names)
+                     if k in self.metadata), None) for names in FIM_KEYS]
+        return None if None in ids else (ids[0], ids[1], ids[2])
 
     def capabilities(self, embedding: bool | None = None) -> list[str]:
         """`embedding` (from models.yaml) overrides what the metadata says."""
         if self.is_embedding if embedding is None else embedding:
             return ["embedding"]
         return ["completion", "insert"] if self.has_fim_tokens else ["completion"]
+
+
+@dataclass(frozen=True)
+class SpecialTexts:
+    """The text of the special tokens /api/show names: those that end generation (llama.cpp
+    stops at each) and fill-in-the-middle's prefix, suffix and middle."""
+
+    end: tuple[str, ...] = ()
+    fim: tuple[str, str, str] | None = None
+
+
+def special_texts(path: Path) -> SpecialTexts:
+    """Blocking: the vocabulary is read once per version of the file, then cached."""
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise GGUFError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return _special_texts(path, stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=64)
+def _special_texts(path: Path, size: int, mtime_ns: int) -> SpecialTexts:
+    info = read_header(path, arrays=True)
+    tokens = info.metadata.get("tokenizer.ggml.tokens")
+    vocab = tokens if isinstance(tokens, list) else []
+
+    def text(token_id: Any) -> str | None:
+        ok = isinstance(token_id, int) and 0 <= token_id < len(vocab)
+        return vocab[token_id] if ok and isinstance(vocab[token_id], str) else None
+
+    ends = (text(info.metadata.get(f"tokenizer.ggml.{kind}_token_id")) for kind in END_KINDS)
+    fim = [text(i) for i in info.fim_ids() or ()]
+    return SpecialTexts(tuple(dict.fromkeys(t for t in ends if t)),
+                        (fim[0], fim[1], fim[2]) if len(fim) == 3 and all(fim) else None)
 
 
 def _hidden_array(value: Any, verbose: bool) -> bool:

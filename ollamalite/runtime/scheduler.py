@@ -417,7 +417,7 @@ class Scheduler:
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         info = await loop.run_in_executor(None, read_header, entry.path)
-        ctx = _context_size(entry, info, num_ctx)
+        ctx = context_size(entry, info, num_ctx)
         slots = entry.num_parallel or self.settings.num_parallel
         kv_type, flash = _kv_cache(entry, self.settings)
         opts = entry.options
@@ -493,7 +493,7 @@ def _successor(registry: Registry, entry: ModelEntry) -> ModelEntry | None:
     return newest if newest is not None and _loads_alike(newest, entry) else None
 
 
-def _context_size(entry: ModelEntry, info: GGUFInfo, requested: int | None) -> int:
+def context_size(entry: ModelEntry, info: GGUFInfo, requested: int | None) -> int:
     """Tokens per slot to load: the entry's configured size, grown (never shrunk: a request's
     own limit is applied per request) by `requested`, capped at the trained context."""
     configured = entry.num_ctx or entry.options.get("num_ctx") or DEFAULT_NUM_CTX
@@ -503,7 +503,7 @@ def _context_size(entry: ModelEntry, info: GGUFInfo, requested: int | None) -> i
 def _covers(runner: Runner, num_ctx: int | None) -> bool:
     """Whether `runner` serves a request for `num_ctx` without loading again: what would be
     loaded for it, capped as above, is no larger than what is loaded."""
-    return _context_size(runner.entry, runner.info, num_ctx) <= runner.num_ctx
+    return context_size(runner.entry, runner.info, num_ctx) <= runner.num_ctx
 
 
 def _cancel_timer(runner: Runner) -> None:

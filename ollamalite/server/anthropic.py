@@ -159,12 +159,18 @@ def _tool(tool: dict[str, Any], index: int) -> dict[str, Any]:
     return {"type": "function", "function": function}
 
 
-def _tools(req: dict[str, Any]) -> list[dict[str, Any]] | None:
-    """`tool_choice` auto and none as /v1's; forcing a call (any, tool) is refused there."""
+def _tools(req: dict[str, Any]) -> tuple[list[dict[str, Any]] | None, bool | str]:
+    """The tools and the core's `force_tool`: `tool_choice` auto and none as /v1's, `any`
+    forces a call to one of the tools, `tool` a call to the one it names."""
     tools = [_tool(t, i) for i, t in enumerate(req["tools"] or ())] or None
-    choice = req["tool_choice"]
-    return openai.native_tools(tools, choice["type"] if choice and choice["type"] in (
-        "auto", "none") else choice)
+    choice = req["tool_choice"] or {"type": "auto"}
+    if choice["type"] in ("auto", "none"):
+        return openai.native_tools(tools, choice["type"])
+    if choice["type"] == "any":
+        return tools, True
+    if not choice["name"]:
+        raise BadRequest("tool_choice.name: a tool_choice of type tool names the tool")
+    return tools, choice["name"]
 
 
 def text_request(req: dict[str, Any]) -> TextRequest:
@@ -173,8 +179,10 @@ def text_request(req: dict[str, Any]) -> TextRequest:
     options = {ours: req[theirs] for theirs, ours in _OPTIONS.items()
                if req.get(theirs) is not None}
     thinking = req["thinking"]
+    tools, force_tool = _tools(req)
     return TextRequest(model=req["model"], messages=chat_messages(req),
-                       options=openai.checked_options(options), tools=_tools(req),
+                       options=openai.checked_options(options), tools=tools,
+                       force_tool=force_tool,
                        think=_THINK[thinking["type"]] if thinking else None)
 
 

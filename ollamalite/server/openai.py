@@ -28,6 +28,7 @@ from ollamalite.generation.embedding import EmbedRequest
 from ollamalite.generation.reply import Delta
 from ollamalite.generation.request import TextRequest
 from ollamalite.generation.run import Generation
+from ollamalite.generation.templates import Effort
 from ollamalite.options import validate_options
 from ollamalite.runtime.engine.jobs import Finished
 from ollamalite.server import ollama
@@ -206,28 +207,46 @@ def native_format(response_format: dict[str, Any] | None) -> Any:
     return json_format(response_format["type"], spec.get("schema"))
 
 
-def native_tools(tools: list[dict] | None, tool_choice: Any) -> list[dict] | None:
-    """`tool_choice` "none" withholds the tools; forcing a call is not something we can do."""
+def native_tools(tools: list[dict] | None, tool_choice: Any
+                 ) -> tuple[list[dict] | None, bool | str]:
+    """`tools` and the core's `force_tool` for a `tool_choice`: "auto" leaves the call to the
+    model, "none" withholds the tools, "required" forces a call to one of them and a named
+    function (chat's `{"type": "function", "function": {"name"}}` or the Responses API's flat
+    `{"type": "function", "name"}`) a call to that one."""
     if tool_choice in (None, "auto"):
-        return tools
+        return tools, False
     if tool_choice == "none":
-        return None
-    raise BadRequest(f"tool_choice {json.dumps(tool_choice)} is not supported: the model "
-                     'decides whether to call a tool (send "auto" or "none")')
+        return None, False
+    if tool_choice == "required":
+        return tools, True
+    return tools, _named_tool(tool_choice)
+
+
+def _named_tool(tool_choice: Any) -> str:
+    choice = tool_choice if isinstance(tool_choice, dict) else {}
+    named = choice["function"] if isinstance(choice.get("function"), dict) else choice
+    name = named.get("name")
+    if choice.get("type") == "function" and isinstance(name, str) and name:
+        return name
+    raise BadRequest(f"invalid tool_choice {json.dumps(tool_choice)}: send \"auto\", \"none\", "
+                     '"required" or {"type": "function", "function": {"name": ...}}')
 
 
 def think_of(effort: str | None) -> bool | str | None:
-    """A reasoning effort as Ollama's `think`; None leaves it to the model."""
-    return _THINK[effort] if effort else None
+    """A reasoning effort as Ollama's `think` (a level only as a hint, see `Effort`); None
+    leaves it to the model."""
+    think = _THINK[effort] if effort else None
+    return Effort(think) if isinstance(think, str) else think
 
 
 def chat_request(req: dict[str, Any]) -> TextRequest:
     """A loaded /v1/chat/completions request -> the internal request /api/chat would make."""
     messages = native_messages(req["messages"])
+    tools, force_tool = native_tools(req["tools"], req["tool_choice"])
     return TextRequest(model=req["model"], messages=messages,
                        options=native_options(req, _max_tokens(req)),
                        format=native_format(req["response_format"]),
-                       tools=native_tools(req["tools"], req["tool_choice"]),
+                       tools=tools, force_tool=force_tool,
                        think=think_of((req["reasoning"] or {}).get("effort")
                                       or req["reasoning_effort"]),
                        logprobs=bool(req["logprobs"] or req["top_logprobs"]),

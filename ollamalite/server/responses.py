@@ -137,11 +137,12 @@ def chat_tools(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | Non
 def responses_request(req: dict[str, Any]) -> TextRequest:
     """A loaded /v1/responses request -> the internal request /api/chat would make."""
     fmt = (req["text"] or {}).get("format")
+    tools, force_tool = native_tools(chat_tools(req["tools"]), req["tool_choice"])
     return TextRequest(model=req["model"], messages=native_history(req["instructions"],
                                                                    req["input"]),
                        options=native_options(req, req["max_output_tokens"]),
                        format=json_format(fmt["type"], fmt["schema"]) if fmt else None,
-                       tools=native_tools(chat_tools(req["tools"]), req["tool_choice"]),
+                       tools=tools, force_tool=force_tool,
                        think=think_of((req["reasoning"] or {}).get("effort")))
 
 

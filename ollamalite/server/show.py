@@ -8,8 +8,9 @@ from typing import Any, Sequence
 
 from ollamalite.durations import GO_MAX_SECONDS
 from ollamalite.registry import chat_template
-from ollamalite.registry.gguf_header import GGUFInfo
+from ollamalite.registry.gguf_header import GGUFInfo, special_texts
 from ollamalite.registry.models_file import ModelEntry
+from ollamalite.runtime.scheduler import context_size
 from ollamalite.server.stream import local_time
 
 
@@ -33,6 +34,7 @@ def _go_value(value: Any) -> str:
 
 
 def parameter_lines(entry: ModelEntry) -> list[tuple[str, Any]]:
+    """The entry's own settings, as a Modelfile that recreates it writes them."""
     params: list[tuple[str, Any]] = []
     if entry.num_ctx:
         params.append(("num_ctx", entry.num_ctx))
@@ -42,8 +44,30 @@ def parameter_lines(entry: ModelEntry) -> list[tuple[str, Any]]:
     return params
 
 
-def parameters_text(entry: ModelEntry) -> str:
-    return "\n".join(f"{k:<30} {_go_value(v)}" for k, v in parameter_lines(entry))
+def effective_lines(entry: ModelEntry, info: GGUFInfo, ends: Sequence[str]
+                    ) -> list[tuple[str, Any]]:
+    """What a request without options runs with, where clients read it (Continue takes
+    `num_ctx` and `stop` from here): the context a load gets, the entry's options, and, when
+    they set no `stop`, the tokens that end generation (`ends`), which the engine stops at."""
+    own = [(k, v) for k, v in parameter_lines(entry) if k != "num_ctx"]
+    stops = [] if any(k == "stop" for k, _ in own) else [("stop", text) for text in ends]
+    return [("num_ctx", context_size(entry, info, None)), *own, *stops]
+
+
+def parameters_text(lines: Sequence[tuple[str, Any]]) -> str:
+    """Ollama's layout: each key padded to 30 columns, then the value as Go prints it."""
+    return "\n".join(f"{k:<30} {_go_value(v)}" for k, v in lines)
+
+
+def fim_template(template: str | None, fim: tuple[str, str, str] | None) -> str:
+    """/api/show's `template`: the chat template, and for a model with fill-in-the-middle
+    tokens the prompt a `suffix` gets, as the Go-template branch on `.Suffix` that Ollama's
+    code models have (Continue offers autocomplete with a suffix only when it sees one)."""
+    if fim is None:
+        return template or ""
+    pre, suf, mid = fim
+    infill = "{{- if .Suffix }}" + pre + "{{ .Prompt }}" + suf + "{{ .Suffix }}" + mid
+    return infill + "{{- else }}" + (template or "{{ .Prompt }}") + "{{- end }}"
 
 
 def modelfile(entry: ModelEntry, template: str | None, system: str | None) -> str:
@@ -84,8 +108,9 @@ def show_body(entry: ModelEntry, info: GGUFInfo, mtime: float, verbose: bool,
     if license_text:
         body["license"] = str(license_text)
     body["modelfile"] = modelfile(entry, template, system)
-    body["parameters"] = parameters_text(entry)
-    body["template"] = template or ""
+    special = special_texts(entry.path)
+    body["parameters"] = parameters_text(effective_lines(entry, info, special.end))
+    body["template"] = fim_template(template, special.fim)
     if system:
         body["system"] = system
     body["details"] = info.details()
