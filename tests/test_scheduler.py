@@ -30,7 +30,7 @@ from ollamalite.runtime.scheduler import (
     Lease,
     Runner,
     Scheduler,
-    _context_size,
+    context_size,
 )
 from ollamalite.settings import Settings
 
@@ -94,7 +94,7 @@ class FakeLoader:
         info = GGUFInfo(3, 0, {"general.architecture": "llama",
                                "llama.context_length": TRAINED})
         return Runner(entry, info, FakeModel(), FakeEngine(),  # type: ignore[arg-type]
-                      _context_size(entry, info, num_ctx))
+                      context_size(entry, info, num_ctx))
 
 
 class Held:
