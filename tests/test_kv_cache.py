@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
@@ -14,7 +13,7 @@ import pytest
 from ollamalite.errors import ConfigError
 from ollamalite.registry.models_file import parse
 from ollamalite.settings import from_env
-from tests.conftest import LiveServer, serving
+from tests.conftest import LiveServer, module_server, serving
 
 NUM_CTX = 256
 # The bundled model's K and V per token: 30 layers x 3 KV heads x 64 dimensions, each twice.
@@ -34,11 +33,7 @@ CONFIG = "models:\n" + entry("quantised") + entry("plain", "    kv_cache_type: f
 ENV = {"OLLAMA_KV_CACHE_TYPE": "q8_0", "OLLAMA_FLASH_ATTENTION": "1",
        "OLLAMA_MAX_LOADED_MODELS": "3", "OLLAMA_DEBUG": "1"}
 
-
-@pytest.fixture(scope="module")
-def kv_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    with serving(tmp_path_factory.mktemp("kv"), CONFIG, ENV) as live:
-        yield live
+kv_server = module_server("kv", CONFIG, ENV)
 
 
 def answer(server: LiveServer, model: str) -> str:
