@@ -122,3 +122,21 @@ def test_openai_legacy_completion_logprobs_are_parallel_lists(oai: openai.OpenAI
     offsets = [o for c in chunks if c.choices[0].logprobs
                for o in c.choices[0].logprobs.text_offset]
     assert offsets == lp.text_offset
+
+
+def test_responses_logprobs_when_included(oai: openai.OpenAI) -> None:
+    kw = dict(model=MODEL, input="Name three colours.", max_output_tokens=12, temperature=0,
+              include=["message.output_text.logprobs"], top_logprobs=2)
+    resp = oai.responses.create(**kw)
+    part = resp.output[0].content[0]
+    assert len(part.logprobs) == resp.usage.output_tokens == 12
+    assert "".join(t.token for t in part.logprobs) == part.text == resp.output_text
+    for token in part.logprobs:
+        assert_token_object(token.model_dump(exclude_none=True), top=2)
+    events = list(oai.responses.create(**kw, stream=True))
+    deltas = [t for e in events if e.type == "response.output_text.delta" for t in e.logprobs]
+    done = next(e for e in events if e.type == "response.output_text.done")
+    assert [t.model_dump() for t in deltas] == [t.model_dump() for t in done.logprobs]
+    assert [t.model_dump() for t in done.logprobs] == [t.model_dump() for t in part.logprobs]
+    plain = oai.responses.create(**{**kw, "include": None, "top_logprobs": None})
+    assert plain.output[0].content[0].logprobs == []

@@ -14,7 +14,7 @@ import json
 import time
 import uuid
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Sequence
 
 from aiohttp import web
 
@@ -23,8 +23,9 @@ from ollamalite.generation import run
 from ollamalite.generation.reply import Delta, ToolCall
 from ollamalite.generation.request import Message, TextRequest
 from ollamalite.generation.run import Generation
-from ollamalite.runtime.engine.jobs import Finished
+from ollamalite.runtime.engine.jobs import Finished, Logprob
 from ollamalite.server.keys import SCHEDULER
+from ollamalite.server.logprobs import token_objects
 from ollamalite.server.openapi import RUN_ERRORS, SSE, Route
 from ollamalite.server.openai import (IMAGE, TEXT, json_format, message_content, native_options,
                                       native_role, native_tool_call, native_tools, think_of)
@@ -37,6 +38,8 @@ from ollamalite.wire import openai as wire
 # is refused.
 _PARTS = {"input_text": TEXT, "output_text": TEXT, "input_image": IMAGE,
           "input_file": "file inputs are not currently supported"}
+# The `include` entry that asks for the answer's logprobs (with `top_logprobs` alternatives).
+LOGPROBS = "message.output_text.logprobs"
 _STATELESS = "is not supported: responses are not stored, send the whole conversation as input"
 
 
@@ -143,7 +146,9 @@ def responses_request(req: dict[str, Any]) -> TextRequest:
                        options=native_options(req, req["max_output_tokens"]),
                        format=json_format(fmt["type"], fmt["schema"]) if fmt else None,
                        tools=tools, force_tool=force_tool,
-                       think=think_of((req["reasoning"] or {}).get("effort")))
+                       think=think_of((req["reasoning"] or {}).get("effort")),
+                       logprobs=LOGPROBS in (req["include"] or ()),
+                       top_logprobs=req["top_logprobs"] or 0)
 
 
 # -- responses: core deltas -> output items and stream events ------------------------------------
@@ -203,18 +208,23 @@ class _TextItem(ABC):
                            item=self.item("in_progress", [])),
                 self._event(f"{self.part_events}.added", part=self.part(""))]
 
-    def add(self, text: str) -> list[dict[str, Any]]:
+    def add(self, text: str, logprobs: Sequence[Logprob] = ()) -> list[dict[str, Any]]:
         self.text += text
-        return [self._event(f"{self.text_events}.delta", delta=text, **self.extra())]
+        return [self._event(f"{self.text_events}.delta", delta=text,
+                            **self.delta_extra(logprobs))]
 
     def finish(self, status: str) -> list[dict[str, Any]]:
-        return [self._event(f"{self.text_events}.done", text=self.text, **self.extra()),
+        return [self._event(f"{self.text_events}.done", text=self.text, **self.done_extra()),
                 self._event(f"{self.part_events}.done", part=self.part(self.text)),
                 self.event("response.output_item.done", output_index=self.index,
                            item=self.done(status))]
 
-    def extra(self) -> dict[str, Any]:
-        """Fields the text events carry besides the text."""
+    def delta_extra(self, logprobs: Sequence[Logprob]) -> dict[str, Any]:
+        """Fields a text delta event carries besides the text (the delta's `logprobs`)."""
+        return {}
+
+    def done_extra(self) -> dict[str, Any]:
+        """Fields the text's done event carries besides the text."""
         return {}
 
 
@@ -228,11 +238,21 @@ class _Message(_TextItem):
         return {"type": "message", "id": self.id, "status": status, "role": "assistant",
                 "content": parts}
 
-    def part(self, text: str) -> dict[str, Any]:
-        return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+    def __init__(self, index: int, event: _Events) -> None:
+        super().__init__(index, event)
+        self.logprobs: list[dict[str, Any]] = []  # empty unless the request `include`d them
 
-    def extra(self) -> dict[str, Any]:
-        return {"logprobs": []}
+    def part(self, text: str) -> dict[str, Any]:
+        return {"type": "output_text", "text": text, "annotations": [],
+                "logprobs": list(self.logprobs)}
+
+    def delta_extra(self, logprobs: Sequence[Logprob]) -> dict[str, Any]:
+        new = token_objects(logprobs, always_top=True)
+        self.logprobs.extend(new)
+        return {"logprobs": new}
+
+    def done_extra(self) -> dict[str, Any]:
+        return {"logprobs": list(self.logprobs)}
 
 
 class _Reasoning(_TextItem):
@@ -315,7 +335,8 @@ class ResponseBuilder:
                     out += self._close("completed")
                     self.open = kind(len(self.items), self.event)
                     out += self.open.start()
-                out += self.open.add(text)
+                # the tokens' logprobs go with the answer's text (none for reasoning)
+                out += self.open.add(text, delta.logprobs if kind is _Message else ())
         for call in delta.tool_calls:
             out += self._close("completed") + self._call(call)
         return out

@@ -220,6 +220,8 @@ class ResponsesRequest(GenerationRequest):
     text = fields.Nested(TextConfig, load_default=None, allow_none=True)
     reasoning = fields.Nested(Reasoning, load_default=None, allow_none=True)
     metadata = _optional(fields.Dict)
+    include = _optional(fields.List, cls_or_instance=fields.String())
+    top_logprobs = _optional(fields.Integer, validate=validate.Range(min=0, max=20))
     previous_response_id = _optional(fields.String, validate=_stateless)
     conversation = fields.Raw(load_default=None, allow_none=True, validate=_stateless)
     background = _optional(fields.Boolean, validate=_only(False, "not supported"))
