@@ -365,3 +365,118 @@ def test_outside_vocab_names_the_first_id_the_model_lacks(model: LlamaModel) -> 
     n = model.n_vocab
     assert model.outside_vocab([]) is None and model.outside_vocab([0, 7, n - 1]) is None
     assert model.outside_vocab([5, n, -1]) == n and model.outside_vocab([3, -2, n]) == -2
+
+
+# -- speculative decoding ------------------------------------------------------------------------
+
+# A pasted file that an edit copies back: what n-gram drafts are for.
+SOURCE = "".join(f"def scale_{i}(values):\n    total = [v * {i} for v in values]\n"
+                 f"    return sum(total) + {i}\n\n" for i in range(10))
+
+
+@pytest.fixture(scope="module")
+def drafting(model: LlamaModel) -> Iterator[Engine]:
+    e = Engine(model, n_slots=4, slot_ctx=SLOT_CTX, n_batch=64, speculative=True)
+    yield e
+    e.close()
+
+
+def code_edit(model: LlamaModel) -> list[int]:
+    return chat_prompt(model, "Return this file unchanged:\n\n" + SOURCE)
+
+
+def both(plain: Engine, drafting: Engine, prompt: list[int], **kw: object) -> tuple[Run, Run]:
+    """The same job alone on an engine without and one with speculation, both run out."""
+    runs = (Run(plain, prompt, **kw), Run(drafting, prompt, **kw))
+    for run in runs:
+        run.text()
+    return runs
+
+
+def test_greedy_drafting_gives_plain_decoding_tokens(engine: Engine, drafting: Engine,
+                                                     model: LlamaModel) -> None:
+    prompts = [code_edit(model), chat_prompt(model, "Count from 1 to 30, one per line."),
+               chat_prompt(model, "Name three colours.")]
+    accepted = []
+    for prompt in prompts:
+        plain, spec = both(engine, drafting, prompt, num_predict=96)
+        assert spec.final.tokens == plain.final.tokens
+        assert spec.final.eval_count == plain.final.eval_count
+        assert spec.final.done_reason == plain.final.done_reason
+        assert plain.final.drafted_tokens == 0
+        assert spec.final.accepted_tokens <= spec.final.drafted_tokens
+        accepted.append(spec.final.accepted_tokens)
+    assert accepted[0] > 0  # the copied file was drafted and kept
+
+
+def test_stop_string_inside_an_accepted_run(engine: Engine, drafting: Engine,
+                                            model: LlamaModel) -> None:
+    """The stop string ends in a run drafted from the function before: the job ends there and
+    the rest of the draft leaves the KV cache."""
+    stop = "_2(values):\n    return sum("
+    plain, spec = both(engine, drafting, code_edit(model), num_predict=96, stop=(stop,))
+    assert plain.final.done_reason == spec.final.done_reason == "stop"
+    assert spec.final.stop_sequence == stop
+    assert spec.final.tokens == plain.final.tokens
+    assert spec.final.accepted_tokens > 0
+    for slot in drafting.slots:  # each cache holds exactly the tokens its slot lists
+        assert llama_cpp.llama_memory_seq_pos_max(drafting.mem, slot.seq_id) == \
+            len(slot.cached) - 1
+    assert any(slot.cached == list(spec.final.tokens[:len(slot.cached)])
+               and len(slot.cached) >= len(spec.final.tokens) - 1 for slot in drafting.slots)
+
+
+@pytest.mark.parametrize("num_predict", [40, 41, 43])
+def test_num_predict_is_exact_with_drafts(engine: Engine, drafting: Engine, model: LlamaModel,
+                                          num_predict: int) -> None:
+    plain, spec = both(engine, drafting, code_edit(model), num_predict=num_predict)
+    assert spec.final.eval_count == plain.final.eval_count == num_predict
+    assert spec.final.tokens == plain.final.tokens and spec.final.done_reason == "length"
+    assert spec.final.accepted_tokens > 0
+
+
+def test_grammar_sees_only_emitted_tokens(engine: Engine, drafting: Engine,
+                                          model: LlamaModel) -> None:
+    """A grammar that drafted-but-rejected tokens reached would be in a wrong state: it would
+    refuse tokens or allow others than plain decoding."""
+    prompt = chat_prompt(model, "List the functions of this file:\n\n" + SOURCE)
+    plain, spec = both(engine, drafting, prompt, num_predict=60,
+                       grammar='root ::= ("def scale_" [0-9] "(values)\\n")+')
+    assert spec.final.tokens == plain.final.tokens
+    assert spec.final.drafted_tokens > spec.final.accepted_tokens > 0
+
+
+def test_logprobs_one_per_generated_token_with_drafts(drafting: Engine,
+                                                      model: LlamaModel) -> None:
+    run = Run(drafting, code_edit(model), num_predict=48, logprobs=1)
+    chunks = list(run.chunks())
+    logprobs = [lp for c in chunks for lp in c.logprobs]
+    assert len(logprobs) == run.final.eval_count == 48
+    generated = run.final.tokens[-48:]
+    assert [lp.token for lp in logprobs] == [model.spelling(t) for t in generated]
+    assert all(lp.top[0] == (lp.token, lp.logprob) for lp in logprobs)  # greedy
+    assert run.final.accepted_tokens > 0
+
+
+def test_context_shift_with_drafts(engine: Engine, drafting: Engine, model: LlamaModel) -> None:
+    """Drafts never run past the context: the shifts fall where plain decoding has them."""
+    prompt = chat_prompt(model, "Count upwards from 1, one number per line, and never stop.")
+    limit = 96
+    plain, spec = both(engine, drafting, prompt, num_ctx=limit, num_predict=3 * limit,
+                       grammar='root ::= [0-9\\n] root')
+    assert spec.final.eval_count == 3 * limit
+    assert spec.final.tokens == plain.final.tokens
+    assert spec.final.accepted_tokens > 0
+
+
+def test_a_drafting_slot_leaves_its_neighbour_unchanged(engine: Engine, drafting: Engine,
+                                                        model: LlamaModel) -> None:
+    story = chat_prompt(model, "Tell me a story about a lighthouse.")
+    alone = Run(engine, story, num_predict=48)
+    alone.text()
+    copying = Run(drafting, code_edit(model), num_predict=96)
+    beside = Run(drafting, story, num_predict=48)
+    beside.text()
+    copying.text()
+    assert beside.final.tokens == alone.final.tokens
+    assert copying.final.accepted_tokens > 0

@@ -38,7 +38,8 @@ TOP_LEVEL_KEYS = frozenset({"models", "model_dirs", "server"})
 # `parameters` and `name` keep files written in the project's original shape valid:
 # `parameters` is another spelling of `options`, `name` repeats the entry's key.
 MODEL_KEYS = frozenset({"path", "num_ctx", "options", "parameters", "name", "system", "template",
-                        "keep_alive", "num_parallel", "messages", "license", "embedding"})
+                        "keep_alive", "num_parallel", "messages", "license", "embedding",
+                        "speculative"})
 SERVER_KEYS = frozenset({"host", "port"})
 MESSAGE_ROLES = frozenset({"system", "user", "assistant", "tool"})
 # What a missing models.yaml means: the bundled model alone (written out on the first edit).
@@ -72,6 +73,7 @@ class ModelEntry:
     digest: str | None = None  # known digest (an Ollama manifest's), else the GGUF is hashed
     go_template: str | None = None  # an Ollama store's Go template: kept, never rendered
     embedding: bool | None = None  # None: as the GGUF's metadata says
+    speculative: bool | None = None  # n-gram drafts in its engine; None: OLLAMALITE_SPECULATIVE
 
     def fields(self) -> dict[str, Any]:
         """This entry as models.yaml would spell it (absolute path), for copies of it."""
@@ -80,7 +82,8 @@ class ModelEntry:
                    "num_parallel": self.num_parallel, "keep_alive": keep_alive,
                    "system": self.system, "template": self.template,
                    "options": _plain(self.options), "messages": [dict(m) for m in self.messages],
-                   "license": self.license, "embedding": self.embedding}
+                   "license": self.license, "embedding": self.embedding,
+                   "speculative": self.speculative}
         return {k: v for k, v in spelled.items() if v not in (None, {}, [])}
 
 
@@ -205,6 +208,7 @@ def _entry(at: _Located, models: CommentedMap, name: str, base: Path,
         messages=_messages(at, spec, name),
         license=_text(at, spec, name, "license"),
         embedding=_flag(at, spec, name, "embedding"),
+        speculative=_flag(at, spec, name, "speculative"),
     )
 
 
