@@ -12,8 +12,9 @@ a second context (`embedder.py`).
 With speculation on, a generating slot may add a draft (`draft.py`) after its next token: the
 batch asks logits at every drafted position, the job's own sampler picks at each in order, and
 the drafted tokens are kept while they equal its picks; the cells after the first mismatch are
-removed from the KV cache. One sampler call per emitted token, as without drafts, so greedy and
-seeded outputs are those of plain decoding.
+removed from the KV cache. One sampler call per emitted token, as without drafts, so sampling
+is that of plain decoding (llama.cpp rounds a batch of one sequence's rows a little differently
+from one row: docs/engine.md).
 """
 
 from __future__ import annotations
