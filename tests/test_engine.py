@@ -335,10 +335,13 @@ class RefusingDecode:
         return self.rc
 
 
+@pytest.mark.parametrize("which", ["engine", "drafting"])  # without and with speculation
 @pytest.mark.parametrize("rc", [-1, -3])  # the cache as it was; the cache filled
 def test_a_refused_batch_fails_only_the_job_that_caused_it(
-        engine: Engine, model: LlamaModel, monkeypatch: pytest.MonkeyPatch, rc: int) -> None:
-    prompt = chat_prompt(model, "Count from 1 upwards, one number per line.")
+        request: pytest.FixtureRequest, model: LlamaModel, monkeypatch: pytest.MonkeyPatch,
+        rc: int, which: str) -> None:
+    engine = request.getfixturevalue(which)
+    prompt = code_edit(model)  # a copy: the stream drafts when it may
     expected = Run(engine, prompt, num_predict=24)
     expected_text = expected.text()
     assert POISON not in expected.final.tokens
@@ -355,6 +358,7 @@ def test_a_refused_batch_fails_only_the_job_that_caused_it(
     assert isinstance(running.final, Finished)
     assert (running.final.done_reason, running.final.tokens) == \
         (expected.final.done_reason, expected.final.tokens)
+    assert (running.final.drafted_tokens > 0) == (which == "drafting")
     assert decode.refused == [2, 1]  # beside the stream, then alone
     assert all(POISON not in slot.cached for slot in engine.slots)
     after = Run(engine, prompt, num_predict=24)
