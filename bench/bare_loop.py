@@ -13,7 +13,8 @@ between this loop and the server is the serving path, not a different attention 
 cache layout.
 
 Each run starts from an empty KV cache (`llama_memory_clear`) and evaluates its prompts in
-batches of `N_BATCH` tokens (one for the story openings; several for the code-edit prompts), so its time to first token is that of a prompt no cache has seen, as in every system.
+batches of `N_BATCH` tokens (one for the story openings; several for the code-edit prompts), so
+its time to first token is that of a prompt no cache has seen, as in every system.
 """
 
 from __future__ import annotations
