@@ -31,8 +31,13 @@ Why it measures this way:
 - Every server is a subprocess in its own process group, stopped when the run ends, however
   it ends; memory (RSS) is read from /proc after all runs.
 
+`--workload code-edit` sends a pasted ~60-line Python file and an edit instruction instead of the
+story openings (code_edit.py); `--speculative` turns ollamalite's n-gram speculative decoding on
+in its servers (OLLAMALITE_SPECULATIVE=1).
+
 Run: python bench/run.py [--tokens 128] [--rounds 3] [--clients 1,2,4,8] [--chat-turns 8]
-                         [--skip-llama-server] [--quick]
+                         [--skip-llama-server] [--quick] [--workload story|code-edit]
+                         [--speculative]
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 import aiohttp
+import code_edit
 import llama_cpp
 import report
 from bare_loop import BareLoop, BareModel
@@ -104,6 +110,8 @@ BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
 BUILD_SCRIPT = BENCH / "build_llama_server.sh"
 CHAT_ANSWER_TOKENS = 32
+# A code edit returns the whole file: a few hundred tokens.
+WORKLOAD_TOKENS = {"story": 128, "code-edit": 320}
 DEFAULTS = {"tokens": 128, "rounds": 3, "clients": "1,2,4,8", "chat_turns": 8}
 QUICK = {"tokens": 32, "rounds": 1, "clients": "1,4", "chat_turns": 3}
 def parse_args() -> argparse.Namespace:
@@ -117,8 +125,13 @@ def parse_args() -> argparse.Namespace:
                         help="measure without llama-server (no build attempt)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 1 round, 32 tokens, "
                         "clients 1,4, 3 chat turns (explicit flags still win)")
+    parser.add_argument("--workload", choices=("story", "code-edit"), default="story",
+                        help="story openings to continue (default), or a file to edit and "
+                        "return (default 320 tokens)")
+    parser.add_argument("--speculative", action="store_true",
+                        help="ollamalite servers with n-gram speculative decoding on")
     args = parser.parse_args()
-    preset = QUICK if args.quick else DEFAULTS
+    preset = QUICK if args.quick else {**DEFAULTS, "tokens": WORKLOAD_TOKENS[args.workload]}
     for name, value in preset.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -172,7 +185,8 @@ class Systems:
     servers: dict[str, Server]  # by system name; the reuse-off server under NO_REUSE
 
 
-def start_systems(stack: ExitStack, binary: str | None, folder: Path) -> Systems:
+def start_systems(stack: ExitStack, binary: str | None, folder: Path, speculative: bool
+                  ) -> Systems:
     """Start every system; `stack` stops and frees them all when it closes."""
     config = write_config(folder)
     model = BareModel(bundled_model_path())
@@ -185,7 +199,9 @@ def start_systems(stack: ExitStack, binary: str | None, folder: Path) -> Systems
         OLLAMALITE_4: {"OLLAMA_NUM_PARALLEL": "4", "OLLAMALITE_PREFIX_CACHE": "1"},
         NO_REUSE: {"OLLAMA_NUM_PARALLEL": "4", "OLLAMALITE_PREFIX_CACHE": "0"},
     }
-    starting = [ollamalite_server(name, config, env) for name, env in ollamalites.items()]
+    spec = {"OLLAMALITE_SPECULATIVE": "1" if speculative else "0"}
+    starting = [ollamalite_server(name, config, {**env, **spec})
+                for name, env in ollamalites.items()]
     if binary is not None:
         starting += [llama_server(name, binary, n)
                      for name, n in ((LLAMA_SERVER_1, 1), (LLAMA_SERVER_4, 4))]
@@ -228,40 +244,42 @@ class ChatConfig:
     run: Callable[[int], Awaitable[list[float]]]
 
 
-def trial_prompts(round_: int, clients: int) -> list[str]:
-    """Client k's prompt: story opening k, numbered so that no earlier trial sent the same
-    text (clients <= 8). No cache holds it, so every system evaluates the whole short prompt:
-    TTFT is the same work everywhere, whatever a server's slot and cache policy."""
+def trial_prompts(round_: int, clients: int, workload: str = "story") -> list[str]:
+    """Client k's prompt: story opening k (or code edit k), numbered so that no earlier trial
+    sent the same text (clients <= 8). No cache holds it, so every system evaluates the whole
+    prompt: TTFT is the same work everywhere, whatever a server's slot and cache policy."""
+    if workload == "code-edit":
+        return code_edit.prompts(round_ * 10 + clients, clients)
     return [f"({round_ * 10 + clients}) {p}" for p in PROMPTS[:clients]]
 
 
-def on_this_thread(run: Callable[[list[str]], list[Run]], clients: int
+def on_this_thread(run: Callable[[list[str]], list[Run]], clients: int, workload: str
                    ) -> Callable[[int], Awaitable[list[Run]]]:
     """An in-process system runs on the event loop's own thread, which has nothing else to do
     meanwhile. Not in a worker thread: once llama.cpp (an OpenMP build) has computed from two
     threads of one process, decoding stays ~2.5x slower on either (libgomp keeps a thread team
     per calling thread; with more OpenMP threads than cores its barriers stop spinning)."""
     async def in_process(round_: int) -> list[Run]:
-        return run(trial_prompts(round_, clients))
+        return run(trial_prompts(round_, clients, workload))
     return in_process
 
 
 def generation_configs(systems: Systems, session: aiohttp.ClientSession, tokens: int,
-                       clients: list[int]) -> list[GenConfig]:
+                       clients: list[int], workload: str) -> list[GenConfig]:
     """In-process systems first, then every server at each client count, in the order a round
     runs them (servers side by side for each client count)."""
     def bare(n_seq: int) -> Callable[[int], Awaitable[list[Run]]]:
         loop, tokenize = systems.loops[n_seq], systems.model.tokenize
         return on_this_thread(lambda prompts: loop.run([tokenize(p) for p in prompts], tokens),
-                              n_seq)
+                              n_seq, workload)
 
     def http(url: str, api: Api, n_clients: int) -> Callable[[int], Awaitable[list[Run]]]:
-        return lambda round_: concurrent(session, url, api, trial_prompts(round_, n_clients),
-                                         tokens)
+        return lambda round_: concurrent(session, url, api,
+                                         trial_prompts(round_, n_clients, workload), tokens)
 
     configs = [GenConfig(LIMIT, 1, bare(1)), GenConfig(LIMIT, 4, bare(4)),
                GenConfig(LLAMA, 1, on_this_thread(
-                   lambda prompts: [run_llama(systems.llm, prompts[0], tokens)], 1))]
+                   lambda prompts: [run_llama(systems.llm, prompts[0], tokens)], 1, workload))]
     apis = {OLLAMALITE_1: OLLAMA_GENERATE, OLLAMALITE_4: OLLAMA_GENERATE,
             LLAMA_SERVER_1: LLAMA_SERVER_COMPLETION, LLAMA_SERVER_4: LLAMA_SERVER_COMPLETION}
     for n_clients in clients:
@@ -321,7 +339,7 @@ async def run_all(systems: Systems, args: argparse.Namespace
                   ) -> tuple[dict[Key, list[Trial]], dict[Key, list[list[float]]]]:
     async with new_session() as session:
         await load_ollamalite_models(session, systems)
-        gen = generation_configs(systems, session, args.tokens, args.clients)
+        gen = generation_configs(systems, session, args.tokens, args.clients, args.workload)
         chats = chat_configs(systems, session, args.chat_turns)
         return await measure(gen, chats, args.rounds)
 
@@ -344,11 +362,14 @@ def header(args: argparse.Namespace, now: datetime.datetime, server_note: str,
         f"- llama-cpp-python {llama_cpp.__version__}; model: bundled "
         f"{bundled_model_path().name}; {N_CTX} context tokens per sequence (slot)",
         f"- {args.tokens} tokens per stream, greedy; {args.rounds} round(s) after a warm-up, "
-        f"best kept; clients {', '.join(map(str, args.clients))}, each with its own story "
-        f"opening, numbered per trial so that no cache holds it "
+        f"best kept; clients {', '.join(map(str, args.clients))}, each with its own "
+        f"{'edit of one pasted file' if args.workload == 'code-edit' else 'story opening'}, "
+        f"numbered per trial so that no cache holds it "
         f"({min(prompt_lengths)}-{max(prompt_lengths)} tokens)",
         f"- chat: {args.chat_turns} turns; a {history_tokens}-token logbook as the system "
         f"message, answers of up to {CHAT_ANSWER_TOKENS} tokens",
+        f"- ollamalite's n-gram speculative decoding "
+        f"{'on' if args.speculative else 'off'} (OLLAMALITE_SPECULATIVE)",
         f"- {server_note}",
     ])
 
@@ -362,12 +383,13 @@ def main() -> None:
     now = datetime.datetime.now()
     with ExitStack() as stack:
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-")))
-        systems = start_systems(stack, binary, folder)
+        systems = start_systems(stack, binary, folder, args.speculative)
         trials, chat_rounds = asyncio.run(run_all(systems, args))
         rss = {name: server.rss_mb() for name, server in systems.servers.items()}
         rss[report.IN_PROCESS] = rss_mb(os.getpid())
         tokenize = systems.model.tokenize
-        prompt_lengths = [len(tokenize(p)) for p in trial_prompts(1, len(PROMPTS))]
+        prompt_lengths = [len(tokenize(p))
+                          for p in trial_prompts(1, len(PROMPTS), args.workload)]
         history_tokens = len(tokenize(opening("0", tokenize)[0]["content"]))
     RESULTS.mkdir(exist_ok=True)
     stem = RESULTS / f"{now:%Y-%m-%d}-{socket.gethostname()}"

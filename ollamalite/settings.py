@@ -43,6 +43,7 @@ class Settings:
     load_timeout: float = 300.0  # longest wait for a model to load (or for room to load it)
     num_threads: int = 0
     prefix_cache: bool = True
+    speculative: bool = False  # n-gram speculative decoding (models.yaml may say otherwise)
     # llama.cpp's extra CPU buffer types (AMX, repacked weights): auto (probed), on or off.
     repack: str = "auto"
     kv_cache_type: str = "f16"  # one of KV_CACHE_TYPES; a models.yaml entry may set its own
@@ -231,6 +232,7 @@ def from_env(
         load_timeout=_duration(env, "OLLAMA_LOAD_TIMEOUT", 300.0),
         num_threads=_uint(env, "OLLAMALITE_NUM_THREADS", 0),
         prefix_cache=_bool(env, "OLLAMALITE_PREFIX_CACHE", True),
+        speculative=_bool(env, "OLLAMALITE_SPECULATIVE", False),
         repack=_switch(env, "OLLAMALITE_REPACK"),
         kv_cache_type=_kv_cache_type(env),
         flash_attention=_switch(env, "OLLAMA_FLASH_ATTENTION"),

@@ -335,10 +335,14 @@ class RefusingDecode:
         return self.rc
 
 
+@pytest.mark.parametrize("which", ["engine", "drafting"])  # without and with speculation
 @pytest.mark.parametrize("rc", [-1, -3])  # the cache as it was; the cache filled
 def test_a_refused_batch_fails_only_the_job_that_caused_it(
-        engine: Engine, model: LlamaModel, monkeypatch: pytest.MonkeyPatch, rc: int) -> None:
-    prompt = chat_prompt(model, "Count from 1 upwards, one number per line.")
+        request: pytest.FixtureRequest, model: LlamaModel, monkeypatch: pytest.MonkeyPatch,
+        rc: int, which: str) -> None:
+    engine = request.getfixturevalue(which)
+    prompt = code_edit(model) if which == "drafting" else \
+        chat_prompt(model, "Count from 1 upwards, one number per line.")
     expected = Run(engine, prompt, num_predict=24)
     expected_text = expected.text()
     assert POISON not in expected.final.tokens
@@ -355,6 +359,7 @@ def test_a_refused_batch_fails_only_the_job_that_caused_it(
     assert isinstance(running.final, Finished)
     assert (running.final.done_reason, running.final.tokens) == \
         (expected.final.done_reason, expected.final.tokens)
+    assert (running.final.drafted_tokens > 0) == (which == "drafting")
     assert decode.refused == [2, 1]  # beside the stream, then alone
     assert all(POISON not in slot.cached for slot in engine.slots)
     after = Run(engine, prompt, num_predict=24)
@@ -365,3 +370,129 @@ def test_outside_vocab_names_the_first_id_the_model_lacks(model: LlamaModel) -> 
     n = model.n_vocab
     assert model.outside_vocab([]) is None and model.outside_vocab([0, 7, n - 1]) is None
     assert model.outside_vocab([5, n, -1]) == n and model.outside_vocab([3, -2, n]) == -2
+
+
+# -- speculative decoding ------------------------------------------------------------------------
+
+# A pasted file that an edit copies back: what n-gram drafts are for.
+SOURCE = "".join(f"def scale_{i}(values):\n    total = [v * {i} for v in values]\n"
+                 f"    return sum(total) + {i}\n\n" for i in range(10))
+
+
+# Without prefix reuse, every prompt is evaluated from the start in the same chunks on both
+# engines: llama.cpp rounds a batch's rows of one sequence a little differently from fewer rows,
+# so KV cells computed in other chunks (a reused prefix) could tip a near-tie the other way.
+@pytest.fixture(scope="module")
+def plain(model: LlamaModel) -> Iterator[Engine]:
+    e = Engine(model, n_slots=4, slot_ctx=SLOT_CTX, n_batch=64, prefix_cache=False)
+    yield e
+    e.close()
+
+
+@pytest.fixture(scope="module")
+def drafting(model: LlamaModel) -> Iterator[Engine]:
+    e = Engine(model, n_slots=4, slot_ctx=SLOT_CTX, n_batch=64, prefix_cache=False,
+               speculative=True)
+    yield e
+    e.close()
+
+
+def code_edit(model: LlamaModel) -> list[int]:
+    return chat_prompt(model, "Return this file unchanged:\n\n" + SOURCE)
+
+
+def both(plain: Engine, drafting: Engine, prompt: list[int], **kw: object) -> tuple[Run, Run]:
+    """The same job alone on an engine without and one with speculation, both run out."""
+    runs = (Run(plain, prompt, **kw), Run(drafting, prompt, **kw))
+    for run in runs:
+        run.text()
+    return runs
+
+
+def test_greedy_drafting_gives_plain_decoding_tokens(plain: Engine, drafting: Engine,
+                                                     model: LlamaModel) -> None:
+    prompts = [code_edit(model), chat_prompt(model, "Count from 1 to 30, one per line."),
+               chat_prompt(model, "Name three colours.")]
+    accepted = []
+    for prompt in prompts:
+        base, spec = both(plain, drafting, prompt, num_predict=96)
+        assert spec.final.tokens == base.final.tokens
+        assert spec.final.eval_count == base.final.eval_count
+        assert spec.final.done_reason == base.final.done_reason
+        assert base.final.drafted_tokens == 0
+        assert spec.final.accepted_tokens <= spec.final.drafted_tokens
+        accepted.append(spec.final.accepted_tokens)
+    assert accepted[0] > 0  # the copied file was drafted and kept
+
+
+def test_stop_string_inside_an_accepted_run(plain: Engine, drafting: Engine,
+                                            model: LlamaModel) -> None:
+    """The stop string ends in a run drafted from the function before: the job ends there and
+    the rest of the draft leaves the KV cache."""
+    stop = "_2(values):\n    return sum("
+    base, spec = both(plain, drafting, code_edit(model), num_predict=96, stop=(stop,))
+    assert base.final.done_reason == spec.final.done_reason == "stop"
+    assert spec.final.stop_sequence == stop
+    assert spec.final.tokens == base.final.tokens
+    assert spec.final.accepted_tokens > 0
+    for slot in drafting.slots:  # each cache holds exactly the tokens its slot lists
+        assert llama_cpp.llama_memory_seq_pos_max(drafting.mem, slot.seq_id) == \
+            len(slot.cached) - 1
+    assert any(slot.cached == list(spec.final.tokens[:len(slot.cached)])
+               and len(slot.cached) >= len(spec.final.tokens) - 1 for slot in drafting.slots)
+
+
+@pytest.mark.parametrize("num_predict", [40, 41, 43])
+def test_num_predict_is_exact_with_drafts(plain: Engine, drafting: Engine, model: LlamaModel,
+                                          num_predict: int) -> None:
+    base, spec = both(plain, drafting, code_edit(model), num_predict=num_predict)
+    assert spec.final.eval_count == base.final.eval_count == num_predict
+    assert spec.final.tokens == base.final.tokens and spec.final.done_reason == "length"
+    assert spec.final.accepted_tokens > 0
+
+
+def test_grammar_sees_only_emitted_tokens(plain: Engine, drafting: Engine,
+                                          model: LlamaModel) -> None:
+    """A grammar that drafted-but-rejected tokens reached would be in a wrong state: it would
+    refuse tokens or allow others than plain decoding."""
+    prompt = chat_prompt(model, "List the functions of this file:\n\n" + SOURCE)
+    base, spec = both(plain, drafting, prompt, num_predict=60,
+                       grammar='root ::= ("def scale_" [0-9] "(values)\\n")+')
+    assert spec.final.tokens == base.final.tokens
+    assert spec.final.drafted_tokens > spec.final.accepted_tokens > 0
+
+
+def test_logprobs_one_per_generated_token_with_drafts(drafting: Engine,
+                                                      model: LlamaModel) -> None:
+    run = Run(drafting, code_edit(model), num_predict=48, logprobs=1)
+    chunks = list(run.chunks())
+    logprobs = [lp for c in chunks for lp in c.logprobs]
+    assert len(logprobs) == run.final.eval_count == 48
+    generated = run.final.tokens[-48:]
+    assert [lp.token for lp in logprobs] == [model.spelling(t) for t in generated]
+    assert all(lp.top[0] == (lp.token, lp.logprob) for lp in logprobs)  # greedy
+    assert run.final.accepted_tokens > 0
+
+
+def test_context_shift_with_drafts(plain: Engine, drafting: Engine, model: LlamaModel) -> None:
+    """Drafts never run past the context: the shifts fall where plain decoding has them."""
+    prompt = chat_prompt(model, "Count upwards from 1, one number per line, and never stop.")
+    limit = 96
+    base, spec = both(plain, drafting, prompt, num_ctx=limit, num_predict=3 * limit,
+                       grammar='root ::= [0-9\\n] root')
+    assert spec.final.eval_count == 3 * limit
+    assert spec.final.tokens == base.final.tokens
+    assert spec.final.accepted_tokens > 0
+
+
+def test_a_drafting_slot_leaves_its_neighbour_unchanged(plain: Engine, drafting: Engine,
+                                                        model: LlamaModel) -> None:
+    story = chat_prompt(model, "Tell me a story about a lighthouse.")
+    alone = Run(plain, story, num_predict=48)
+    alone.text()
+    copying = Run(drafting, code_edit(model), num_predict=96)
+    beside = Run(drafting, story, num_predict=48)
+    beside.text()
+    copying.text()
+    assert beside.final.tokens == alone.final.tokens
+    assert copying.final.accepted_tokens > 0

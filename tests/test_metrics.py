@@ -16,7 +16,7 @@ from ollamalite.logs import FIELDS, JsonFormatter
 from ollamalite.runtime.engine.jobs import Finished, TextChunk
 from ollamalite.server.metrics import family
 from ollamalite.settings import from_env
-from tests.conftest import MODEL, LiveServer, serving
+from tests.conftest import MODEL, LiveServer, module_server, serving
 
 KEY = "metrics-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -51,6 +51,14 @@ def json_logs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     with serving(tmp_path_factory.mktemp("json-logs"), CONFIG, env=env,
                  args=("--log-format", "json")) as server:
         yield server
+
+
+# Speculation on for the server, off for one model by its models.yaml key; debug logging.
+PLAIN_MODEL = "plain:latest"
+speculating = module_server(
+    "speculative", CONFIG + f"  {PLAIN_MODEL}:\n    path: bundled\n    speculative: false\n",
+    {"OLLAMALITE_SPECULATIVE": "1", "OLLAMA_DEBUG": "1"})
+SOURCE = "".join(f"def scale_{i}(values):\n    return sum(values) * {i}\n\n" for i in range(8))
 
 
 def scrape(server: LiveServer) -> Samples:
@@ -230,3 +238,25 @@ def test_json_formatter_writes_fields_as_keys() -> None:
 
 def test_metrics_setting() -> None:
     assert from_env({}).metrics and not from_env({"OLLAMALITE_METRICS": "0"}).metrics
+
+
+def test_speculative_counters_move_when_drafting_is_on(speculating: LiveServer) -> None:
+    body = {"prompt": "Return this file unchanged:\n\n" + SOURCE, "stream": False,
+            "options": {"temperature": 0, "num_predict": 64}}
+    before = scrape(speculating)
+    drafted = post(speculating, "/api/generate", {"model": MODEL, **body}).json()
+    after = scrape(speculating)
+    counts = {name: grown(after, before, f"ollamalite_speculative_{name}_tokens_total",
+                          model=MODEL) for name in ("drafted", "accepted")}
+    assert counts["drafted"] >= counts["accepted"] > 0
+    assert grown(after, before, "ollamalite_generated_tokens_total", model=MODEL) == \
+        drafted["eval_count"]
+    assert re.search(rf"slot \d: {drafted['eval_count']} tokens generated, "
+                     rf"{counts['drafted']:.0f} drafted, {counts['accepted']:.0f} of them "
+                     "accepted", speculating.log())
+
+    plain = post(speculating, "/api/generate", {"model": PLAIN_MODEL, **body}).json()
+    last = scrape(speculating)
+    assert grown(last, after, "ollamalite_generated_tokens_total", model=PLAIN_MODEL) == \
+        plain["eval_count"] > 0
+    assert value(last, "ollamalite_speculative_drafted_tokens_total", model=PLAIN_MODEL) == 0

@@ -27,6 +27,8 @@ class RequestStats:
     prompt_tokens: int = 0  # evaluated: Ollama's prompt_eval_count
     reused_tokens: int = 0  # prompt tokens found in the slot's cache, not evaluated again
     generated_tokens: int = 0  # Ollama's eval_count
+    drafted_tokens: int = 0  # speculative decoding: tokens drafted, and those the sampler kept
+    accepted_tokens: int = 0
     ttft: float | None = None  # to the engine's first output (text or the end)
     token_gaps: list[float] = field(default_factory=list)  # per token, after the first output
     _last: float | None = field(default=None, repr=False)
@@ -45,6 +47,8 @@ class RequestStats:
             self.prompt_tokens += event.prompt_eval_count
             self.reused_tokens += event.prompt_tokens - event.prompt_eval_count
             self.generated_tokens += event.eval_count
+            self.drafted_tokens += event.drafted_tokens
+            self.accepted_tokens += event.accepted_tokens
 
     def embedded(self, model: str, prompt_tokens: int) -> None:
         self.model = model

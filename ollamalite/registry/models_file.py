@@ -39,7 +39,7 @@ TOP_LEVEL_KEYS = frozenset({"models", "model_dirs", "server"})
 # `parameters` is another spelling of `options`, `name` repeats the entry's key.
 MODEL_KEYS = frozenset({"path", "num_ctx", "options", "parameters", "name", "system", "template",
                         "keep_alive", "num_parallel", "messages", "license", "embedding",
-                        "kv_cache_type", "flash_attention"})
+                        "kv_cache_type", "flash_attention", "speculative"})
 SERVER_KEYS = frozenset({"host", "port"})
 MESSAGE_ROLES = frozenset({"system", "user", "assistant", "tool"})
 # What a missing models.yaml means: the bundled model alone (written out on the first edit).
@@ -75,6 +75,7 @@ class ModelEntry:
     embedding: bool | None = None  # None: as the GGUF's metadata says
     kv_cache_type: str | None = None  # one of settings.KV_CACHE_TYPES
     flash_attention: str | None = None  # auto, on or off
+    speculative: bool | None = None  # n-gram drafts in its engine; None: OLLAMALITE_SPECULATIVE
 
     def fields(self) -> dict[str, Any]:
         """This entry as models.yaml would spell it (absolute path), for copies of it."""
@@ -85,7 +86,8 @@ class ModelEntry:
                    "options": _plain(self.options), "messages": [dict(m) for m in self.messages],
                    "license": self.license, "embedding": self.embedding,
                    "kv_cache_type": self.kv_cache_type,
-                   "flash_attention": _flash_spelling(self.flash_attention)}
+                   "flash_attention": _flash_spelling(self.flash_attention),
+                   "speculative": self.speculative}
         return {k: v for k, v in spelled.items() if v not in (None, {}, [])}
 
 
@@ -212,6 +214,7 @@ def _entry(at: _Located, models: CommentedMap, name: str, base: Path,
         embedding=_flag(at, spec, name, "embedding"),
         kv_cache_type=_kv_cache_type(at, spec, name),
         flash_attention=_flash_attention(at, spec, name),
+        speculative=_flag(at, spec, name, "speculative"),
     )
 
 

@@ -432,7 +432,8 @@ class Scheduler:
                 None, lambda: Engine(model, slots, ctx, n_batch=opts.get("num_batch", 512),
                                      n_threads=opts.get("num_thread", self.settings.num_threads),
                                      prefix_cache=self.settings.prefix_cache,
-                                     kv_cache_type=kv_type, flash_attention=flash))
+                                     kv_cache_type=kv_type, flash_attention=flash,
+                                     speculative=self._speculative(entry)))
         except Exception:
             model.close()
             raise
@@ -440,6 +441,10 @@ class Scheduler:
         log.info("loaded %s (%d slots x %d tokens, %s KV cache, flash attention %s) in %.2fs",
                  entry.name, slots, ctx, kv_type, flash, elapsed)
         return Runner(entry=entry, info=info, model=model, engine=engine, num_ctx=ctx)
+
+    def _speculative(self, entry: ModelEntry) -> bool:
+        """The entry's own `speculative`, else the server's setting."""
+        return self.settings.speculative if entry.speculative is None else entry.speculative
 
 
 async def _all_freed(closes: list[asyncio.Task[None]]) -> None:
@@ -481,7 +486,7 @@ def _loads_alike(new: ModelEntry, old: ModelEntry) -> bool:
     """Whether a loaded model can serve the new entry without loading again."""
     load_keys = ("num_ctx", "num_batch", "num_thread", "use_mmap", "use_mlock")
     return (new.path == old.path and new.num_ctx == old.num_ctx
-            and new.num_parallel == old.num_parallel
+            and new.num_parallel == old.num_parallel and new.speculative == old.speculative
             and new.kv_cache_type == old.kv_cache_type
             and new.flash_attention == old.flash_attention
             and all(new.options.get(k) == old.options.get(k) for k in load_keys))

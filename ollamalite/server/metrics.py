@@ -75,6 +75,10 @@ class Metrics:
         self.generated_tokens = self._counter("generated_tokens", "Tokens generated")
         self.reused_tokens = self._counter("prefix_cache_reused_tokens", "Prompt tokens "
                                            "found in a slot's cache, not evaluated again")
+        self.drafted_tokens = self._counter("speculative_drafted_tokens", "Tokens drafted "
+                                            "by n-gram lookup and checked by the model")
+        self.accepted_tokens = self._counter("speculative_accepted_tokens", "Drafted tokens "
+                                             "the sampler picked too (kept)")
         self.ttft = self._histogram("time_to_first_token_seconds", "From a request's arrival "
                                     "to its first generated token", TTFT_BUCKETS)
         self.inter_token = self._histogram("inter_token_seconds", "Between generated tokens, "
@@ -100,6 +104,8 @@ class Metrics:
         self.prompt_tokens.labels(model).inc(stats.prompt_tokens)
         self.generated_tokens.labels(model).inc(stats.generated_tokens)
         self.reused_tokens.labels(model).inc(stats.reused_tokens)
+        self.drafted_tokens.labels(model).inc(stats.drafted_tokens)
+        self.accepted_tokens.labels(model).inc(stats.accepted_tokens)
         if stats.ttft is not None:
             self.ttft.labels(model).observe(stats.ttft)
         inter_token = self.inter_token.labels(model)

@@ -8,6 +8,13 @@ dropped from the KV cache and the rest moved back. A job goes to the free slot
 whose KV cache shares the longest prefix with its prompt, so a chat's next turn only evaluates
 the new messages. Embedding jobs run on the same thread, one batch after each generation step, in
 a second context (`embedder.py`).
+
+With speculation on, a generating slot may add a draft (`draft.py`) after its next token: the
+batch asks logits at every drafted position, the job's own sampler picks at each in order, and
+the drafted tokens are kept while they equal its picks; the cells after the first mismatch are
+removed from the KV cache. One sampler call per emitted token, as without drafts, so sampling
+is that of plain decoding (llama.cpp rounds a batch of one sequence's rows a little differently
+from one row: docs/engine.md).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from pathlib import Path
 
 import llama_cpp
 
+from ollamalite.runtime.engine.draft import Drafter, draft_budget
 from ollamalite.runtime.engine.embedder import Embedder
 from ollamalite.runtime.engine.jobs import (
     Embedded,
@@ -70,7 +78,7 @@ class Slot:
         self.job: Job | None = None
 
     def start(self, job: Job, n_keep: int, limit: int, sampler: SamplerChain,
-              now: float) -> None:
+              now: float, speculative: bool) -> None:
         self.job = job
         self.cached = self.cached[:n_keep]
         self.pending = job.prompt[n_keep:]
@@ -91,9 +99,23 @@ class Slot:
         self.kept: int | None = None
         self.admitted_at = now
         self.first_token_at: float | None = None
+        self.drafter = Drafter(job.prompt) if speculative else None
+        self.drafted = 0
+        self.accepted = 0
+
+    def draft(self, budget: int) -> list[int]:
+        """Tokens to check after the next one: within `budget`, the context (the next token and
+        the draft must fit before a shift is due) and what the job may still generate (each
+        drafted position yields a token)."""
+        if self.drafter is None:
+            return []
+        room = min(budget, self.limit - len(self.cached) - 1,
+                   self.ceiling - len(self.generated) - 1)
+        return self.drafter.draft(room)
 
     def advance(self, tokens: list[int]) -> None:
-        """`tokens` (its next token or the head of its pending prompt) are now in the cache."""
+        """`tokens` (its next token or the head of its pending prompt) are now in the cache
+        (a draft's cells are too, but count only once a sample confirms them)."""
         self.cached.extend(tokens)
         if self.next_token is not None:
             self.next_token = None
@@ -109,11 +131,24 @@ class Slot:
 @dataclass(frozen=True)
 class Part:
     """A slot's share of one batch: `tokens` go after its cache; `logits` asks for the last
-    one's (its prompt is complete, or it is generating)."""
+    one's (its prompt is complete, or it is generating) and, when the tokens after the next
+    one are a `draft`, for each drafted one's too."""
 
     slot: Slot
     tokens: list[int]
     logits: bool
+    draft: int = 0  # how many of `tokens` are drafted (the last ones)
+
+    @property
+    def confirmed(self) -> list[int]:
+        return self.tokens[:len(self.tokens) - self.draft]
+
+    @property
+    def drafted(self) -> list[int]:
+        return self.tokens[len(self.tokens) - self.draft:]
+
+    def wants_logits(self, i: int) -> bool:
+        return self.logits and i >= len(self.tokens) - 1 - self.draft
 
 
 class Engine:
@@ -121,12 +156,13 @@ class Engine:
 
     def __init__(self, model: LlamaModel, n_slots: int, slot_ctx: int, n_batch: int = 512,
                  n_threads: int = 0, prefix_cache: bool = True, kv_cache_type: str = "f16",
-                 flash_attention: str = "auto") -> None:
+                 flash_attention: str = "auto", speculative: bool = False) -> None:
         """`kv_cache_type` (a KV_TYPES key) and `flash_attention` (auto, on or off) as
-        `set_kv_cache` takes them."""
+        `set_kv_cache` takes them; `speculative` drafts tokens from each slot's own text."""
         self.model = model
         self.kv_cache_type = kv_cache_type
         self.prefix_cache = prefix_cache
+        self.speculative = speculative
         self.n_slots = n_slots
         self.slot_ctx = slot_ctx
         self.n_batch = max(n_batch, n_slots)
@@ -248,7 +284,7 @@ class Engine:
         if not llama_cpp.llama_memory_seq_rm(self.mem, slot.seq_id, n_keep, -1):
             llama_cpp.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
             n_keep = 0
-        slot.start(job, n_keep, limit, sampler, time.perf_counter())
+        slot.start(job, n_keep, limit, sampler, time.perf_counter(), self.speculative)
         log.info("slot %d: %d prompt tokens, %d reused from its cache", slot.seq_id,
                  len(job.prompt), n_keep)
 
@@ -291,10 +327,16 @@ class Engine:
             self._decode(parts)
 
     def _plan(self, active: list[Slot]) -> list[Part]:
-        """This step's tokens: generating slots first (one token each), then prompt chunks
-        within `n_batch`."""
-        parts = [Part(s, [s.next_token], True) for s in active if s.next_token is not None]
-        room = self.n_batch - len(parts)
+        """This step's tokens: generating slots first (one token each, and their drafts), then
+        prompt chunks within `n_batch`."""
+        generating = [s for s in active if s.next_token is not None]
+        room = self.n_batch - len(generating)
+        budget = draft_budget(len(generating))
+        parts = []
+        for slot in generating:
+            draft = slot.draft(min(budget, room))
+            room -= len(draft)
+            parts.append(Part(slot, [slot.next_token, *draft], True, len(draft)))
         for slot in active:
             if not slot.pending or room <= 0:
                 continue
@@ -309,10 +351,10 @@ class Engine:
         if rc != 0:
             return self._recover(parts, rc)
         for part in parts:
-            part.slot.advance(part.tokens)
+            part.slot.advance(part.confirmed)
         for part in parts:
             if part.logits:
-                self._on_logits(part.slot)
+                self._on_logits(part)
 
     def _recover(self, parts: list[Part], rc: int) -> None:
         """llama.cpp refused a batch (`rc`: 1 no room in the cache, -1 an invalid batch, other
@@ -331,37 +373,61 @@ class Engine:
                    time.perf_counter())
 
     def _fill_batch(self, parts: list[Part]) -> llama_cpp.llama_batch:
-        """The batch of `parts`, each token after its slot's cache; notes each part's logits
-        row in its slot."""
+        """The batch of `parts`, each token after its slot's cache; notes in each slot the row
+        of its first logits (the next token's; a draft's follow it)."""
         n = 0
         for part in parts:
             slot = part.slot
             for i, token in enumerate(part.tokens):
                 put_token(self.batch, n, token, len(slot.cached) + i, slot.seq_id,
-                          part.logits and i == len(part.tokens) - 1)
+                          part.wants_logits(i))
                 n += 1
-            slot.logit_index = n - 1 if part.logits else -1
+            slot.logit_index = n - 1 - part.draft if part.logits else -1
         self.batch.n_tokens = n
         return self.batch
 
-    def _on_logits(self, slot: Slot) -> None:
-        job = slot.job
+    def _on_logits(self, part: Part) -> None:
+        """Sample the slot's tokens from this batch: one, or one per drafted position while
+        the draft holds (each picked as plain decoding would pick it, at the row of the token
+        before it). Cells of the draft past the last confirmed token leave the cache."""
+        slot, draft = part.slot, part.drafted
         now = time.perf_counter()
         if slot.first_token_at is None:
             slot.first_token_at = now
-        if job.num_predict == 0:
+        if slot.job.num_predict == 0:
             return self._finish(slot, "length", now)
+        slot.drafted += len(draft)
+        for i in range(len(draft) + 1):  # after the loop, `i` drafted tokens were kept
+            token = self._take(slot, slot.logit_index + i, now)
+            if token is None:
+                break
+            if i == len(draft) or token != draft[i]:
+                slot.next_token = token
+                break
+            slot.cached.append(token)  # its cell, decoded as a draft, is now the next token's
+            slot.accepted += 1
+        if draft:
+            llama_cpp.llama_memory_seq_rm(self.mem, slot.seq_id, len(slot.cached), -1)
+            if slot.job is not None:  # still generating: the estimate steers its next drafts
+                slot.drafter.record(len(draft), i)
+
+    def _take(self, slot: Slot, row: int, now: float) -> int | None:
+        """Sample a token at batch row `row` and pass it on (text, logprobs, limits): the token
+        the slot continues with, or None when this ended its job."""
+        job = slot.job
         try:
-            token = slot.sampler.sample(self.ctx, slot.logit_index)
+            token = slot.sampler.sample(self.ctx, row)
         except GrammarError as exc:  # a dead end of this job's grammar ends this job only
             _emit(job, Failed(str(exc)))
             return slot.release(now)
         if self.model.is_eog(token):
             return self._finish(slot, "stop", now)
         slot.generated.append(token)
+        if slot.drafter is not None:
+            slot.drafter.add(token)
         slot.unsent_tokens += 1
         if job.logprobs is not None:
-            slot.unsent_logprobs.append(self._logprob(slot.logit_index, token, job.logprobs))
+            slot.unsent_logprobs.append(self._logprob(row, token, job.logprobs))
         text = slot.text.push(self.model.piece(token))
         if text:
             self._send(slot, text)
@@ -371,7 +437,7 @@ class Engine:
             return self._finish(slot, "length", now)
         if len(slot.cached) >= slot.limit and not self._shift(slot):
             return self._finish(slot, "length", now)
-        slot.next_token = token
+        return token
 
     def _logprob(self, index: int, token: int, top: int) -> Logprob:
         """`token`'s logprob at batch row `index`, with the `top` likeliest tokens there."""
@@ -413,6 +479,8 @@ class Engine:
             llama_cpp.llama_memory_seq_rm(self.mem, slot.seq_id, slot.kept, -1)
             del slot.cached[slot.kept:]
         first = slot.first_token_at or now
+        log.debug("slot %d: %d tokens generated, %d drafted, %d of them accepted", slot.seq_id,
+                  len(slot.generated), slot.drafted, slot.accepted)
         _emit(job, Finished(
             done_reason=reason,
             prompt_tokens=len(job.prompt),
@@ -422,6 +490,8 @@ class Engine:
             eval_duration=int((now - first) * 1e9),
             tokens=tuple(job.prompt) + tuple(slot.generated),
             stop_sequence=slot.text.matched,
+            drafted_tokens=slot.drafted,
+            accepted_tokens=slot.accepted,
         ))
         slot.release(now)
 

@@ -45,6 +45,9 @@ class Finished:
     eval_duration: int
     tokens: tuple[int, ...]  # prompt + generated, for /api/generate's `context`
     stop_sequence: str | None = None  # the stop string that ended it (Anthropic reports it)
+    # Speculative decoding: tokens drafted, and those of them kept (eval_count counts them too).
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
 
 
 @dataclass(frozen=True)
