@@ -17,8 +17,8 @@ def http(base_url: str) -> httpx.Client:
         yield client
 
 
-def generate(http: httpx.Client, **fields: object) -> dict:
-    body = {"model": MODEL, "prompt": COUNT, "raw": True, "stream": False,
+def generate(http: httpx.Client, prompt: str = COUNT, **fields: object) -> dict:
+    body = {"model": MODEL, "prompt": prompt, "raw": True, "stream": False,
             "options": {"temperature": 0, "num_ctx": 128, "num_predict": 300}, **fields}
     resp = http.post("/api/generate", json=body)
     assert resp.status_code == 200, resp.text
@@ -35,7 +35,9 @@ def test_generation_shifts_past_the_context_by_default(http: httpx.Client) -> No
 
 
 def test_without_shift_it_ends_at_the_context(http: httpx.Client) -> None:
-    result = generate(http, shift=False)
+    # a prompt no slot holds yet: `prompt_eval_count` then counts all of it (a reused prefix
+    # would not be counted)
+    result = generate(http, "".join(f"{n}\n" for n in range(501, 511)), shift=False)
     assert result["done_reason"] == "length"
     # every token but the last went through the 128-token cache
     assert result["prompt_eval_count"] + result["eval_count"] == 128 + 1
