@@ -167,11 +167,7 @@ class SpecialTexts:
 
 def special_texts(path: Path) -> SpecialTexts:
     """Blocking: the vocabulary is read once per version of the file, then cached."""
-    try:
-        stat = path.stat()
-    except OSError as exc:
-        raise GGUFError(f"cannot read {path}: {exc.strerror or exc}") from None
-    return _special_texts(path, stat.st_size, stat.st_mtime_ns)
+    return _special_texts(path, *_version(path))
 
 
 @lru_cache(maxsize=64)
@@ -282,15 +278,28 @@ def read_header(path: Path, arrays: bool = False) -> GGUFInfo:
     vocabulary) are skipped, and the result cached, unless `arrays` asks for them: then the
     file is read again and nothing is kept. A file that cannot be read or parsed is a
     GGUFError naming it (a 400 for the request naming the model)."""
+    size, mtime_ns = _version(path)
     try:
-        stat = path.stat()
         if arrays:
-            return _parse(str(path), stat.st_size, arrays=True)
-        return _read_header_cached(str(path), stat.st_size, stat.st_mtime_ns)
+            return _parse(str(path), size, arrays=True)
+        return _read_header_cached(str(path), size, mtime_ns)
     except OSError as exc:
-        raise GGUFError(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise _unreadable(path, exc) from None
     except GGUFError as exc:
         raise GGUFError(f"{path}: {exc.message}") from None
+
+
+def _version(path: Path) -> tuple[int, int]:
+    """The file's size and modification time: what keys the caches of what it holds."""
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise _unreadable(path, exc) from None
+    return stat.st_size, stat.st_mtime_ns
+
+
+def _unreadable(path: Path, exc: OSError) -> GGUFError:
+    return GGUFError(f"cannot read {path}: {exc.strerror or exc}")
 
 
 @byte_lru(HEADER_CACHE_BYTES, lambda info: info.estimated_size())

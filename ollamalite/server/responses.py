@@ -234,13 +234,13 @@ class _Message(_TextItem):
     part_events = "response.content_part"
     index_key = "content_index"
 
-    def item(self, status: str, parts: list[dict[str, Any]]) -> dict[str, Any]:
-        return {"type": "message", "id": self.id, "status": status, "role": "assistant",
-                "content": parts}
-
     def __init__(self, index: int, event: _Events) -> None:
         super().__init__(index, event)
         self.logprobs: list[dict[str, Any]] = []  # empty unless the request `include`d them
+
+    def item(self, status: str, parts: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"type": "message", "id": self.id, "status": status, "role": "assistant",
+                "content": parts}
 
     def part(self, text: str) -> dict[str, Any]:
         return {"type": "output_text", "text": text, "annotations": [],
