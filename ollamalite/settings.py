@@ -43,6 +43,9 @@ class Settings:
     load_timeout: float = 300.0  # longest wait for a model to load (or for room to load it)
     num_threads: int = 0
     prefix_cache: bool = True
+    # The host-memory prompt cache's bound in bytes (OLLAMALITE_CACHE_RAM, MiB); None: a quarter
+    # of the memory free at start, at most DEFAULT_CACHE_RAM; 0: off.
+    cache_ram: int | None = None
     speculative: bool = False  # n-gram speculative decoding (models.yaml may say otherwise)
     # llama.cpp's extra CPU buffer types (AMX, repacked weights): auto (probed), on or off.
     repack: str = "auto"
@@ -129,6 +132,16 @@ def _uint(env: Mapping[str, str], key: str, default: int) -> int:
     except ValueError:
         log.warning("invalid %s=%r, using %d", key, text, default)
         return default
+
+
+def _mebibytes(env: Mapping[str, str], key: str) -> int | None:
+    """A size in MiB as bytes; None when unset or invalid (the caller's default)."""
+    text = env_var(env, key)
+    if text.isdigit():
+        return int(text) << 20
+    if text:
+        log.warning("invalid %s=%r (a number of MiB), using the default", key, text)
+    return None
 
 
 def _bool(env: Mapping[str, str], key: str, default: bool) -> bool:
@@ -232,6 +245,7 @@ def from_env(
         load_timeout=_duration(env, "OLLAMA_LOAD_TIMEOUT", 300.0),
         num_threads=_uint(env, "OLLAMALITE_NUM_THREADS", 0),
         prefix_cache=_bool(env, "OLLAMALITE_PREFIX_CACHE", True),
+        cache_ram=_mebibytes(env, "OLLAMALITE_CACHE_RAM"),
         speculative=_bool(env, "OLLAMALITE_SPECULATIVE", False),
         repack=_switch(env, "OLLAMALITE_REPACK"),
         kv_cache_type=_kv_cache_type(env),

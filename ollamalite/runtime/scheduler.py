@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import OrderedDict
 from contextlib import asynccontextmanager
@@ -40,6 +41,7 @@ from ollamalite.registry.models_file import ModelEntry, Registry, bundled_model_
 from ollamalite.runtime.engine.cpu import CpuPlan, CpuPolicy
 from ollamalite.runtime.engine.engine import Engine
 from ollamalite.runtime.engine.llama import LlamaModel
+from ollamalite.runtime.engine.prompt_cache import PromptCache
 from ollamalite.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,7 @@ log = logging.getLogger(__name__)
 DEFAULT_NUM_CTX = 4096
 QUEUE_FULL = "server busy, please try again.  maximum pending requests exceeded"
 SHUTTING_DOWN = "server is shutting down"
+DEFAULT_CACHE_RAM = 8 << 30
 CLOSE_GRACE_S = 5.0  # how long `close` lets running requests finish when not told
 
 
@@ -118,6 +121,8 @@ class Scheduler:
         self._requests = 0  # inside `use`: generating, or waiting for a slot or a load
         self._shutting_down = False
         self.cpu = CpuPolicy(settings.repack, settings.data_dir)
+        cache_ram = host_cache_size(settings.cache_ram)
+        self.prompt_cache = PromptCache(cache_ram) if cache_ram else None
         self.on_load: LoadObserver = lambda name, seconds: None
 
     async def cpu_plan(self, entry: ModelEntry | None = None) -> CpuPlan | None:
@@ -433,7 +438,8 @@ class Scheduler:
                                      n_threads=opts.get("num_thread", self.settings.num_threads),
                                      prefix_cache=self.settings.prefix_cache,
                                      kv_cache_type=kv_type, flash_attention=flash,
-                                     speculative=self._speculative(entry)))
+                                     speculative=self._speculative(entry),
+                                     prompt_cache=self.prompt_cache))
         except Exception:
             model.close()
             raise
@@ -496,6 +502,15 @@ def _successor(registry: Registry, entry: ModelEntry) -> ModelEntry | None:
     """`entry` as `registry` has it, if a model loaded for `entry` can serve that."""
     newest = registry.get(entry.name)
     return newest if newest is not None and _loads_alike(newest, entry) else None
+
+
+def host_cache_size(configured: int | None) -> int:
+    """The prompt cache's bound: as configured, else a quarter of the memory free now, at most
+    DEFAULT_CACHE_RAM (llama-server's `--cache-ram` default)."""
+    if configured is not None:
+        return configured
+    free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return min(DEFAULT_CACHE_RAM, free // 4)
 
 
 def context_size(entry: ModelEntry, info: GGUFInfo, requested: int | None) -> int:

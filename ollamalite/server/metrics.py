@@ -14,11 +14,12 @@ from typing import Iterator
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
 from ollamalite.generation.stats import RequestStats
+from ollamalite.runtime.engine.prompt_cache import PromptCache
 from ollamalite.runtime.scheduler import Scheduler
 from ollamalite.server import openapi
 from ollamalite.server.keys import SCHEDULER, SETTINGS
@@ -56,6 +57,22 @@ class SchedulerGauges(Collector):
                                 "/api/ps lists them)", value=len(loaded))
         yield _by_model("ollamalite_slots_busy", "Slots generating for a request", busy)
         yield _by_model("ollamalite_slots", "Slots of the loaded models", total)
+        yield from _prompt_cache(self.scheduler.prompt_cache)
+
+
+def _prompt_cache(cache: PromptCache | None) -> Iterator[Metric]:
+    """The host-memory prompt cache (docs/engine.md), when it is on."""
+    if cache is None:
+        return
+    yield GaugeMetricFamily("ollamalite_prompt_cache_bytes", "Bytes of KV state the "
+                            "host-memory prompt cache holds", value=cache.bytes)
+    yield GaugeMetricFamily("ollamalite_prompt_cache_capacity_bytes", "The host-memory "
+                            "prompt cache's bound", value=cache.capacity)
+    yield GaugeMetricFamily("ollamalite_prompt_cache_entries", "Saved prefixes in the "
+                            "host-memory prompt cache", value=len(cache))
+    yield CounterMetricFamily("ollamalite_prompt_cache_restored_tokens", "Prompt tokens "
+                              "restored from host memory, not evaluated again",
+                              value=cache.restored_tokens)
 
 
 def _by_model(name: str, documentation: str, values: Tally[str]) -> GaugeMetricFamily:

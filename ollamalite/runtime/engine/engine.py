@@ -41,7 +41,15 @@ from ollamalite.runtime.engine.jobs import (
     Logprob,
     TextChunk,
 )
-from ollamalite.runtime.engine.llama import LlamaModel, new_context, put_token, set_kv_cache
+from ollamalite.runtime.engine.llama import (
+    LlamaModel,
+    new_context,
+    put_token,
+    restore_sequence,
+    save_sequence,
+    set_kv_cache,
+)
+from ollamalite.runtime.engine.prompt_cache import PromptCache, Saved, common_prefix, tokens_array
 from ollamalite.runtime.engine.sampling import GrammarError, SamplerChain, log_softmax
 from ollamalite.runtime.engine.text import TextAssembler
 
@@ -53,19 +61,19 @@ KEEP_TAIL = 8
 # Fewer shared tokens than this are cheaper to evaluate again than to copy a slot's cache
 # (a chat template's opening, shared by every conversation, is far shorter).
 MIN_COPY = 64
+# Restoring a saved prefix copies ~23 kB per token of this model's cells back in about 4 µs a
+# token, while evaluating costs about 1 ms a token: a restore pays as soon as it brings a few
+# tokens more than the slot already holds; fewer than this are not worth a lookup's risk of
+# evicting the slot's own cells.
+MIN_RESTORE = 16
+# A slot's cells are saved to the host cache only when at least this many of them would be lost
+# (shorter tails are a chat template's opening or a one-line prompt: cheap to evaluate again).
+MIN_SAVE = 64
 # `num_predict` -2 (Ollama's "fill the context"): generate until the context is full, no shift.
 FILL_CONTEXT = -2
 # A generation without `num_predict` ends after this many context lengths of tokens, shifts
 # included.
 UNBOUNDED_CONTEXTS = 10
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
 
 
 class Slot:
@@ -156,10 +164,13 @@ class Engine:
 
     def __init__(self, model: LlamaModel, n_slots: int, slot_ctx: int, n_batch: int = 512,
                  n_threads: int = 0, prefix_cache: bool = True, kv_cache_type: str = "f16",
-                 flash_attention: str = "auto", speculative: bool = False) -> None:
+                 flash_attention: str = "auto", speculative: bool = False,
+                 prompt_cache: PromptCache | None = None) -> None:
         """`kv_cache_type` (a KV_TYPES key) and `flash_attention` (auto, on or off) as
-        `set_kv_cache` takes them; `speculative` drafts tokens from each slot's own text."""
+        `set_kv_cache` takes them; `speculative` drafts tokens from each slot's own text;
+        `prompt_cache` keeps prefixes the slots give up (shared with other engines)."""
         self.model = model
+        self.prompt_cache = prompt_cache
         self.kv_cache_type = kv_cache_type
         self.prefix_cache = prefix_cache
         self.speculative = speculative
@@ -229,6 +240,8 @@ class Engine:
         self._embeds.clear()
         if self._embedder is not None:
             self._embedder.close()
+        if self.prompt_cache is not None:
+            self.prompt_cache.drop(self)
         llama_cpp.llama_batch_free(self.batch)
         llama_cpp.llama_free(self.ctx)
 
@@ -242,9 +255,11 @@ class Engine:
                     self._cond.wait()
                 if self._closing:
                     return
-                self._admit_queued()
+                admitted = self._dequeue()
                 embed = self._embeds[0] if self._embeds else None
             try:
+                for job in admitted:  # outside the lock: saving a slot's cells takes a while
+                    self._admit(job, [s for s in self.slots if s.job is None])
                 self._step()
             except Exception as exc:  # keep serving other models' requests and later jobs
                 log.exception("engine step failed")
@@ -255,17 +270,15 @@ class Engine:
     def _active(self) -> list[Slot]:
         return [s for s in self.slots if s.job is not None]
 
-    def _admit_queued(self) -> None:
-        while self._queue:
-            job = self._queue[0]
-            if job.cancelled:
-                self._queue.popleft()
-                continue
-            free = [s for s in self.slots if s.job is None]
-            if not free:
-                return
-            self._queue.popleft()
-            self._admit(job, free)
+    def _dequeue(self) -> list[Job]:
+        """The oldest waiting jobs, as many as slots are free (cancelled ones are dropped)."""
+        free = sum(s.job is None for s in self.slots)
+        jobs = []
+        while self._queue and len(jobs) < free:
+            job = self._queue.popleft()
+            if not job.cancelled:
+                jobs.append(job)
+        return jobs
 
     def _admit(self, job: Job, free: list[Slot]) -> None:
         limit = min(job.num_ctx or self.slot_ctx, self.slot_ctx)
@@ -280,7 +293,9 @@ class Engine:
             _emit(job, Failed(str(exc)))
             return
         slot = self._place(job, free)
+        self._bring_back(slot, job)
         n_keep = min(self._reusable(slot, job), len(job.prompt) - 1)
+        self._stash(slot, n_keep)
         if not llama_cpp.llama_memory_seq_rm(self.mem, slot.seq_id, n_keep, -1):
             llama_cpp.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
             n_keep = 0
@@ -311,6 +326,41 @@ class Engine:
         log.debug("slot %d: copied %d shared tokens from slot %d", spare.seq_id, shared,
                   best.seq_id)
         return spare
+
+    def _bring_back(self, slot: Slot, job: Job) -> None:
+        """Restore into `slot` the saved prefix that continues the prompt furthest, when it
+        holds at least MIN_RESTORE tokens more than the slot itself (whose own cells are saved
+        first, if worth it)."""
+        if self.prompt_cache is None or not self.prefix_cache:
+            return
+        saved, shared = self.prompt_cache.longest(self, job.prompt)
+        if saved is None or shared < self._reusable(slot, job) + MIN_RESTORE:
+            return
+        self._stash(slot, 0)
+        self.prompt_cache.take(saved)
+        llama_cpp.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
+        if restore_sequence(self.ctx, saved.state, slot.seq_id):
+            slot.cached = saved.tokens.tolist()
+            self.prompt_cache.count_restored(shared)
+            log.info("slot %d: restored %d cached tokens from host memory", slot.seq_id,
+                     len(slot.cached))
+        else:
+            log.warning("slot %d: llama.cpp refused a saved prefix; evaluating it again",
+                        slot.seq_id)
+            llama_cpp.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
+            slot.cached = []
+
+    def _stash(self, slot: Slot, keep: int) -> None:
+        """Save the slot's cells to the host cache before all but `keep` of them go, unless
+        too few would be lost or the cache holds them already."""
+        cache = self.prompt_cache
+        if (cache is None or not self.prefix_cache or len(slot.cached) - keep < MIN_SAVE
+                or cache.holds(self, slot.cached)):
+            return
+        state = save_sequence(self.ctx, slot.seq_id)
+        if state is not None and cache.add(Saved(self, tokens_array(slot.cached), state)):
+            log.debug("slot %d: saved %d tokens to host memory (%d bytes in the cache)",
+                      slot.seq_id, len(slot.cached), cache.bytes)
 
     def _reusable(self, slot: Slot, job: Job) -> int:
         """Prompt tokens already in the slot's KV cache (none when reuse is switched off)."""

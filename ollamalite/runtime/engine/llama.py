@@ -215,6 +215,23 @@ def put_token(batch: llama_cpp.llama_batch, i: int, token: int, pos: int, seq_id
     batch.logits[i] = output
 
 
+def save_sequence(ctx: llama_cpp.llama_context_p, seq_id: int) -> ctypes.Array | None:
+    """A copy of sequence `seq_id`'s KV cells (llama.cpp's per-sequence state), or None when
+    llama.cpp cannot give one."""
+    size = llama_cpp.llama_state_seq_get_size(ctx, seq_id)
+    state = (ctypes.c_uint8 * size)()
+    if not size or llama_cpp.llama_state_seq_get_data(ctx, state, size, seq_id) != size:
+        return None
+    return state
+
+
+def restore_sequence(ctx: llama_cpp.llama_context_p, state: ctypes.Array, seq_id: int) -> bool:
+    """Put a `save_sequence` copy into the empty sequence `seq_id`; False when llama.cpp
+    refuses it (it checks the layout: another model's or another cache type's state)."""
+    size = ctypes.sizeof(state)
+    return llama_cpp.llama_state_seq_set_data(ctx, state, size, seq_id) == size
+
+
 def decode_once(model: LlamaModel, n_tokens: int, n_threads: int = 1) -> int:
     """Decode a batch of `n_tokens` tokens, then one more, in a context of its own; return
     the greedy next token. The smallest run that proves this machine can serve `model`."""
