@@ -34,6 +34,7 @@ MODEL = "smollm2:135m"  # the bundled model's name in models.yaml
 THREADS = 2
 N_CTX = 4096  # context tokens per sequence (slot), in every system
 HOST = "127.0.0.1"
+BUILD_SCRIPT = Path(__file__).resolve().parent / "build_llama_server.sh"
 STARTUP_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 10.0
 
@@ -240,3 +241,33 @@ def ollamalite_server(name: str, config: Path,
     full_env = {**os.environ, "OLLAMALITE_NUM_THREADS": str(THREADS), **repack_env(),
                 **(env or {})}
     return serving(name, cmd, port, "/", full_env)
+
+
+def llama_server_binary(skip: bool) -> tuple[str | None, str]:
+    """The cached llama-server binary (built on first use), or None and why not."""
+    if skip:
+        return None, "llama-server skipped (--skip-llama-server)"
+    if not BUILD_SCRIPT.exists():
+        return None, f"llama-server skipped: {BUILD_SCRIPT.relative_to(REPO)} is missing"
+    print("llama-server: asking build_llama_server.sh (the first build takes minutes)",
+          file=sys.stderr)
+    done = subprocess.run(["bash", str(BUILD_SCRIPT)], stdout=subprocess.PIPE, text=True,
+                          check=False)
+    binary = done.stdout.strip()
+    if done.returncode != 0 or not binary:
+        return None, (f"llama-server skipped: {BUILD_SCRIPT.name} exited {done.returncode} "
+                      "(its reason is on stderr above)")
+    version = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False)
+    first = (version.stdout + version.stderr).strip().splitlines()
+    return binary, f"llama-server: {binary} ({first[0] if first else 'version unknown'})"
+
+
+def llama_server(name: str, binary: str, n_parallel: int) -> AbstractContextManager[Server]:
+    """`-c` is llama-server's total context, split evenly over its `-np` slots."""
+    port = free_port()
+    cmd = [binary, "-m", str(bundled_model_path()), "--host", HOST, "--port", str(port),
+           "-np", str(n_parallel), "-t", str(THREADS), "-tb", str(THREADS),
+           "-c", str(N_CTX * n_parallel)]
+    if not cpu_plan().extra_bufts:
+        cmd.append("--no-repack")  # llama-server's name for the same switch
+    return serving(name, cmd, port, "/health")

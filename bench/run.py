@@ -48,10 +48,9 @@ import datetime
 import os
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
-from contextlib import AbstractContextManager, ExitStack
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Awaitable, Callable
@@ -72,21 +71,18 @@ from clients import (
     new_session,
 )
 from common import (
-    HOST,
     MODEL,
     N_CTX,
     PROMPTS,
-    REPO,
     THREADS,
     Run,
     Server,
-    cpu_plan,
-    free_port,
+    llama_server,
+    llama_server_binary,
     load_llama,
     ollamalite_server,
     rss_mb,
     run_llama,
-    serving,
     write_config,
 )
 from conversation import opening, questions
@@ -108,7 +104,6 @@ from ollamalite.registry.models_file import bundled_model_path
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
-BUILD_SCRIPT = BENCH / "build_llama_server.sh"
 CHAT_ANSWER_TOKENS = 32
 # A code edit returns the whole file: a few hundred tokens.
 WORKLOAD_TOKENS = {"story": 128, "code-edit": 320}
@@ -144,36 +139,6 @@ def parse_args() -> argparse.Namespace:
 
 
 # -- the systems --------------------------------------------------------------------------------
-
-def llama_server_binary(skip: bool) -> tuple[str | None, str]:
-    """The cached llama-server binary (built on first use), or None and why not."""
-    if skip:
-        return None, "llama-server skipped (--skip-llama-server)"
-    if not BUILD_SCRIPT.exists():
-        return None, f"llama-server skipped: {BUILD_SCRIPT.relative_to(REPO)} is missing"
-    print("llama-server: asking build_llama_server.sh (the first build takes minutes)",
-          file=sys.stderr)
-    done = subprocess.run(["bash", str(BUILD_SCRIPT)], stdout=subprocess.PIPE, text=True,
-                          check=False)
-    binary = done.stdout.strip()
-    if done.returncode != 0 or not binary:
-        return None, (f"llama-server skipped: {BUILD_SCRIPT.name} exited {done.returncode} "
-                      "(its reason is on stderr above)")
-    version = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False)
-    first = (version.stdout + version.stderr).strip().splitlines()
-    return binary, f"llama-server: {binary} ({first[0] if first else 'version unknown'})"
-
-
-def llama_server(name: str, binary: str, n_parallel: int) -> AbstractContextManager[Server]:
-    """`-c` is llama-server's total context, split evenly over its `-np` slots."""
-    port = free_port()
-    cmd = [binary, "-m", str(bundled_model_path()), "--host", HOST, "--port", str(port),
-           "-np", str(n_parallel), "-t", str(THREADS), "-tb", str(THREADS),
-           "-c", str(N_CTX * n_parallel)]
-    if not cpu_plan().extra_bufts:
-        cmd.append("--no-repack")  # llama-server's name for the same switch
-    return serving(name, cmd, port, "/health")
-
 
 @dataclass(frozen=True)
 class Systems:

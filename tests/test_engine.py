@@ -48,9 +48,13 @@ class Run:
 
     def __init__(self, engine: Engine, prompt: list[int], **kw: object) -> None:
         self.events: queue.Queue = queue.Queue()
-        self.job = Job(prompt=prompt, emit=self.events.put,
+        self.job = Job(prompt=prompt, emit=self.emit,
                        sampling=kw.pop("sampling", SamplingParams(temperature=0)), **kw)
         engine.submit(self.job)
+
+    def emit(self, event: object) -> None:
+        """Called on the engine thread."""
+        self.events.put(event)
 
     def chunks(self) -> Iterator[TextChunk]:
         while True:
@@ -309,6 +313,36 @@ def test_submit_from_many_threads(engine: Engine, model: LlamaModel) -> None:
     for t in threads:
         t.join(timeout=120)
     assert len(results) == 6 and len(set(results)) == 1
+
+
+class Ordered(Run):
+    """A run that notes its index in `started` when its first text arrives."""
+
+    def __init__(self, engine: Engine, prompt: list[int], started: list[int], index: int,
+                 **kw: object) -> None:
+        self.started, self.index = started, index
+        super().__init__(engine, prompt, **kw)
+
+    def emit(self, event: object) -> None:
+        if isinstance(event, TextChunk) and self.index not in self.started:
+            self.started.append(self.index)
+        super().emit(event)
+
+
+def test_more_jobs_than_slots_start_first_come_first_served(model: LlamaModel) -> None:
+    """Six jobs on one slot start in the order they came, although every other one repeats
+    the prompt the slot has cached (admitting cache hits first would starve the others)."""
+    single = Engine(model, n_slots=1, slot_ctx=SLOT_CTX, n_batch=64)
+    try:
+        cached = chat_prompt(model, "Say hello.")
+        started: list[int] = []
+        runs = [Ordered(single, chat_prompt(model, f"Count to {n}.") if n % 2 else cached,
+                        started, n, num_predict=4) for n in range(6)]
+        for run in runs:
+            run.text()
+        assert started == list(range(6))
+    finally:
+        single.close()
 
 
 # A token the prompts and replies below never hold: a batch with it is refused by the wrapper.
