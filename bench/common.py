@@ -39,7 +39,7 @@ STARTUP_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 10.0
 
 # Story openings that SmolLM2-135M continues past 128 tokens without an end-of-sequence at
-# temperature 0, also under run.py's "(14) " numbering (it checks, and notes a stream that
+# temperature 0, also under run.py's "(104) " numbering (it checks, and notes a stream that
 # stops early). They differ from the first word, so concurrent clients share no prompt prefix.
 PROMPTS = (
     "Once upon a time, in a small village at the edge of a great forest, there lived an "
@@ -58,6 +58,21 @@ PROMPTS = (
     "morning he discovered that",
     "Professor Adaeze Okafor opened the envelope from the museum and read the letter twice. "
     "The ancient map it described",
+    "Every night at midnight the old piano in the empty hall began to play by itself. The "
+    "caretaker, a quiet man named Tomas,",
+    "On the first day of summer, the twins found a rusty key buried under the apple tree. They",
+    "Nobody in the valley remembered who had built the stone bridge, but the children said "
+    "that on foggy mornings",
+    "After forty years at sea, the retired captain opened a small bookshop by the harbour. "
+    "On its first morning",
+    "High in the desert, an astronomer named Lina pointed her telescope at a star that had "
+    "not been there the night before. She",
+    "The robot had been built to sweep the floors of the library, but one evening it opened "
+    "a book and",
+    "Grandfather's radio crackled to life during the blackout, and a voice none of us knew "
+    "began to",
+    "At the bottom of the well behind the inn, the innkeeper's son heard someone humming a "
+    "song that",
 )
 
 

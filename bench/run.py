@@ -133,8 +133,9 @@ def parse_args() -> argparse.Namespace:
     args.clients = sorted({int(c) for c in args.clients.split(",")})
     if args.tokens < 2 or args.rounds < 1 or args.chat_turns < 1:
         parser.error("--tokens must be at least 2, --rounds and --chat-turns at least 1")
-    if not 1 <= args.clients[0] <= args.clients[-1] <= len(PROMPTS):
-        parser.error(f"--clients must be between 1 and {len(PROMPTS)} (one prompt each)")
+    most = len(code_edit.INSTRUCTIONS if args.workload == "code-edit" else PROMPTS)
+    if not 1 <= args.clients[0] <= args.clients[-1] <= most:
+        parser.error(f"--clients must be between 1 and {most} (one prompt each)")
     return args
 
 
@@ -211,11 +212,11 @@ class ChatConfig:
 
 def trial_prompts(round_: int, clients: int, workload: str = "story") -> list[str]:
     """Client k's prompt: story opening k (or code edit k), numbered so that no earlier trial
-    sent the same text (clients <= 8). No cache holds it, so every system evaluates the whole
-    prompt: TTFT is the same work everywhere, whatever a server's slot and cache policy."""
+    sent the same text. No cache holds it, so every system evaluates the whole prompt: TTFT is
+    the same work everywhere, whatever a server's slot and cache policy."""
     if workload == "code-edit":
-        return code_edit.prompts(round_ * 10 + clients, clients)
-    return [f"({round_ * 10 + clients}) {p}" for p in PROMPTS[:clients]]
+        return code_edit.prompts(round_ * 100 + clients, clients)
+    return [f"({round_ * 100 + clients}) {p}" for p in PROMPTS[:clients]]
 
 
 def on_this_thread(run: Callable[[list[str]], list[Run]], clients: int, workload: str
