@@ -37,7 +37,7 @@ QUESTIONS = (
 )
 
 
-def _entry(day: int) -> str:
+def entry(day: int) -> str:
     return (f"Day {day}: {_WEATHER[day % len(_WEATHER)]} over the {_PLACES[day % len(_PLACES)]}; "
             f"{_EVENTS[day % len(_EVENTS)]}. The keeper counted {day * 7 % 23 + 2} ships "
             f"passing and lit {day * 3 % 11 + 1} lamps.")
@@ -49,7 +49,7 @@ def logbook(session: str, tokenize: Callable[[str], list[int]]) -> str:
              "Elias. Answer questions about this logbook briefly.", ""]
     day = 1
     while len(tokenize("\n".join(lines))) < HISTORY_TOKENS:
-        lines.append(_entry(day))
+        lines.append(entry(day))
         day += 1
     return "\n".join(lines)
 

@@ -5,7 +5,14 @@ shows up as RSS that keeps growing once the model and caches are warm. The reque
 streamed and whole generate and chat calls of varying length, clients that hang up
 mid-stream and requests that are refused with a 400, four at a time against one server.
 
-Run: python bench/soak_rss.py [--requests 1000] [--concurrency 4]
+The chats carry a system text of their own (a logbook page, ~250 tokens), more of them than
+slots, so slots keep giving up prefixes to the host-memory prompt cache: its bound
+(`--cache-ram` MiB, OLLAMALITE_CACHE_RAM) is small so that it fills early, and at every
+checkpoint the cache's bytes (from /metrics) are read beside the RSS. Targets: the cache
+within its bound throughout, and RSS after 1,000 requests within 5% of RSS after 250 (by
+then the cache is full).
+
+Run: python bench/soak_rss.py [--requests 1000] [--concurrency 4] [--cache-ram 32]
 """
 
 from __future__ import annotations
@@ -19,8 +26,10 @@ from pathlib import Path
 
 import aiohttp
 from common import MODEL, PROMPTS, ollamalite_server, write_config
+from conversation import entry
 
 CHECKPOINTS = (50, 250, 500, 750, 1000)
+CACHE_BYTES = "ollamalite_prompt_cache_bytes"
 TIME_LIMIT_S = 1800
 
 
@@ -37,7 +46,9 @@ def request_for(i: int, rng: random.Random) -> tuple[str, dict, str]:
         return "/api/generate", {"model": MODEL, "prompt": prompt,
                                  "options": {"num_predict": 200}}, "hang_up"
     if kind % 2:
-        history = [{"role": "user", "content": prompt},
+        page = " ".join(entry(day) for day in range(i % 50 * 7, i % 50 * 7 + 7))
+        history = [{"role": "system", "content": f"Logbook page {i % 50}. {page}"},
+                   {"role": "user", "content": prompt},
                    {"role": "assistant", "content": "I see."},
                    {"role": "user", "content": f"Go on, part {i}."}]
         return "/api/chat", {"model": MODEL, "messages": history, "options": options,
@@ -60,9 +71,19 @@ async def send(session: aiohttp.ClientSession, url: str, i: int, rng: random.Ran
             await resp.read()
 
 
-async def soak(url: str, total: int, concurrency: int, rss) -> list[tuple[int, float]]:
+async def cache_mb(session: aiohttp.ClientSession, url: str) -> float:
+    """The host-memory prompt cache's size from /metrics, in MB."""
+    async with session.get(url + "/metrics") as resp:
+        for line in (await resp.text()).splitlines():
+            if line.startswith(CACHE_BYTES + " "):
+                return float(line.split()[1]) / 1e6
+    return 0.0
+
+
+async def soak(url: str, total: int, concurrency: int, rss
+               ) -> list[tuple[int, float, float]]:
     rng = random.Random(7)
-    samples: list[tuple[int, float]] = []
+    samples: list[tuple[int, float, float]] = []
     done = 0
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(total):
@@ -75,8 +96,9 @@ async def soak(url: str, total: int, concurrency: int, rss) -> list[tuple[int, f
             done += 1
             if done in CHECKPOINTS:
                 await asyncio.sleep(0.5)  # let a hung-up stream's slot be freed first
-                samples.append((done, rss()))
-                print(f"{done} requests: RSS {samples[-1][1]:.1f} MB", file=sys.stderr)
+                samples.append((done, rss(), await cache_mb(session, url)))
+                print(f"{done} requests: RSS {samples[-1][1]:.1f} MB, prompt cache "
+                      f"{samples[-1][2]:.1f} MB", file=sys.stderr)
 
     timeout = aiohttp.ClientTimeout(total=120)
     async with aiohttp.ClientSession(timeout=timeout) as session:
@@ -89,16 +111,21 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--cache-ram", type=int, default=32, help="MiB")
     args = parser.parse_args()
+    env = {"OLLAMALITE_CACHE_RAM": str(args.cache_ram)}
     with tempfile.TemporaryDirectory() as folder, \
-            ollamalite_server("ollamalite", write_config(Path(folder))) as server:
+            ollamalite_server("ollamalite", write_config(Path(folder)), env) as server:
         samples = asyncio.run(soak(server.url, args.requests, args.concurrency, server.rss_mb))
-    print("| requests | RSS MB |\n|---|---|")
-    for count, mb in samples:
-        print(f"| {count} | {mb:.1f} |")
-    first, last = samples[0][1], samples[-1][1]
-    print(f"\nRSS after {samples[-1][0]} vs after {samples[0][0]}: {last / first:.3f}x "
-          f"({last - first:+.1f} MB); target: within 5%")
+    print("| requests | RSS MB | prompt cache MB |\n|---|---|---|")
+    for count, mb, cached in samples:
+        print(f"| {count} | {mb:.1f} | {cached:.1f} |")
+    bound = args.cache_ram * (1 << 20) / 1e6
+    warm = samples[1] if len(samples) > 1 else samples[0]
+    print(f"\nprompt cache at most {max(s[2] for s in samples):.1f} MB of its {bound:.1f} MB; "
+          f"RSS after {samples[-1][0]} vs after {warm[0]}: {samples[-1][1] / warm[1]:.3f}x "
+          f"({samples[-1][1] - warm[1]:+.1f} MB), after {samples[0][0]}: "
+          f"{samples[-1][1] - samples[0][1]:+.1f} MB; target: within 5% of the warm RSS")
     return 0
 
 
