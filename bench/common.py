@@ -60,7 +60,8 @@ PROMPTS = (
     "The ancient map it described",
     "Every night at midnight the old piano in the empty hall began to play by itself. The "
     "caretaker, a quiet man named Tomas,",
-    "On the first day of summer, the twins found a rusty key buried under the apple tree. They",
+    "The twins had never been allowed into the attic, but on the morning of their tenth "
+    "birthday the door stood open, and inside they saw",
     "Nobody in the valley remembered who had built the stone bridge, but the children said "
     "that on foggy mornings",
     "After forty years at sea, the retired captain opened a small bookshop by the harbour. "
@@ -71,8 +72,8 @@ PROMPTS = (
     "a book and",
     "Grandfather's radio crackled to life during the blackout, and a voice none of us knew "
     "began to",
-    "At the bottom of the well behind the inn, the innkeeper's son heard someone humming a "
-    "song that",
+    "When the circus came to the little port town, the youngest acrobat noticed that the old "
+    "elephant could",
 )
 
 
