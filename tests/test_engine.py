@@ -14,7 +14,7 @@ from ollamalite.generation.prompt import render_chat
 from ollamalite.options import SamplingParams
 from ollamalite.registry.gguf_header import read_header
 from ollamalite.registry.models_file import bundled_model_path
-from ollamalite.runtime.engine.engine import Engine
+from ollamalite.runtime.engine.engine import BLOCK, Engine
 from ollamalite.runtime.engine.jobs import Failed, Finished, Job, TextChunk
 from ollamalite.runtime.engine.llama import LlamaModel
 from tests.conftest import extra_bufts
@@ -121,7 +121,7 @@ def test_long_prompt_admitted_mid_flight_does_not_corrupt_running_streams(
 
 
 def test_second_turn_reuses_the_cached_prefix(engine: Engine, model: LlamaModel) -> None:
-    first = chat_prompt(model, "Tell me about owls in one sentence.")
+    first = chat_prompt(model, "Tell me about owls in one sentence. " + "Owls hoot. " * 20)
     run = Run(engine, first, num_predict=10)
     run.text()
     follow_up = list(run.final.tokens) + model.tokenize(
@@ -129,7 +129,9 @@ def test_second_turn_reuses_the_cached_prefix(engine: Engine, model: LlamaModel)
         add_special=False)
     second = Run(engine, follow_up, num_predict=5)
     second.text()
-    assert second.final.prompt_eval_count < len(follow_up) - len(first)
+    # the first prompt's whole blocks are reused; its last block and the answer are not
+    assert len(first) > BLOCK
+    assert second.final.prompt_eval_count == len(follow_up) - len(first) // BLOCK * BLOCK
     assert second.final.prompt_tokens == len(follow_up)
 
 
@@ -152,12 +154,14 @@ def test_conversations_sharing_a_system_prompt_keep_their_own_caches(
         a1_text = a1.text()
         b1 = Run(cached, prompt("What happened on Tuesday?"), num_predict=8)
         b1_text = b1.text()
-        assert b1.final.prompt_eval_count < 20  # the shared system prompt was copied
+        assert b1.final.prompt_eval_count < BLOCK + 20  # the shared system prompt was copied
         assert b1_text == Run(fresh, prompt("What happened on Tuesday?"), num_predict=8).text()
         a2_prompt = list(a1.final.tokens) + prompt("x")[-1:]  # continue conversation A
         a2 = Run(cached, a2_prompt, num_predict=4)
         a2.text()
-        assert a2.final.prompt_eval_count == 1  # A's history was still in its slot
+        # A's prompt was still in its slot (whole blocks of it are reusable)
+        reused = a1.final.prompt_tokens // BLOCK * BLOCK
+        assert a2.final.prompt_eval_count == len(a2_prompt) - reused
         assert a1_text
     finally:
         fresh.close()
@@ -184,7 +188,8 @@ def test_alternating_conversations_each_keep_their_slot(model: LlamaModel) -> No
             follow = list(run.final.tokens) + prompt(s, "Hi", "More")[len(prompt(s, "Hi")):]
             again = Run(engine, follow, num_predict=2)
             again.text()
-            assert again.final.prompt_eval_count < 20, s
+            reused = run.final.prompt_tokens // BLOCK * BLOCK  # from its own slot only
+            assert reused and again.final.prompt_eval_count == len(follow) - reused, s
     finally:
         engine.close()
 

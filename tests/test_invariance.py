@@ -13,9 +13,9 @@ from typing import Iterator
 import pytest
 
 from ollamalite.options import SamplingParams
+from ollamalite.registry.models_file import bundled_model_path
 from ollamalite.runtime.engine.engine import BLOCK, SPLIT_KV_CELLS, Engine
 from ollamalite.runtime.engine.llama import LlamaModel
-from ollamalite.registry.models_file import bundled_model_path
 from tests.conftest import extra_bufts
 from tests.test_engine import Run, chat_prompt
 
