@@ -4,10 +4,11 @@ Each step packs one token for every generating slot plus prompt chunks of newly 
 into a single `llama_batch` and calls `llama_decode` once (a batch llama.cpp refuses is decoded
 again job by job, so a failure ends only the job that causes it). A generation that reaches the
 end of its context shifts it, as Ollama does: the oldest half of what follows the kept start is
-dropped from the KV cache and the rest moved back. A job goes to the free slot
-whose KV cache shares the longest prefix with its prompt, so a chat's next turn only evaluates
-the new messages. Embedding jobs run on the same thread, one batch after each generation step, in
-a second context (`embedder.py`).
+dropped from the KV cache and the rest moved back. A job goes to the free slot whose KV cache
+shares the longest prefix with its prompt, so a chat's next turn evaluates only its last prompt
+block, the answer and the new messages. Prompts are cut at fixed positions and the batch ordered
+so that a job's numbers never depend on the others (BLOCK, `_ubatch_order`). Embedding jobs run
+on the same thread, one batch after each generation step, in a second context (`embedder.py`).
 
 With speculation on, a generating slot may add a draft (`draft.py`) after its next token: the
 batch asks logits at every drafted position, the job's own sampler picks at each in order, and
