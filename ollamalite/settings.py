@@ -47,6 +47,9 @@ class Settings:
     # of the memory free at start, at most DEFAULT_CACHE_RAM; 0: off.
     cache_ram: int | None = None
     speculative: bool = False  # n-gram speculative decoding (models.yaml may say otherwise)
+    # Every request's tokens independent of its neighbours and of the prefix cache, at a cost
+    # (docs/engine.md).
+    deterministic: bool = False
     # llama.cpp's extra CPU buffer types (AMX, repacked weights): auto (probed), on or off.
     repack: str = "auto"
     kv_cache_type: str = "f16"  # one of KV_CACHE_TYPES; a models.yaml entry may set its own
@@ -247,6 +250,7 @@ def from_env(
         prefix_cache=_bool(env, "OLLAMALITE_PREFIX_CACHE", True),
         cache_ram=_mebibytes(env, "OLLAMALITE_CACHE_RAM"),
         speculative=_bool(env, "OLLAMALITE_SPECULATIVE", False),
+        deterministic=_bool(env, "OLLAMALITE_DETERMINISTIC", False),
         repack=_switch(env, "OLLAMALITE_REPACK"),
         kv_cache_type=_kv_cache_type(env),
         flash_attention=_switch(env, "OLLAMA_FLASH_ATTENTION"),

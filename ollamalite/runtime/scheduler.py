@@ -439,7 +439,8 @@ class Scheduler:
                                      prefix_cache=self.settings.prefix_cache,
                                      kv_cache_type=kv_type, flash_attention=flash,
                                      speculative=self._speculative(entry),
-                                     prompt_cache=self.prompt_cache))
+                                     prompt_cache=self.prompt_cache,
+                                     deterministic=self.settings.deterministic))
         except Exception:
             model.close()
             raise

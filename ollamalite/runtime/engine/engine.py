@@ -4,11 +4,13 @@ Each step packs one token for every generating slot plus prompt chunks of newly 
 into a single `llama_batch` and calls `llama_decode` once (a batch llama.cpp refuses is decoded
 again job by job, so a failure ends only the job that causes it). A generation that reaches the
 end of its context shifts it, as Ollama does: the oldest half of what follows the kept start is
-dropped from the KV cache and the rest moved back. A job goes to the free slot
-whose KV cache shares the longest prefix with its prompt, so a chat's next turn only evaluates
-the new messages; the cells a slot gives up go to the host-memory prompt cache
-(`prompt_cache.py`) and come back when a prompt continues them. Embedding jobs run on the same
-thread, one batch after each generation step, in a second context (`embedder.py`).
+dropped from the KV cache and the rest moved back. A job goes to the free slot whose KV cache
+shares the longest prefix with its prompt, so a chat's next turn evaluates only the new messages;
+the cells a slot gives up go to the host-memory prompt cache (`prompt_cache.py`) and come back
+when a prompt continues them. Prompts are cut at fixed positions and the batch ordered so that a
+prompt's numbers do not depend on the others (BLOCK, `_ubatch_order`); the deterministic mode
+also keeps generated tokens' numbers apart and reuses only exact cells. Embedding jobs run on
+the same thread, one batch after each generation step, in a second context (`embedder.py`).
 
 With speculation on, a generating slot may add a draft (`draft.py`) after its next token: the
 batch asks logits at every drafted position, the job's own sampler picks at each in order, and
@@ -30,7 +32,7 @@ from pathlib import Path
 
 import llama_cpp
 
-from ollamalite.runtime.engine.draft import Drafter, draft_budget
+from ollamalite.runtime.engine.draft import MAX_DRAFT, Drafter, draft_budget
 from ollamalite.runtime.engine.embedder import Embedder
 from ollamalite.runtime.engine.jobs import (
     Embedded,
@@ -70,6 +72,16 @@ MIN_RESTORE = 16
 # A slot's cells are saved to the host cache only when at least this many of them would be lost
 # (shorter tails are a chat template's opening or a one-line prompt: cheap to evaluate again).
 MIN_SAVE = 64
+# Prompts are evaluated in blocks of this many positions (multiples of it from the start),
+# the last, partial block on its own: llama.cpp's CPU flash attention computes a sequence's rows
+# with a tiled kernel when a micro-batch holds 64 or more of them (GGML_FA_TILE_Q), with a
+# per-row kernel below that, and the two round differently. Whole blocks always take the first,
+# a last block the second, so a prompt's numbers never depend on how a step was cut.
+BLOCK = 64
+# A lone row of a sequence holding more than this many cells takes llama.cpp's split-KV kernel
+# (its KV view, padded to 256, reaches 512), which rounds differently from the per-row kernel
+# that rows beside other sequences take: such a slot decodes in a micro-batch of its own.
+SPLIT_KV_CELLS = 256
 # `num_predict` -2 (Ollama's "fill the context"): generate until the context is full, no shift.
 FILL_CONTEXT = -2
 # A generation without `num_predict` ends after this many context lengths of tokens, shifts
@@ -83,6 +95,9 @@ class Slot:
     def __init__(self, seq_id: int) -> None:
         self.seq_id = seq_id
         self.cached: list[int] = []
+        # The leading cells a cold evaluation of the same tokens computes bit for bit: whole
+        # prompt blocks (a last block and generated tokens take other kernels: BLOCK).
+        self.exact = 0
         self.last_used = 0.0
         self.job: Job | None = None
 
@@ -90,6 +105,7 @@ class Slot:
               now: float, speculative: bool) -> None:
         self.job = job
         self.cached = self.cached[:n_keep]
+        self.exact = len(job.prompt) - len(job.prompt) % BLOCK
         self.pending = job.prompt[n_keep:]
         self.prompt_eval_count = len(self.pending)
         self.limit = limit
@@ -166,23 +182,27 @@ class Engine:
     def __init__(self, model: LlamaModel, n_slots: int, slot_ctx: int, n_batch: int = 512,
                  n_threads: int = 0, prefix_cache: bool = True, kv_cache_type: str = "f16",
                  flash_attention: str = "auto", speculative: bool = False,
-                 prompt_cache: PromptCache | None = None) -> None:
+                 prompt_cache: PromptCache | None = None, deterministic: bool = False) -> None:
         """`kv_cache_type` (a KV_TYPES key) and `flash_attention` (auto, on or off) as
         `set_kv_cache` takes them; `speculative` drafts tokens from each slot's own text;
-        `prompt_cache` keeps prefixes the slots give up (shared with other engines)."""
+        `prompt_cache` keeps prefixes the slots give up (shared with other engines);
+        `deterministic` makes every job's tokens independent of the others and of the cache,
+        at a cost (docs/engine.md)."""
         self.model = model
+        self.deterministic = deterministic
         self.prompt_cache = prompt_cache
         self.kv_cache_type = kv_cache_type
         self.prefix_cache = prefix_cache
         self.speculative = speculative
         self.n_slots = n_slots
         self.slot_ctx = slot_ctx
-        self.n_batch = max(n_batch, n_slots)
+        self.n_batch = max(n_batch, BLOCK)  # prompt tokens per step; generated ones come on top
         self.n_threads = n_threads or (os.cpu_count() or 1)
-        self.ctx = _new_context(model, n_slots, slot_ctx, self.n_batch, self.n_threads,
-                                kv_cache_type, flash_attention)
+        capacity = self.n_batch + n_slots + MAX_DRAFT
+        self.ctx = _new_context(model, n_slots, slot_ctx, (capacity, self.n_batch),
+                                self.n_threads, kv_cache_type, flash_attention)
         self.mem = llama_cpp.llama_get_memory(self.ctx)
-        self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        self.batch = llama_cpp.llama_batch_init(capacity, 0, 1)
         self.slots = [Slot(i) for i in range(n_slots)]
         self._queue: deque[Job] = deque()
         self._embeds: deque[EmbedJob] = deque()
@@ -295,7 +315,7 @@ class Engine:
             return
         slot = self._place(job, free)
         self._bring_back(slot, job)
-        n_keep = min(self._reusable(slot, job), len(job.prompt) - 1)
+        n_keep = self._reusable(slot, job)
         self._stash(slot, n_keep)
         if not llama_cpp.llama_memory_seq_rm(self.mem, slot.seq_id, n_keep, -1):
             llama_cpp.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
@@ -309,10 +329,11 @@ class Engine:
         one, so a new conversation never cuts off another's cached history. When the prompt
         shares a long start with another slot (chats with one system prompt), that start is
         copied over rather than evaluated again."""
-        best = max(free, key=lambda s: (self._reusable(s, job), -s.last_used))
+        best = max(free, key=lambda s: (self._reusable(s, job),
+                                        common_prefix(s.cached, job.prompt), -s.last_used))
         shared = self._reusable(best, job)
         others = [s for s in free if s is not best]
-        if len(best.cached) - shared <= KEEP_TAIL or not others:
+        if len(best.cached) - common_prefix(best.cached, job.prompt) <= KEEP_TAIL or not others:
             log.debug("slot %d: chosen, its cache continues the prompt for %d of %d tokens",
                       best.seq_id, shared, len(best.cached))
             return best
@@ -323,7 +344,7 @@ class Engine:
             return spare
         llama_cpp.llama_memory_seq_rm(self.mem, spare.seq_id, -1, -1)
         llama_cpp.llama_memory_seq_cp(self.mem, best.seq_id, spare.seq_id, -1, -1)
-        spare.cached = list(best.cached)
+        spare.cached, spare.exact = list(best.cached), best.exact
         log.debug("slot %d: copied %d shared tokens from slot %d", spare.seq_id, shared,
                   best.seq_id)
         return spare
@@ -335,14 +356,17 @@ class Engine:
         if self.prompt_cache is None or not self.prefix_cache:
             return
         saved, shared = self.prompt_cache.longest(self, job.prompt)
-        if saved is None or shared < self._reusable(slot, job) + MIN_RESTORE:
+        if saved is None:
+            return
+        usable = self._usable(shared, saved.exact, job)
+        if usable < self._reusable(slot, job) + MIN_RESTORE:
             return
         self._stash(slot, 0)
         self.prompt_cache.take(saved)
         llama_cpp.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
         if restore_sequence(self.ctx, saved.state, slot.seq_id):
-            slot.cached = saved.tokens.tolist()
-            self.prompt_cache.count_restored(shared)
+            slot.cached, slot.exact = saved.tokens.tolist(), saved.exact
+            self.prompt_cache.count_restored(usable)
             log.info("slot %d: restored %d cached tokens from host memory", slot.seq_id,
                      len(slot.cached))
         else:
@@ -359,13 +383,28 @@ class Engine:
                 or cache.holds(self, slot.cached)):
             return
         state = save_sequence(self.ctx, slot.seq_id)
-        if state is not None and cache.add(Saved(self, tokens_array(slot.cached), state)):
+        saved = (None if state is None
+                 else Saved(self, tokens_array(slot.cached), state, slot.exact))
+        if saved is not None and cache.add(saved):
             log.debug("slot %d: saved %d tokens to host memory (%d bytes in the cache)",
                       slot.seq_id, len(slot.cached), cache.bytes)
 
     def _reusable(self, slot: Slot, job: Job) -> int:
-        """Prompt tokens already in the slot's KV cache (none when reuse is switched off)."""
-        return common_prefix(slot.cached, job.prompt) if self.prefix_cache else 0
+        """Prompt tokens already in the slot's KV cache that may be kept (none when reuse is
+        switched off)."""
+        if not self.prefix_cache:
+            return 0
+        return self._usable(common_prefix(slot.cached, job.prompt), slot.exact, job)
+
+    def _usable(self, shared: int, exact: int, job: Job) -> int:
+        """Of `shared` cached prompt tokens (`exact` of them computed as a cold evaluation
+        computes them), those to keep: all but the prompt's last (its logits are needed), and
+        in deterministic mode only whole blocks of exact cells."""
+        shared = min(shared, len(job.prompt) - 1)
+        if not self.deterministic:
+            return shared
+        shared = min(shared, exact)
+        return shared - shared % BLOCK
 
     def _step(self) -> None:
         now = time.perf_counter()
@@ -378,23 +417,35 @@ class Engine:
             self._decode(parts)
 
     def _plan(self, active: list[Slot]) -> list[Part]:
-        """This step's tokens: generating slots first (one token each, and their drafts), then
-        prompt chunks within `n_batch`."""
+        """This step's tokens: one for every generating slot (and its draft), then prompt
+        chunks within `n_batch`."""
         generating = [s for s in active if s.next_token is not None]
-        room = self.n_batch - len(generating)
         budget = draft_budget(len(generating))
         parts = []
         for slot in generating:
-            draft = slot.draft(min(budget, room))
-            room -= len(draft)
+            draft = slot.draft(budget)
             parts.append(Part(slot, [slot.next_token, *draft], True, len(draft)))
+        room = self.n_batch
         for slot in active:
-            if not slot.pending or room <= 0:
-                continue
-            take = min(room, len(slot.pending), slot.job.num_batch or self.n_batch)
-            parts.append(Part(slot, slot.pending[:take], take == len(slot.pending)))
-            room -= take
+            take = self._prompt_take(slot, room) if slot.pending else 0
+            if take:
+                parts.append(Part(slot, slot.pending[:take], take == len(slot.pending)))
+                room -= take
         return parts
+
+    def _prompt_take(self, slot: Slot, room: int) -> int:
+        """How many of the slot's pending prompt tokens fit this step: whole blocks within
+        `room` and the job's `num_batch` (one block at least), or the last, partial block
+        entire; none when they do not fit. So where a prompt is cut depends on the prompt
+        alone (and the reused prefix, itself whole blocks), never on what else runs."""
+        start = len(slot.cached)
+        end = start + len(slot.pending)
+        whole = end - end % BLOCK
+        if start >= whole:
+            return end - start if end - start <= room else 0
+        cap = max(min(slot.job.num_batch or self.n_batch, self.n_batch), BLOCK)
+        stop = min(whole, start + min(room, cap))
+        return max(stop - stop % BLOCK - start, 0)
 
     def _decode(self, parts: list[Part]) -> None:
         """Decode `parts` in one batch, then sample the slots that asked for logits."""
@@ -427,7 +478,7 @@ class Engine:
         """The batch of `parts`, each token after its slot's cache; notes in each slot the row
         of its first logits (the next token's; a draft's follow it)."""
         n = 0
-        for part in parts:
+        for part in _ubatch_order(parts, self.deterministic):
             slot = part.slot
             for i, token in enumerate(part.tokens):
                 put_token(self.batch, n, token, len(slot.cached) + i, slot.seq_id,
@@ -517,6 +568,7 @@ class Engine:
         llama_cpp.llama_memory_seq_add(self.mem, slot.seq_id, keep + discard, -1, -discard)
         del slot.cached[keep:keep + discard]
         slot.kept = keep
+        slot.exact = min(slot.exact, keep)
         log.info("slot %d: context full, kept %d tokens and dropped %d", slot.seq_id, keep,
                  discard)
         return True
@@ -585,6 +637,29 @@ class Engine:
         slot.release(now)
 
 
+def _ubatch_order(parts: list[Part], deterministic: bool) -> list[Part]:
+    """`parts` in an order that gives each a llama.cpp micro-batch of its own, except runs of
+    generating slots with consecutive ids, which share one (in deterministic mode, only those
+    with short caches). With a split KV cache llama.cpp cuts a batch into micro-batches of
+    sequences with consecutive ascending ids, the same number of rows of each, so a part beside
+    others would be cut, and its rows' attention kernel chosen, by its neighbours (see BLOCK,
+    SPLIT_KV_CELLS). Rows of short generating slots take the per-row kernel however they are
+    grouped; a long one alone takes another, which only the deterministic mode pays for."""
+    def shares(part: Part) -> bool:
+        return part.slot.next_token is not None and (
+            not deterministic or len(part.slot.cached) + len(part.tokens) <= SPLIT_KV_CELLS)
+
+    runs: list[list[Part]] = []
+    for part in sorted(parts, key=lambda p: -p.slot.seq_id):
+        last = runs[-1][-1] if runs else None
+        if (last is not None and shares(last) and shares(part)
+                and last.slot.seq_id == part.slot.seq_id + 1):
+            runs[-1].append(part)
+        else:
+            runs.append([part])
+    return [part for run in runs for part in reversed(run)]
+
+
 def _emit(job: Job | EmbedJob, event: Event | Embedded) -> None:
     try:
         job.emit(event)
@@ -592,13 +667,14 @@ def _emit(job: Job | EmbedJob, event: Event | Embedded) -> None:
         job.cancel()
 
 
-def _new_context(model: LlamaModel, n_slots: int, slot_ctx: int, n_batch: int, n_threads: int,
-                 kv_cache_type: str, flash_attention: str) -> llama_cpp.llama_context_p:
+def _new_context(model: LlamaModel, n_slots: int, slot_ctx: int, batch: tuple[int, int],
+                 n_threads: int, kv_cache_type: str, flash_attention: str,
+                 ) -> llama_cpp.llama_context_p:
+    """`batch`: the tokens of one `llama_decode`, and of one micro-batch."""
     params = llama_cpp.llama_context_default_params()
     set_kv_cache(params, kv_cache_type, flash_attention)
     params.n_ctx = slot_ctx * n_slots
-    params.n_batch = n_batch
-    params.n_ubatch = n_batch
+    params.n_batch, params.n_ubatch = batch
     params.n_seq_max = n_slots
     params.kv_unified = False  # per-slot KV: a slot's numerics do not depend on its neighbours
     return new_context(model, params, n_threads, "a context")

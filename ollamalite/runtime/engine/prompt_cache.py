@@ -29,6 +29,7 @@ class Saved:
     owner: object
     tokens: np.ndarray  # int32, compared in bulk: a prompt is matched against every entry
     state: ctypes.Array
+    exact: int = 0  # the leading cells computed as a cold evaluation computes them (Slot.exact)
 
     @property
     def size(self) -> int:
