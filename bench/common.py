@@ -240,6 +240,12 @@ def serving(name: str, cmd: list[str], port: int, ready_path: str,
             stop(proc)
 
 
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM (`timeout`, a closed terminal) into SystemExit, so that the `with` blocks
+    holding server subprocesses stop them instead of leaving them running."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
 def write_config(folder: Path) -> Path:
     """A models.yaml with the bundled model at `N_CTX` per slot, never unloaded."""
     config = folder / "models.yaml"

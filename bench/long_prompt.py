@@ -35,6 +35,7 @@ from clients import LLAMA_SERVER_COMPLETION, OLLAMA_GENERATE, Api, new_session, 
 from common import (
     PROMPTS,
     Run,
+    exit_on_sigterm,
     llama_server,
     llama_server_binary,
     ollamalite_server,
@@ -105,6 +106,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    exit_on_sigterm()
     model = LlamaModel(bundled_model_path(), extra_bufts=False)  # tokenizing only
     long_prompt = long_text(model.tokenize, args.history)
     binary, note = llama_server_binary(skip=False)

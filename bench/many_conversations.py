@@ -34,7 +34,13 @@ from pathlib import Path
 from typing import Callable
 
 from clients import OLLAMA_CHAT, OPENAI_CHAT, Api, new_session, stream
-from common import llama_server, llama_server_binary, ollamalite_server, write_config
+from common import (
+    exit_on_sigterm,
+    llama_server,
+    llama_server_binary,
+    ollamalite_server,
+    write_config,
+)
 from conversation import opening, questions
 
 from ollamalite.registry.models_file import bundled_model_path
@@ -74,6 +80,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    exit_on_sigterm()
     model = LlamaModel(bundled_model_path(), extra_bufts=False)  # tokenizing only
     tokenize = model.tokenize
     binary, note = llama_server_binary(skip=False)

@@ -46,7 +46,6 @@ import argparse
 import asyncio
 import datetime
 import os
-import signal
 import socket
 import sys
 import tempfile
@@ -77,6 +76,7 @@ from common import (
     THREADS,
     Run,
     Server,
+    exit_on_sigterm,
     llama_server,
     llama_server_binary,
     load_llama,
@@ -342,7 +342,7 @@ def header(args: argparse.Namespace, now: datetime.datetime, server_note: str,
 
 def main() -> None:
     args = parse_args()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the servers get stopped too
+    exit_on_sigterm()
     binary, server_note = llama_server_binary(args.skip_llama_server)
     if binary is None:
         print(f"note: {server_note}", file=sys.stderr)
