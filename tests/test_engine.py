@@ -14,7 +14,7 @@ from ollamalite.generation.prompt import render_chat
 from ollamalite.options import SamplingParams
 from ollamalite.registry.gguf_header import read_header
 from ollamalite.registry.models_file import bundled_model_path
-from ollamalite.runtime.engine.engine import Engine
+from ollamalite.runtime.engine.engine import BLOCK, PREFILL_BUDGET, Engine
 from ollamalite.runtime.engine.jobs import Failed, Finished, Job, TextChunk
 from ollamalite.runtime.engine.llama import LlamaModel
 from tests.conftest import extra_bufts
@@ -122,6 +122,37 @@ def test_long_prompt_admitted_mid_flight_does_not_corrupt_running_streams(
     assert head + "".join(c.text for c in chunks) == expected
     late.text()
     assert isinstance(late.final, Finished)
+
+
+def test_a_long_prompt_beside_a_stream_takes_at_most_the_prefill_budget_a_step(
+        model: LlamaModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a slot generates, each step carries at most PREFILL_BUDGET prompt tokens, in
+    whole blocks; once nothing generates, the prompt takes all of `n_batch`."""
+    steps: list[tuple[int, int]] = []  # (sequences, tokens) of each batch
+    real = llama_cpp.llama_decode
+
+    def decode(ctx: llama_cpp.llama_context_p, batch: llama_cpp.llama_batch) -> int:
+        n = batch.n_tokens
+        steps.append((len({batch.seq_id[i][0] for i in range(n)}), n))
+        return real(ctx, batch)
+
+    monkeypatch.setattr(llama_cpp, "llama_decode", decode)
+    wide = Engine(model, n_slots=2, slot_ctx=2048, n_batch=512)
+    try:
+        stream = Run(wide, chat_prompt(model, "Count from 1 to 100."), num_predict=60)
+        chunks = stream.chunks()
+        next(chunks)
+        long_prompt = chat_prompt(model, "Summarise. " + "The quick brown fox jumps. " * 120)
+        late = Run(wide, long_prompt, num_predict=1)
+        list(chunks)
+        late.text()
+        Run(wide, long_prompt[:8] + long_prompt, num_predict=1).text()  # alone, not cached
+    finally:
+        wide.close()
+    beside = [n - 1 for seqs, n in steps if seqs == 2]  # the prompt's rows beside the stream
+    assert beside and max(beside) <= PREFILL_BUDGET
+    assert all(rows % BLOCK == 0 or rows == beside[-1] for rows in beside)
+    assert max(n for seqs, n in steps if seqs == 1) > PREFILL_BUDGET  # alone: whole batches
 
 
 def test_second_turn_reuses_the_cached_prefix(engine: Engine, model: LlamaModel) -> None:

@@ -78,6 +78,12 @@ MIN_SAVE = 64
 # per-row kernel below that, and the two round differently. Whole blocks always take the first,
 # a last block the second, so a prompt's numbers never depend on how a step was cut.
 BLOCK = 64
+# Prompt tokens per step while other slots are generating. On this CPU a prompt row costs
+# about 6 ms and a step of three generating slots 24 ms (bench/step_cost.py): a 512-token
+# chunk holds the streams 3.1 s per token, two blocks 0.8 s, at the same prompt speed (about
+# 160 tokens/s from 128 rows up; one block runs 30% slower, a few rows, which the streams'
+# 2x would allow, far slower). Whole blocks either way (BLOCK).
+PREFILL_BUDGET = 2 * BLOCK
 # A lone row of a sequence holding more than this many cells takes llama.cpp's split-KV kernel
 # (its KV view, padded to 256, reaches 512), which rounds differently from the per-row kernel
 # that rows beside other sequences take: such a slot decodes in a micro-batch of its own.
@@ -418,14 +424,15 @@ class Engine:
 
     def _plan(self, active: list[Slot]) -> list[Part]:
         """This step's tokens: one for every generating slot (and its draft), then prompt
-        chunks within `n_batch`."""
+        chunks within `n_batch`, or within PREFILL_BUDGET while slots are generating (each of
+        them waits for the whole step)."""
         generating = [s for s in active if s.next_token is not None]
         budget = draft_budget(len(generating))
         parts = []
         for slot in generating:
             draft = slot.draft(budget)
             parts.append(Part(slot, [slot.next_token, *draft], True, len(draft)))
-        room = self.n_batch
+        room = min(self.n_batch, PREFILL_BUDGET) if generating else self.n_batch
         for slot in active:
             take = self._prompt_take(slot, room) if slot.pending else 0
             if take:
