@@ -19,6 +19,8 @@ import pytest
 from ollamalite import settings
 from ollamalite.registry.models_file import bundled_model_path
 from ollamalite.runtime.engine.cpu import CpuPlan, CpuPolicy
+from ollamalite.runtime.engine.engine import Engine
+from ollamalite.runtime.engine.llama import LlamaModel
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "smollm2:135m"
@@ -65,6 +67,24 @@ def pytest_report_header(config: pytest.Config) -> str:
 def extra_bufts() -> bool:
     """What models loaded by the tests themselves use (see `pytest_configure`)."""
     return os.environ["OLLAMALITE_REPACK"] == "on"
+
+
+@pytest.fixture(scope="module")
+def model() -> Iterator[LlamaModel]:
+    """The bundled model loaded in the test process, for tests that drive the engine."""
+    loaded = LlamaModel(bundled_model_path(), extra_bufts=extra_bufts())
+    yield loaded
+    loaded.close()
+
+
+@contextmanager
+def running(model: LlamaModel, **kw: Any) -> Iterator[Engine]:
+    """An engine on `model` (Engine's keywords), closed when the block ends."""
+    engine = Engine(model, **kw)
+    try:
+        yield engine
+    finally:
+        engine.close()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -17,16 +17,8 @@ from ollamalite.registry.models_file import bundled_model_path
 from ollamalite.runtime.engine.engine import BLOCK, PREFILL_BUDGET, Engine
 from ollamalite.runtime.engine.jobs import Failed, Finished, Job, TextChunk
 from ollamalite.runtime.engine.llama import LlamaModel
-from tests.conftest import extra_bufts
 
 SLOT_CTX = 512
-
-
-@pytest.fixture(scope="module")
-def model() -> Iterator[LlamaModel]:
-    m = LlamaModel(bundled_model_path(), extra_bufts=extra_bufts())
-    yield m
-    m.close()
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,9 @@ from typing import Iterator
 import pytest
 
 from ollamalite.options import SamplingParams
-from ollamalite.registry.models_file import bundled_model_path
 from ollamalite.runtime.engine.engine import BLOCK, SPLIT_KV_CELLS, Engine
 from ollamalite.runtime.engine.llama import LlamaModel
-from tests.conftest import extra_bufts
+from tests.conftest import running
 from tests.test_engine import Run, chat_prompt
 
 N_BATCH = 128
@@ -36,31 +35,21 @@ FOLLOW_UP = "<|im_end|>\n<|im_start|>user\nAnd then?<|im_end|>\n<|im_start|>assi
 
 
 @pytest.fixture(scope="module")
-def model() -> Iterator[LlamaModel]:
-    m = LlamaModel(bundled_model_path(), extra_bufts=extra_bufts())
-    yield m
-    m.close()
-
-
-@pytest.fixture(scope="module")
 def engine(model: LlamaModel) -> Iterator[Engine]:
-    e = Engine(model, n_slots=4, slot_ctx=1024, n_batch=N_BATCH, deterministic=True)
-    yield e
-    e.close()
+    with running(model, n_slots=4, slot_ctx=1024, n_batch=N_BATCH, deterministic=True) as e:
+        yield e
 
 
 @pytest.fixture(scope="module")
 def default(model: LlamaModel) -> Iterator[Engine]:
-    e = Engine(model, n_slots=4, slot_ctx=1024, n_batch=N_BATCH)
-    yield e
-    e.close()
+    with running(model, n_slots=4, slot_ctx=1024, n_batch=N_BATCH) as e:
+        yield e
 
 
 @pytest.fixture(scope="module")
 def cold(model: LlamaModel) -> Iterator[Engine]:
-    e = Engine(model, n_slots=1, slot_ctx=1024, n_batch=N_BATCH, prefix_cache=False)
-    yield e
-    e.close()
+    with running(model, n_slots=1, slot_ctx=1024, n_batch=N_BATCH, prefix_cache=False) as e:
+        yield e
 
 
 def tokens(run: Run) -> list[int]:

@@ -16,8 +16,7 @@ from ollamalite.runtime.engine.jobs import Finished
 from ollamalite.runtime.engine.llama import LlamaModel
 from ollamalite.runtime.engine.prompt_cache import PromptCache, Saved, tokens_array
 from ollamalite.runtime.scheduler import DEFAULT_CACHE_RAM, host_cache_size
-from ollamalite.registry.models_file import bundled_model_path
-from tests.conftest import MODEL, LiveServer, extra_bufts, module_server
+from tests.conftest import MODEL, LiveServer, module_server
 from tests.test_engine import Run, chat_prompt
 
 OWNER, OTHER = object(), object()
@@ -82,13 +81,6 @@ def test_default_size_is_a_quarter_of_free_memory_at_most_8_gib() -> None:
 
 
 # -- on the real model ----------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def model() -> Iterator[LlamaModel]:
-    loaded = LlamaModel(bundled_model_path(), extra_bufts=extra_bufts())
-    yield loaded
-    loaded.close()
-
 
 @pytest.fixture()
 def cache() -> PromptCache:
@@ -177,10 +169,7 @@ def test_closing_the_engine_forgets_its_entries(model: LlamaModel, cache: Prompt
 
 def test_bound_holds_over_many_conversations(model: LlamaModel) -> None:
     """Twelve conversations through two slots into a cache that fits about three of them."""
-    probe = Engine(model, n_slots=1, slot_ctx=1024, n_batch=256)
-    per_token = model.kv_bytes_per_token("f16")
-    probe.close()
-    cache = PromptCache(3 * 160 * per_token)
+    cache = PromptCache(3 * 160 * model.kv_bytes_per_token("f16"))
     engine = Engine(model, n_slots=2, slot_ctx=1024, n_batch=256, prompt_cache=cache)
     try:
         for n in range(12):
