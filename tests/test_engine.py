@@ -368,6 +368,29 @@ def test_more_jobs_than_slots_start_first_come_first_served(model: LlamaModel) -
         single.close()
 
 
+def test_an_error_admitting_one_job_fails_it_alone(model: LlamaModel,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Jobs are admitted together, outside the queue's lock: one that breaks admission fails
+    with the error, and the job admitted beside it is served."""
+    pair = Engine(model, n_slots=2, slot_ctx=SLOT_CTX, n_batch=64)
+    real = Engine._place
+    broken = chat_prompt(model, "Break admission.")
+
+    def place(self: Engine, job: Job, free: list) -> object:
+        if job.prompt == broken:
+            raise RuntimeError("no slot for you")
+        return real(self, job, free)
+
+    monkeypatch.setattr(Engine, "_place", place)
+    try:
+        bad, good = Run(pair, broken, num_predict=4), Run(pair, chat_prompt(model, "Hi."),
+                                                            num_predict=4)
+        assert bad.text() == "" and bad.final == Failed("inference failed: no slot for you")
+        assert good.text() and isinstance(good.final, Finished)
+    finally:
+        pair.close()
+
+
 # A token the prompts and replies below never hold: a batch with it is refused by the wrapper.
 POISON = 40000  # " neoliberal"
 

@@ -284,9 +284,9 @@ class Engine:
                     return
                 admitted = self._dequeue()
                 embed = self._embeds[0] if self._embeds else None
+            for job in admitted:  # outside the lock: saving a slot's cells takes a while
+                self._admit_safely(job)
             try:
-                for job in admitted:  # outside the lock: saving a slot's cells takes a while
-                    self._admit(job, [s for s in self.slots if s.job is None])
                 self._step()
             except Exception as exc:  # keep serving other models' requests and later jobs
                 log.exception("engine step failed")
@@ -306,6 +306,14 @@ class Engine:
             if not job.cancelled:
                 jobs.append(job)
         return jobs
+
+    def _admit_safely(self, job: Job) -> None:
+        """Admit `job`; an unexpected error fails it alone and keeps the thread serving."""
+        try:
+            self._admit(job, [s for s in self.slots if s.job is None])
+        except Exception as exc:
+            log.exception("admitting a job failed")
+            _emit(job, Failed(f"inference failed: {exc}"))
 
     def _admit(self, job: Job, free: list[Slot]) -> None:
         limit = min(job.num_ctx or self.slot_ctx, self.slot_ctx)
