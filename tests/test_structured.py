@@ -134,6 +134,15 @@ def test_what_the_converter_would_drop_is_a_bad_request(schema: Any, fragment: s
     assert fragment in err.value.message
 
 
+def test_strings_hold_only_the_characters_json_allows() -> None:
+    """The converter's own `char` rule admits raw control characters, which JSON forbids: a
+    sampled reply through one would not parse. Schema grammars use JSON_GBNF's set."""
+    made = grammar_for({"type": "object", "properties": {"a": {"type": "string"}}})
+    [char] = [line for line in made.splitlines() if line.startswith("char ::=")]
+    assert char.startswith(r'char ::= [^"\\\x7F\x00-\x1F] |')
+    assert r'[^"\\\x7F\x00-\x1F]' in JSON_GBNF
+
+
 def test_normalise_keeps_meaning_the_converter_would_change() -> None:
     assert normalise({"title": "T", "description": "d"}) == ANY  # `{}` is any value
     assert normalise({"allOf": [{"$ref": "#/$defs/C"}], "default": "red"}) == {"$ref": "#/$defs/C"}

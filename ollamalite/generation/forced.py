@@ -68,7 +68,8 @@ def call_grammar(tools: Sequence[dict[str, Any]], force: bool | str,
     # The converter names its rules after `tool-call` and the prefixed definitions: `root`
     # stays free for the call inside the template's tags.
     return grammar.checked_grammar(
-        f"{converter.format_grammar()}\nroot ::= {_tagged(call, found)}", "tools")
+        f"{grammar.json_strings(converter.format_grammar())}\nroot ::= {_tagged(call, found)}",
+        "tools")
 
 
 def _tagged(call: str, found: TemplateFeatures) -> str:

@@ -122,7 +122,19 @@ def schema_grammar(schema: Schema) -> str:
     """A JSON schema -> GBNF, after checking that the converter honours all of it."""
     checked = checked_schema(schema, "format")
     with converting("format"):
-        return json_schema_to_gbnf(json.dumps(checked))
+        return json_strings(json_schema_to_gbnf(json.dumps(checked)))
+
+
+# The converter lets a string character be anything but `"` and `\`, raw control characters
+# included, which JSON forbids: a reply sampled through one would not parse (a forced tool
+# call read as text). Its `char` rule gets JSON's own set, as JSON_GBNF has it.
+_CONVERTER_CHAR = r'char ::= [^"\\] |'
+_JSON_CHAR = r'char ::= [^"\\\x7F\x00-\x1F] |'
+
+
+def json_strings(gbnf: str) -> str:
+    """`gbnf` (the converter's output) with strings held to the characters JSON allows."""
+    return gbnf.replace(_CONVERTER_CHAR, _JSON_CHAR)
 
 
 def checked_schema(schema: Any, where: str) -> Schema:
