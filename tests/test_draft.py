@@ -1,38 +1,91 @@
-"""The n-gram drafter's lookup and back-off (pure logic)."""
+"""The n-gram drafter's lookup, its hit-rate estimate and the draft-length plan (pure logic)."""
 
 from __future__ import annotations
 
+import pytest
+
 from ollamalite.runtime.engine import draft
-from ollamalite.runtime.engine.draft import Drafter, draft_budget
+from ollamalite.runtime.engine.draft import ROW, UBATCH, Candidate, Drafter, plan
 
 
-def test_drafts_what_followed_the_latest_earlier_match() -> None:
+@pytest.fixture(autouse=True)
+def trigrams(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The examples below match 3 tokens, whatever length the engine uses."""
+    monkeypatch.setattr(draft, "NGRAM", 3)
+
+
+def test_continues_from_the_latest_earlier_match() -> None:
     d = Drafter([1, 2, 3, 4, 5, 9, 1, 2, 3, 7, 8, 6])
     for token in (1, 2, 3):
         d.add(token)
-    assert d.draft(3) == [7, 8, 6]  # the second 1 2 3, not the first
-    assert d.draft(8) == [7, 8, 6, 1, 2, 3]  # up to the end of what is known
-    assert d.draft(0) == []
+    assert d.continuation(3) == [7, 8, 6]  # the second 1 2 3, not the first
+    assert d.continuation(8) == [7, 8, 6, 1, 2, 3]  # up to the end of what is known
+    assert d.continuation(0) == []
     d.add(0)
-    assert d.draft(4) == []  # 2 3 0 never occurred
+    assert d.continuation(4) == []  # 2 3 0 never occurred
 
 
-def test_a_long_draft_is_cut_at_max_draft() -> None:
-    d = Drafter(list(range(40)) + [0, 1, 2])
-    assert d.draft(100) == list(range(3, 3 + draft.MAX_DRAFT))
+def test_every_generated_token_scores_the_guess_made_for_it() -> None:
+    d = Drafter([5, 6, 7, 8] * 3)  # ...6 7 8 is followed by 5
+    start = d.rate
+    d.add(5)  # guessed right
+    after_hit = d.rate
+    assert after_hit > start
+    d.add(0)  # 6 7 8 5 -> 6 guessed, 0 came
+    after_miss = d.rate
+    assert after_miss < after_hit
+    d.add(1)  # 8 5 0 never occurred: no guess, nothing scored
+    assert d.rate == after_miss
 
 
-def test_failing_drafts_pause_drafting_then_it_tries_again() -> None:
-    d = Drafter([1, 2, 3, 4] * 4)
-    assert d.draft(4)
-    d.record(4, 0)
-    assert d.rate < draft.RATE_START
-    d.record(4, 0)  # below MIN_RATE: paused
-    assert [d.draft(4) for _ in range(draft.BACKOFF_STEPS)] == [[]] * draft.BACKOFF_STEPS
-    assert d.draft(4) == [1, 2, 3, 4]
-    d.record(4, 4)
-    assert d.rate > draft.RATE_START
+def test_prompt_tokens_are_indexed_but_not_scored() -> None:
+    assert Drafter([1, 2, 3, 1, 2, 3, 1, 2, 3]).rate == pytest.approx(draft.PRIOR_RATE)
 
 
-def test_budget_shrinks_with_busy_slots() -> None:
-    assert [draft_budget(n) for n in range(5)] == [0, draft.MAX_DRAFT, draft.MAX_DRAFT // 2, 0, 0]
+def test_right_guesses_raise_the_rate_toward_one_and_wrong_ones_lower_it() -> None:
+    d = Drafter([1, 2, 3, 4])
+    for _ in range(40):
+        d.add(d.continuation(1)[0] if d.continuation(1) else 1)
+    assert d.rate > 0.95
+    wrong = Drafter([1, 2, 3, 4] * 2)
+    for token in (9, 1, 2, 3, 8, 1, 2, 3, 7):  # each 1 2 3 is followed by something new
+        wrong.add(token)
+    assert wrong.rate < draft.PRIOR_RATE
+
+
+def one_alone(rate: float, available: int = 20) -> int:
+    """The draft length for a slot generating alone (one row, one micro-batch)."""
+    return plan([Candidate(list(range(available)), rate, False)], 1, UBATCH + ROW)[0]
+
+
+def test_a_lone_slot_drafts_longer_the_likelier_its_guesses() -> None:
+    lengths = [one_alone(rate) for rate in (0.3, 0.5, 0.6, 0.8, 0.9, 0.99)]
+    assert lengths[:2] == [0, 0]  # a row costs more than half a token is worth
+    assert lengths == sorted(lengths) and lengths[-1] == draft.MAX_DRAFT
+    assert 0 < lengths[2] < lengths[4]
+
+
+def test_a_draft_is_at_most_what_the_lookup_has() -> None:
+    assert one_alone(0.99, available=3) == 3
+    assert plan([Candidate([], 0.99, False)], 1, UBATCH + ROW) == [0]
+
+
+def test_beside_busy_slots_drafting_seldom_pays() -> None:
+    """Four generating slots in one micro-batch: a draft adds rows and a micro-batch for every
+    one of them, so even a good guesser does not draft; a certain one would."""
+    busy = [Candidate(list(range(20)), 0.9, True)] + [Candidate([], 0.0, True)] * 3
+    assert plan(busy, 4, UBATCH + 4 * ROW) == [0, 0, 0, 0]
+
+
+def test_rows_of_a_prompt_chunk_make_drafting_cheap() -> None:
+    """A step that evaluates 128 prompt rows anyway: a few drafted rows barely lengthen it."""
+    assert one_alone(0.5) == 0
+    with_prompt = plan([Candidate(list(range(20)), 0.5, False)], 1, 2 * UBATCH + 129 * ROW)
+    assert with_prompt[0] > 0
+
+
+def test_the_step_drafts_at_most_max_draft_tokens_likeliest_slot_first() -> None:
+    pair = [Candidate(list(range(20)), 0.9, False), Candidate(list(range(20)), 0.99, False)]
+    lengths = plan(pair, 2, 2 * UBATCH + 2 * ROW)
+    assert sum(lengths) <= draft.MAX_DRAFT
+    assert lengths[1] >= lengths[0] and lengths[1] > 0

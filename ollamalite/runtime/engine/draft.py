@@ -1,68 +1,114 @@
-"""Prompt-lookup (n-gram) drafts for speculative decoding, and when a slot should draft.
+"""Prompt-lookup (n-gram) drafts for speculative decoding, and how long a draft pays.
 
 An answer that rewrites pasted code repeats long runs of its prompt: when the last `NGRAM`
 tokens of the sequence (prompt and generated text) occurred before, the tokens that followed
 them then are a cheap guess at what comes next. The engine decodes the guess with the slot's
 next token and keeps the drafted tokens its own sampler would have picked anyway.
+
+A drafted row is not free on a CPU: each costs about as much as a whole extra token of decoding
+(`ROW`, `UBATCH`), so a draft pays only where it is likely to be kept. Each slot estimates how
+often its lookup guesses the next token right, from every token it generates (a guess is made
+and checked whether or not it was drafted, so a slot that stopped drafting keeps learning), and
+`plan` gives each slot the draft length that most raises the step's expected tokens per unit of
+time, given what else the step decodes.
 """
 
 from __future__ import annotations
 
-# Provisional until measured on the code-edit benchmark: the tokens to match, and the most to
-# draft at once (drafting far costs a whole batch per rejected run: llama-server's settings that
-# draft 16 fell to 0.25x its plain decoding here).
-NGRAM = 3
+from dataclasses import dataclass
+
+# Tokens matched to find a continuation, and at most MAX_DRAFT drafted tokens per step, all slots
+# together (the context's batch is sized for them). bench/draft_replay.py on the bundled model's
+# greedy answers (8 code edits, 8 stories, 320 tokens): n = 3 to 6 and 8 or 12 drafted tokens
+# all save 9-13% of code-edit decoding and 25-27% of stories; 4 keeps as many tokens as 3 with
+# 15% fewer drafted (fewer wasted rows beside other slots), 12 keeps 1% more than 8.
+NGRAM = 4
 MAX_DRAFT = 8
-# Acceptance estimate: an exponential average of each draft's accepted fraction, starting at
-# RATE_START. Below MIN_RATE the slot stops drafting for BACKOFF_STEPS decode steps (plain text
-# rarely repeats its prompt; each rejected draft is paid for in batch time), then tries again.
-RATE_START = 0.5
-RATE_WEIGHT = 0.3
-MIN_RATE = 0.3
-BACKOFF_STEPS = 16
+# Cost of a step, in units of one row: UBATCH for each llama.cpp micro-batch it runs (graph
+# set-up, one pass over the weights) plus ROW for each token row (bench/step_cost.py on this
+# CPU, one sequence after 500 cells, logits at every row: 1 row 10.6-12.7 ms, each further row
+# 5.7-6.6 ms, almost linearly up to 16). A draft beside other generating slots has more rows
+# than they do, so llama.cpp runs it in a micro-batch of its own: one more UBATCH.
+ROW = 1.0
+UBATCH = 0.9
+# The hit-rate estimate: decayed counts of right and wrong guesses, starting from a prior worth
+# PRIOR observations at PRIOR_RATE; DECAY per observation forgets old text (an edit's answer
+# alternates between copied runs and new lines).
+PRIOR = 4.0
+PRIOR_RATE = 0.6
+DECAY = 0.9
 
 
 class Drafter:
     """One job's sequence, an index from each n-gram to where its latest continuation starts,
-    and the acceptance rate of the drafts taken from it."""
+    and how often that continuation's first token was the one generated next."""
 
     def __init__(self, prompt: list[int]) -> None:
         self.tokens: list[int] = []
         self._next_after: dict[tuple[int, ...], int] = {}
-        self.rate = RATE_START
-        self._paused = 0
+        self._hits = PRIOR * PRIOR_RATE
+        self._seen = PRIOR
         for token in prompt:
-            self.add(token)
+            self._append(token)
+
+    @property
+    def rate(self) -> float:
+        """The estimated chance that the lookup's guess is the next token."""
+        return self._hits / self._seen
 
     def add(self, token: int) -> None:
-        """Append a token; the n-gram before it now has a known continuation (updating the
-        index here keeps each lookup a dictionary read, not a scan)."""
+        """Append a generated token, first scoring the guess the lookup had for it."""
+        guess = self.continuation(1)
+        if guess:
+            self._hits = self._hits * DECAY + (guess[0] == token)
+            self._seen = self._seen * DECAY + 1
+        self._append(token)
+
+    def continuation(self, limit: int) -> list[int]:
+        """Up to `limit` tokens that followed the latest earlier occurrence of the last
+        n-gram; none without a match."""
+        if limit <= 0 or len(self.tokens) < NGRAM:
+            return []
+        start = self._next_after.get(tuple(self.tokens[-NGRAM:]))
+        return [] if start is None else self.tokens[start:start + limit]
+
+    def _append(self, token: int) -> None:
+        """The n-gram before `token` now has a known continuation (indexing here keeps each
+        lookup a dictionary read, not a scan)."""
         self.tokens.append(token)
         if len(self.tokens) > NGRAM:
             self._next_after[tuple(self.tokens[-NGRAM - 1:-1])] = len(self.tokens) - 1
 
-    def draft(self, limit: int) -> list[int]:
-        """Up to `limit` tokens that followed the latest earlier occurrence of the last
-        n-gram; none while backing off or without a match."""
-        if self._paused:
-            self._paused -= 1
-            return []
-        if limit <= 0 or len(self.tokens) < NGRAM:
-            return []
-        start = self._next_after.get(tuple(self.tokens[-NGRAM:]))
-        return [] if start is None else self.tokens[start:start + min(limit, MAX_DRAFT)]
 
-    def record(self, drafted: int, accepted: int) -> None:
-        """A draft of `drafted` tokens was checked and `accepted` of them kept."""
-        self.rate += RATE_WEIGHT * (accepted / drafted - self.rate)
-        if self.rate < MIN_RATE:
-            self._paused = BACKOFF_STEPS
-            self.rate = RATE_START
+@dataclass(frozen=True)
+class Candidate:
+    """A slot's possible draft: the `tokens` it may check, its lookup's hit `rate`, and whether
+    drafting gives it a micro-batch of its own (other generating slots share its one)."""
+
+    tokens: list[int]
+    rate: float
+    shared: bool
 
 
-def draft_budget(generating: int) -> int:
-    """The most tokens a slot may draft in a step where `generating` slots decode: on this CPU
-    a step with one slot mostly reads the weights, so a few more rows are cheap (a batch of 4
-    tokens costs ~2.8x one); with several slots the batch is already compute-bound and a
-    rejected draft slows every one of them, so two share MAX_DRAFT and more do not draft."""
-    return MAX_DRAFT // generating if 0 < generating <= 2 else 0
+def plan(candidates: list[Candidate], tokens: float, cost: float) -> list[int]:
+    """How many of each candidate's tokens to draft, given that the step without drafts yields
+    `tokens` tokens for `cost` (ROW and UBATCH units). The i-th drafted token of a slot is kept
+    with chance rate**i (every one before it must be kept too); each slot in turn, likeliest
+    first, takes the length that most raises the step's expected tokens per unit of cost, within
+    MAX_DRAFT for the whole step. A step already long with prompt rows makes drafting cheap; one
+    alone with a poor guesser makes it not worth a row."""
+    lengths = [0] * len(candidates)
+    room = MAX_DRAFT
+    for i in sorted(range(len(candidates)), key=lambda i: -candidates[i].rate):
+        candidate = candidates[i]
+        best, gain, kept = tokens / cost, 0.0, 1.0
+        for k in range(1, min(len(candidate.tokens), room) + 1):
+            kept *= candidate.rate
+            gain += kept
+            extra = k * ROW + (UBATCH if candidate.shared else 0.0)
+            if (tokens + gain) / (cost + extra) > best:
+                best, lengths[i], chosen = (tokens + gain) / (cost + extra), k, (gain, extra)
+        if lengths[i]:
+            tokens, cost = tokens + chosen[0], cost + chosen[1]
+            room -= lengths[i]
+    return lengths

@@ -32,7 +32,14 @@ from pathlib import Path
 
 import llama_cpp
 
-from ollamalite.runtime.engine.draft import MAX_DRAFT, Drafter, draft_budget
+from ollamalite.runtime.engine.draft import (
+    MAX_DRAFT,
+    ROW,
+    UBATCH,
+    Candidate,
+    Drafter,
+    plan,
+)
 from ollamalite.runtime.engine.embedder import Embedder
 from ollamalite.runtime.engine.jobs import (
     Embedded,
@@ -134,15 +141,18 @@ class Slot:
         self.drafted = 0
         self.accepted = 0
 
-    def draft(self, budget: int) -> list[int]:
-        """Tokens to check after the next one: within `budget`, the context (the next token and
-        the draft must fit before a shift is due) and what the job may still generate (each
-        drafted position yields a token)."""
+    def candidate(self, deterministic: bool) -> list[int]:
+        """The tokens this slot could draft: what its lookup continues with, within the context
+        (the next token and the draft fit before a shift is due), what the job may still
+        generate (each drafted position yields a token) and, in deterministic mode, the cells
+        a lone row computes with the per-row kernel too (SPLIT_KV_CELLS)."""
         if self.drafter is None:
             return []
-        room = min(budget, self.limit - len(self.cached) - 1,
+        room = min(MAX_DRAFT, self.limit - len(self.cached) - 1,
                    self.ceiling - len(self.generated) - 1)
-        return self.drafter.draft(room)
+        if deterministic:
+            room = min(room, SPLIT_KV_CELLS - len(self.cached) - 1)
+        return self.drafter.continuation(room)
 
     def advance(self, tokens: list[int]) -> None:
         """`tokens` (its next token or the head of its pending prompt) are now in the cache
@@ -431,22 +441,34 @@ class Engine:
             self._decode(parts)
 
     def _plan(self, active: list[Slot]) -> list[Part]:
-        """This step's tokens: one for every generating slot (and its draft), then prompt
-        chunks within `n_batch`, or within PREFILL_BUDGET while slots are generating (each of
-        them waits for the whole step)."""
-        generating = [s for s in active if s.next_token is not None]
-        budget = draft_budget(len(generating))
-        parts = []
-        for slot in generating:
-            draft = slot.draft(budget)
-            parts.append(Part(slot, [slot.next_token, *draft], True, len(draft)))
+        """This step's tokens: one for every generating slot, prompt chunks within `n_batch`,
+        or within PREFILL_BUDGET while slots are generating (each of them waits for the whole
+        step), then the drafts that pay beside them (`_with_drafts`)."""
+        generating = [Part(s, [s.next_token], True) for s in active if s.next_token is not None]
+        prompts = []
         room = min(self.n_batch, PREFILL_BUDGET) if generating else self.n_batch
         for slot in active:
             take = self._prompt_take(slot, room) if slot.pending else 0
             if take:
-                parts.append(Part(slot, slot.pending[:take], take == len(slot.pending)))
+                prompts.append(Part(slot, slot.pending[:take], take == len(slot.pending)))
                 room -= take
-        return parts
+        if self.speculative and generating:
+            generating = self._with_drafts(generating, prompts)
+        return generating + prompts
+
+    def _with_drafts(self, generating: list[Part], prompts: list[Part]) -> list[Part]:
+        """`generating` with the drafts `draft.plan` finds worth their rows, given the step's
+        micro-batches (`_ubatch_order`) and rows without them."""
+        runs = _ubatch_runs(generating + prompts, self.deterministic)
+        shared = {part.slot.seq_id for run in runs if len(run) > 1 for part in run}
+        rows = sum(len(part.tokens) for part in generating + prompts)
+        candidates = [Candidate(part.slot.candidate(self.deterministic), part.slot.drafter.rate,
+                                part.slot.seq_id in shared)
+                      if part.slot.drafter is not None else Candidate([], 0.0, False)
+                      for part in generating]
+        lengths = plan(candidates, len(generating), len(runs) * UBATCH + rows * ROW)
+        return [Part(part.slot, part.tokens + c.tokens[:k], True, k) if k else part
+                for part, c, k in zip(generating, candidates, lengths)]
 
     def _prompt_take(self, slot: Slot, room: int) -> int:
         """How many of the slot's pending prompt tokens fit this step: whole blocks within
@@ -525,8 +547,6 @@ class Engine:
             slot.accepted += 1
         if draft:
             llama_cpp.llama_memory_seq_rm(self.mem, slot.seq_id, len(slot.cached), -1)
-            if slot.job is not None:  # still generating: the estimate steers its next drafts
-                slot.drafter.record(len(draft), i)
 
     def _take(self, slot: Slot, row: int, now: float) -> int | None:
         """Sample a token at batch row `row` and pass it on (text, logprobs, limits): the token
@@ -594,8 +614,10 @@ class Engine:
         if tail or slot.unsent_logprobs:
             self._send(slot, tail)
         if slot.kept is not None:
-            llama_cpp.llama_memory_seq_rm(self.mem, slot.seq_id, slot.kept, -1)
             del slot.cached[slot.kept:]
+        # Before the job hears it is done: the cells past its tokens (a draft's rest, a shifted
+        # tail) leave the cache, so that the slot holds exactly what it lists for the next job.
+        llama_cpp.llama_memory_seq_rm(self.mem, slot.seq_id, len(slot.cached), -1)
         first = slot.first_token_at or now
         log.debug("slot %d: %d tokens generated, %d drafted, %d of them accepted", slot.seq_id,
                   len(slot.generated), slot.drafted, slot.accepted)
@@ -653,7 +675,12 @@ class Engine:
 
 
 def _ubatch_order(parts: list[Part], deterministic: bool) -> list[Part]:
-    """`parts` in an order that gives each a llama.cpp micro-batch of its own, except runs of
+    """`parts` in the order `_ubatch_runs` groups them."""
+    return [part for run in _ubatch_runs(parts, deterministic) for part in run]
+
+
+def _ubatch_runs(parts: list[Part], deterministic: bool) -> list[list[Part]]:
+    """`parts` grouped so that each gets a llama.cpp micro-batch of its own, except runs of
     generating slots with consecutive ids, which share one (in deterministic mode, only those
     with short caches). With a split KV cache llama.cpp cuts a batch into micro-batches of
     sequences with consecutive ascending ids, the same number of rows of each, so a part beside
@@ -672,7 +699,7 @@ def _ubatch_order(parts: list[Part], deterministic: bool) -> list[Part]:
             runs[-1].append(part)
         else:
             runs.append([part])
-    return [part for run in runs for part in reversed(run)]
+    return [list(reversed(run)) for run in runs]
 
 
 def _emit(job: Job | EmbedJob, event: Event | Embedded) -> None:
