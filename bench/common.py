@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import subprocess
+import urllib.request
 import sys
 import tempfile
 import time
@@ -173,6 +174,13 @@ class Server:
     def rss_mb(self) -> float:
         return rss_mb(self.proc.pid)
 
+    def counter(self, name: str) -> float:
+        """The sum of a Prometheus counter's series on the server's /metrics (0 if absent)."""
+        with urllib.request.urlopen(self.url + "/metrics", timeout=30) as resp:
+            text = resp.read().decode()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith(name + "{") or line.startswith(name + " "))
+
 
 def rss_mb(pid: int) -> float:
     """A process's resident memory now, from /proc/<pid>/status (VmRSS, in kB)."""
@@ -284,12 +292,14 @@ def llama_server_binary(skip: bool) -> tuple[str | None, str]:
     return binary, f"llama-server: {binary} ({first[0] if first else 'version unknown'})"
 
 
-def llama_server(name: str, binary: str, n_parallel: int) -> AbstractContextManager[Server]:
-    """`-c` is llama-server's total context, split evenly over its `-np` slots."""
+def llama_server(name: str, binary: str, n_parallel: int,
+                 extra: tuple[str, ...] = ()) -> AbstractContextManager[Server]:
+    """`-c` is llama-server's total context, split evenly over its `-np` slots; `extra`
+    arguments go last (a speculative decoding setting)."""
     port = free_port()
     cmd = [binary, "-m", str(bundled_model_path()), "--host", HOST, "--port", str(port),
            "-np", str(n_parallel), "-t", str(THREADS), "-tb", str(THREADS),
-           "-c", str(N_CTX * n_parallel)]
+           "-c", str(N_CTX * n_parallel), *extra]
     if not cpu_plan().extra_bufts:
         cmd.append("--no-repack")  # llama-server's name for the same switch
     return serving(name, cmd, port, "/health")

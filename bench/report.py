@@ -32,7 +32,27 @@ OLLAMALITE_1 = "ollamalite NUM_PARALLEL=1"
 OLLAMALITE_4 = "ollamalite NUM_PARALLEL=4"
 LLAMA_SERVER_1 = "llama-server -np 1"
 LLAMA_SERVER_4 = "llama-server -np 4"
-SYSTEM_ORDER = (LIMIT, LLAMA, OLLAMALITE_1, OLLAMALITE_4, LLAMA_SERVER_1, LLAMA_SERVER_4)
+# With --speculative: ollamalite with its n-gram drafts, and llama-server with the n-gram
+# settings issue measurements found best for it (ngram-mod at its defaults; ngram-simple
+# matching 4 tokens and drafting 8), each with 1 and 4 slots.
+SPEC = ", n-gram drafts"
+OLLAMALITE_1_SPEC = OLLAMALITE_1 + SPEC
+OLLAMALITE_4_SPEC = OLLAMALITE_4 + SPEC
+LLAMA_SPECS: dict[str, tuple[str, ...]] = {
+    "ngram-mod": ("--spec-type", "ngram-mod"),
+    "ngram-simple n=4 m=8": ("--spec-type", "ngram-simple", "--spec-ngram-simple-size-n", "4",
+                             "--spec-ngram-simple-size-m", "8"),
+}
+
+
+def llama_spec(n_parallel: int, setting: str) -> str:
+    """The system name of llama-server with `-np n_parallel` and a LLAMA_SPECS setting."""
+    return f"llama-server -np {n_parallel}, {setting}"
+
+
+SYSTEM_ORDER = (LIMIT, LLAMA, OLLAMALITE_1, OLLAMALITE_1_SPEC, OLLAMALITE_4, OLLAMALITE_4_SPEC,
+                LLAMA_SERVER_1, *(llama_spec(1, s) for s in LLAMA_SPECS),
+                LLAMA_SERVER_4, *(llama_spec(4, s) for s in LLAMA_SPECS))
 IN_PROCESS = "harness process"  # where the bare loops and `Llama` run
 
 REUSE = "ollamalite, reuse on"
@@ -125,17 +145,50 @@ TARGETS: tuple[tuple[str, Callable[[Trial], float], str, Key, Key], ...] = (
 )
 
 
+def _value(best: dict[Key, Trial], key: Key, metric: Callable[[Trial], float]) -> float | None:
+    return metric(best[key]) if key in best else None
+
+
+def speculative_lines(best: dict[Key, Trial]) -> list[str]:
+    """Issue 14's ratios: ollamalite's drafts against its plain decoding, llama-server without
+    drafts, and llama-server's best n-gram setting in this run (single stream: decode tok/s;
+    4 clients: aggregate tok/s)."""
+    lines = []
+    for clients, mine, plain, theirs, metric in (
+            (1, OLLAMALITE_1_SPEC, OLLAMALITE_1, LLAMA_SERVER_1, attrgetter("per_stream_tps")),
+            (4, OLLAMALITE_4_SPEC, OLLAMALITE_4, LLAMA_SERVER_4, attrgetter("aggregate_tps"))):
+        unit = "decode tok/s" if clients == 1 else "aggregate tok/s"
+        ours = _value(best, (mine, clients), metric)
+        if ours is None:
+            continue
+        lines.append(_ratio(f"{clients} client(s), drafts on vs off", mine, ours, plain,
+                            _value(best, (plain, clients), metric), unit))
+        lines.append(_ratio(f"{clients} client(s), drafts vs llama-server without", mine, ours,
+                            theirs, _value(best, (theirs, clients), metric), unit))
+        n_parallel = 1 if clients == 1 else 4
+        specs = [(v, llama_spec(n_parallel, s)) for s in LLAMA_SPECS
+                 if (v := _value(best, (llama_spec(n_parallel, s), clients), metric)) is not None]
+        if specs:
+            value, name = max(specs)
+            lines.append(_ratio(f"{clients} client(s), drafts vs llama-server's best n-gram "
+                                "setting", mine, ours, name, value, unit))
+    return lines
+
+
 def ratio_lines(best: dict[Key, Trial], chat: dict[Key, list[float]]) -> str:
-    """The target ratios; n/a where a configuration was not measured (skipped, other clients)."""
+    """The target ratios; n/a where a configuration was not measured (skipped, other clients,
+    no chat test)."""
     def value(key: Key, metric: Callable[[Trial], float]) -> float | None:
-        return metric(best[key]) if key in best else None
+        return _value(best, key, metric)
 
     def last_turn(column: str, conversations: int) -> float | None:
         ttfts = chat.get((column, conversations))
         return ttfts[-1] if ttfts else None
 
     lines = [_ratio(label, a[0], value(a, metric), b[0], value(b, metric), unit)
-             for label, metric, unit, a, b in TARGETS]
+             for label, metric, unit, a, b in TARGETS] + speculative_lines(best)
+    if not chat:
+        return "\n".join(lines)
     turns = len(next(iter(chat.values()), []))
     # Without reuse every turn evaluates the whole history whatever else runs, so the
     # one-conversation run is the baseline for three alternating ones too.
@@ -185,8 +238,30 @@ def notes(trials: dict[Key, list[Trial]], n: int) -> list[str]:
     return found
 
 
+def chat_section(chat: dict[Key, list[float]], rss_mb: dict[str, float]) -> list[str]:
+    return ["## Chat: time to first token per turn", "",
+            "One conversation:", "",
+            chat_table(chat, 1), "",
+            "Three conversations taking turns (mean of the three at each turn):", "",
+            chat_table(chat, 3), "",
+            f"ollamalite with reuse off runs as a third server (NUM_PARALLEL=4, "
+            f"OLLAMALITE_PREFIX_CACHE=0): RSS {rss_mb[NO_REUSE]:.0f} MB.", ""]
+
+
+def drafts_section(drafts: dict[str, tuple[float, float, float]]) -> list[str]:
+    """Each drafting ollamalite server's counts over the whole run (warm-up included)."""
+    lines = ["## Drafts (ollamalite's /metrics after all runs)", "",
+             "| system | generated | drafted | accepted | accepted / drafted | "
+             "accepted / generated |", "|---|---|---|---|---|---|"]
+    for name, (drafted, accepted, generated) in drafts.items():
+        lines.append(f"| {name} | {generated:.0f} | {drafted:.0f} | {accepted:.0f} | "
+                     f"{accepted / max(drafted, 1):.2f} | {accepted / max(generated, 1):.2f} |")
+    return [*lines, ""]
+
+
 def markdown(header: str, trials: dict[Key, list[Trial]], chat_rounds: dict[Key, list[list[float]]],
-             rss_mb: dict[str, float], n: int, plot_name: str) -> str:
+             rss_mb: dict[str, float], n: int, plot_name: str,
+             drafts: dict[str, tuple[float, float, float]]) -> str:
     """The whole report: header, both tables, the target ratios, notes, the plot."""
     best = best_trials(trials)
     chat = best_chats(chat_rounds)
@@ -198,13 +273,8 @@ def markdown(header: str, trials: dict[Key, list[Trial]], chat_rounds: dict[Key,
         f"The bare loop and `Llama` run inside the harness process (RSS "
         f"{rss_mb[IN_PROCESS]:.0f} MB with both, and the HTTP client). Server RSS is read "
         f"after all runs.", "",
-        "## Chat: time to first token per turn", "",
-        "One conversation:", "",
-        chat_table(chat, 1), "",
-        "Three conversations taking turns (mean of the three at each turn):", "",
-        chat_table(chat, 3), "",
-        f"ollamalite with reuse off runs as a third server (NUM_PARALLEL=4, "
-        f"OLLAMALITE_PREFIX_CACHE=0): RSS {rss_mb[NO_REUSE]:.0f} MB.", "",
+        *(drafts_section(drafts) if drafts else []),
+        *(chat_section(chat, rss_mb) if chat else []),
         "## Targets", "",
         ratio_lines(best, chat), "",
         "## Notes", "",

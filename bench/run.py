@@ -32,8 +32,10 @@ Why it measures this way:
   it ends; memory (RSS) is read from /proc after all runs.
 
 `--workload code-edit` sends a pasted ~60-line Python file and an edit instruction instead of the
-story openings (code_edit.py); `--speculative` turns ollamalite's n-gram speculative decoding on
-in its servers (OLLAMALITE_SPECULATIVE=1).
+story openings (code_edit.py); `--speculative` adds ollamalite servers with n-gram speculative
+decoding on (OLLAMALITE_SPECULATIVE=1; the others have it off) and llama-server with its n-gram
+settings (report.LLAMA_SPECS), all side by side with the plain ones. `--chat-turns 0` skips the
+chat test.
 
 Run: python bench/run.py [--tokens 128] [--rounds 3] [--clients 1,2,4,8] [--chat-turns 8]
                          [--skip-llama-server] [--quick] [--workload story|code-edit]
@@ -92,12 +94,15 @@ from report import (
     LLAMA_SERVER_1,
     LLAMA_SERVER_4,
     LLAMA_SERVER_CHAT,
+    LLAMA_SPECS,
     NO_REUSE,
     OLLAMALITE_1,
     OLLAMALITE_4,
     REUSE,
+    SPEC,
     Key,
     Trial,
+    llama_spec,
 )
 
 from ollamalite.registry.models_file import bundled_model_path
@@ -115,7 +120,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, help="measured rounds after a warm-up (default 3)")
     parser.add_argument("--clients", help="concurrent HTTP clients, comma-separated "
                                           "(default 1,2,4,8)")
-    parser.add_argument("--chat-turns", type=int, help="turns of the chat test (default 8)")
+    parser.add_argument("--chat-turns", type=int,
+                        help="turns of the chat test (default 8; 0: no chat test)")
     parser.add_argument("--skip-llama-server", action="store_true",
                         help="measure without llama-server (no build attempt)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 1 round, 32 tokens, "
@@ -124,15 +130,16 @@ def parse_args() -> argparse.Namespace:
                         help="story openings to continue (default), or a file to edit and "
                         "return (default 320 tokens)")
     parser.add_argument("--speculative", action="store_true",
-                        help="ollamalite servers with n-gram speculative decoding on")
+                        help="also ollamalite and llama-server with n-gram speculative "
+                        "decoding on")
     args = parser.parse_args()
     preset = QUICK if args.quick else {**DEFAULTS, "tokens": WORKLOAD_TOKENS[args.workload]}
     for name, value in preset.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
     args.clients = sorted({int(c) for c in args.clients.split(",")})
-    if args.tokens < 2 or args.rounds < 1 or args.chat_turns < 1:
-        parser.error("--tokens must be at least 2, --rounds and --chat-turns at least 1")
+    if args.tokens < 2 or args.rounds < 1 or args.chat_turns < 0:
+        parser.error("--tokens must be at least 2, --rounds at least 1, --chat-turns at least 0")
     most = len(code_edit.INSTRUCTIONS if args.workload == "code-edit" else PROMPTS)
     if not 1 <= args.clients[0] <= args.clients[-1] <= most:
         parser.error(f"--clients must be between 1 and {most} (one prompt each)")
@@ -151,8 +158,8 @@ class Systems:
     servers: dict[str, Server]  # by system name; the reuse-off server under NO_REUSE
 
 
-def start_systems(stack: ExitStack, binary: str | None, folder: Path, speculative: bool
-                  ) -> Systems:
+def start_systems(stack: ExitStack, binary: str | None, folder: Path,
+                  args: argparse.Namespace) -> Systems:
     """Start every system; `stack` stops and frees them all when it closes."""
     config = write_config(folder)
     model = BareModel(bundled_model_path())
@@ -160,17 +167,11 @@ def start_systems(stack: ExitStack, binary: str | None, folder: Path, speculativ
     loops = {n: BareLoop(model, n) for n in (1, 4)}
     for loop in loops.values():
         stack.callback(loop.close)
-    ollamalites: dict[str, dict[str, str]] = {
-        OLLAMALITE_1: {"OLLAMA_NUM_PARALLEL": "1", "OLLAMALITE_PREFIX_CACHE": "1"},
-        OLLAMALITE_4: {"OLLAMA_NUM_PARALLEL": "4", "OLLAMALITE_PREFIX_CACHE": "1"},
-        NO_REUSE: {"OLLAMA_NUM_PARALLEL": "4", "OLLAMALITE_PREFIX_CACHE": "0"},
-    }
-    spec = {"OLLAMALITE_SPECULATIVE": "1" if speculative else "0"}
-    starting = [ollamalite_server(name, config, {**env, **spec})
-                for name, env in ollamalites.items()]
+    starting = [ollamalite_server(name, config, env)
+                for name, env in ollamalite_systems(args).items()]
     if binary is not None:
-        starting += [llama_server(name, binary, n)
-                     for name, n in ((LLAMA_SERVER_1, 1), (LLAMA_SERVER_4, 4))]
+        starting += [llama_server(name, binary, n, extra)
+                     for name, (n, extra) in llama_server_systems(args.speculative).items()]
     servers = {}
     for server_cm in starting:
         server = stack.enter_context(server_cm)
@@ -182,9 +183,33 @@ def start_systems(stack: ExitStack, binary: str | None, folder: Path, speculativ
     return Systems(model, loops, llm, servers)
 
 
+def ollamalite_systems(args: argparse.Namespace) -> dict[str, dict[str, str]]:
+    """Each ollamalite server's environment by system name: 1 and 4 slots, with drafts too
+    under --speculative, and prefix reuse off for the chat test."""
+    systems = {}
+    for name, slots in ((OLLAMALITE_1, "1"), (OLLAMALITE_4, "4")):
+        env = {"OLLAMA_NUM_PARALLEL": slots, "OLLAMALITE_PREFIX_CACHE": "1"}
+        systems[name] = {**env, "OLLAMALITE_SPECULATIVE": "0"}
+        if args.speculative:
+            systems[name + SPEC] = {**env, "OLLAMALITE_SPECULATIVE": "1"}
+    if args.chat_turns:
+        systems[NO_REUSE] = {"OLLAMA_NUM_PARALLEL": "4", "OLLAMALITE_PREFIX_CACHE": "0",
+                             "OLLAMALITE_SPECULATIVE": "0"}
+    return systems
+
+
+def llama_server_systems(speculative: bool) -> dict[str, tuple[int, tuple[str, ...]]]:
+    """Each llama-server's slots and extra arguments by system name."""
+    systems: dict[str, tuple[int, tuple[str, ...]]] = {LLAMA_SERVER_1: (1, ()),
+                                                       LLAMA_SERVER_4: (4, ())}
+    for setting, extra in LLAMA_SPECS.items() if speculative else ():
+        systems |= {llama_spec(n, setting): (n, extra) for n in (1, 4)}
+    return systems
+
+
 async def load_ollamalite_models(session: aiohttp.ClientSession, systems: Systems) -> None:
     """ollamalite loads a model on its first request: an empty prompt loads it, untimed."""
-    for name in (OLLAMALITE_1, OLLAMALITE_4, NO_REUSE):
+    for name in (n for n in systems.servers if n.startswith("ollamalite")):
         async with session.post(systems.servers[name].url + "/api/generate",
                                 json={"model": MODEL, "prompt": ""}) as resp:
             resp.raise_for_status()
@@ -246,17 +271,24 @@ def generation_configs(systems: Systems, session: aiohttp.ClientSession, tokens:
     configs = [GenConfig(LIMIT, 1, bare(1)), GenConfig(LIMIT, 4, bare(4)),
                GenConfig(LLAMA, 1, on_this_thread(
                    lambda prompts: [run_llama(systems.llm, prompts[0], tokens)], 1, workload))]
-    apis = {OLLAMALITE_1: OLLAMA_GENERATE, OLLAMALITE_4: OLLAMA_GENERATE,
-            LLAMA_SERVER_1: LLAMA_SERVER_COMPLETION, LLAMA_SERVER_4: LLAMA_SERVER_COMPLETION}
     for n_clients in clients:
-        configs += [GenConfig(name, n_clients, http(systems.servers[name].url, api, n_clients))
-                    for name, api in apis.items() if name in systems.servers]
+        configs += [GenConfig(name, n_clients, http(server.url, api_of(name), n_clients))
+                    for name, server in systems.servers.items() if name != NO_REUSE]
     return configs
+
+
+def api_of(system: str) -> Api:
+    """How a generation system is asked: ollamalite's /api/generate, llama-server's
+    /completion."""
+    return OLLAMA_GENERATE if system.startswith("ollamalite") else LLAMA_SERVER_COMPLETION
 
 
 def chat_configs(systems: Systems, session: aiohttp.ClientSession,
                  turns: int) -> list[ChatConfig]:
-    """One conversation, then three taking turns, on each chat column that is running."""
+    """One conversation, then three taking turns, on each chat column that is running (none
+    when `turns` is 0)."""
+    if not turns:
+        return []
     columns = {REUSE: (OLLAMALITE_4, OLLAMA_CHAT), NO_REUSE: (NO_REUSE, OLLAMA_CHAT),
                LLAMA_SERVER_CHAT: (LLAMA_SERVER_4, OPENAI_CHAT)}
 
@@ -333,9 +365,14 @@ def header(args: argparse.Namespace, now: datetime.datetime, server_note: str,
         f"numbered per trial so that no cache holds it "
         f"({min(prompt_lengths)}-{max(prompt_lengths)} tokens)",
         f"- chat: {args.chat_turns} turns; a {history_tokens}-token logbook as the system "
-        f"message, answers of up to {CHAT_ANSWER_TOKENS} tokens",
-        f"- ollamalite's n-gram speculative decoding "
-        f"{'on' if args.speculative else 'off'} (OLLAMALITE_SPECULATIVE)",
+        f"message, answers of up to {CHAT_ANSWER_TOKENS} tokens" if args.chat_turns
+        else "- no chat test (--chat-turns 0)",
+        "- speculative decoding: " + ("ollamalite's n-gram drafts (OLLAMALITE_SPECULATIVE=1) "
+                                      "and llama-server's " + "; ".join(
+                                          f"{name} ({' '.join(extra)})"
+                                          for name, extra in LLAMA_SPECS.items())
+                                      + " beside the plain systems" if args.speculative
+                                      else "off everywhere"),
         f"- {server_note}",
     ])
 
@@ -349,9 +386,12 @@ def main() -> None:
     now = datetime.datetime.now()
     with ExitStack() as stack:
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-")))
-        systems = start_systems(stack, binary, folder, args.speculative)
+        systems = start_systems(stack, binary, folder, args)
         trials, chat_rounds = asyncio.run(run_all(systems, args))
         rss = {name: server.rss_mb() for name, server in systems.servers.items()}
+        drafts = {name: tuple(server.counter(f"ollamalite_{kind}_tokens_total") for kind in (
+                      "speculative_drafted", "speculative_accepted", "generated"))
+                  for name, server in systems.servers.items() if name.endswith(SPEC)}
         rss[report.IN_PROCESS] = rss_mb(os.getpid())
         tokenize = systems.model.tokenize
         prompt_lengths = [len(tokenize(p))
@@ -360,7 +400,8 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     stem = RESULTS / f"{now:%Y-%m-%d}-{socket.gethostname()}"
     text = report.markdown(header(args, now, server_note, prompt_lengths, history_tokens),
-                           trials, chat_rounds, rss, args.tokens, stem.with_suffix(".png").name)
+                           trials, chat_rounds, rss, args.tokens, stem.with_suffix(".png").name,
+                           drafts)
     report.plot(trials, stem.with_suffix(".png"),
                 f"SmolLM2-135M, {THREADS} threads, {args.tokens} tokens per stream")
     stem.with_suffix(".md").write_text(text + "\n")

@@ -11,6 +11,8 @@ Why it measures this way:
 - Decode speed is the engine's own `eval_count / eval_duration` (prompt evaluation excluded);
   rounds alternate off, on, off, on... per prompt, and each mode keeps its best round, since
   this shared machine's speed drifts.
+- Each job starts with an empty memory of earlier answers (`draft.Memory`), so the numbers are
+  those of a first request; run.py's servers keep theirs, as a server does.
 - It also reports drafted and accepted tokens, and whether each greedy text equals the
   non-speculative one (see docs/engine.md: batch rounding can flip near-ties).
 
@@ -29,6 +31,7 @@ from common import PROMPTS, cpu_plan
 
 from ollamalite.options import SamplingParams
 from ollamalite.registry.models_file import bundled_model_path
+from ollamalite.runtime.engine.draft import Memory
 from ollamalite.runtime.engine.engine import Engine
 from ollamalite.runtime.engine.jobs import Finished, Job, TextChunk
 from ollamalite.runtime.engine.llama import LlamaModel
@@ -46,6 +49,7 @@ def run_job(engine: Engine, model: LlamaModel, prompt: str, tokens: int, specula
             ) -> Result:
     """One greedy job of `tokens` tokens (stops allowed) with speculation on or off."""
     engine.speculative = speculative
+    engine.answers = Memory()  # first-request numbers: no earlier answer to draft from
     events: queue.Queue = queue.Queue()
     engine.submit(Job(prompt=model.tokenize(prompt), sampling=SamplingParams(temperature=0),
                       emit=events.put, num_predict=tokens))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ollamalite.runtime.engine import draft
-from ollamalite.runtime.engine.draft import ROW, UBATCH, Candidate, Drafter, plan
+from ollamalite.runtime.engine.draft import ROW, UBATCH, Candidate, Drafter, Memory, plan
 
 
 @pytest.fixture(autouse=True)
@@ -89,3 +89,28 @@ def test_the_step_drafts_at_most_max_draft_tokens_likeliest_slot_first() -> None
     lengths = plan(pair, 2, 2 * UBATCH + 2 * ROW)
     assert sum(lengths) <= draft.MAX_DRAFT
     assert lengths[1] >= lengths[0] and lengths[1] > 0
+
+
+def test_an_earlier_answer_is_drafted_when_the_job_has_no_match() -> None:
+    memory = Memory()
+    memory.remember([0, 7, 1, 2, 3, 4, 5, 6], 4)  # prompt ... 7 1 2, answer 3 4 5 6
+    assert memory.get((0, 7, 1)) is None  # only the n-gram before the answer is kept
+    d = Drafter([9, 7, 1, 2], memory)
+    assert d.continuation(8) == [3, 4, 5, 6]
+    assert Drafter([9, 7, 1, 2]).continuation(8) == []  # no memory, no match
+
+
+def test_the_occurrence_whose_context_agrees_longer_wins() -> None:
+    memory = Memory()
+    memory.remember([5, 6, 1, 2, 3, 40, 41], 0)  # 5 6 before 1 2 3, then 40
+    assert Drafter([8, 8, 1, 2, 3, 30, 31, 5, 6, 1, 2, 3], memory).continuation(2) == [40, 41]
+    assert Drafter([5, 6, 1, 2, 3, 30, 31, 9, 6, 1, 2, 3], memory).continuation(2) == [30, 31]
+
+
+def test_memory_forgets_everything_past_its_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(draft, "MEMORY_NGRAMS", 10)
+    memory = Memory()
+    memory.remember([1, 2, 3, 4, 5, 6], 0)
+    assert memory.get((1, 2, 3)) is not None
+    memory.remember(list(range(10, 18)), 0)  # 3 + 5 > 10: the first answer goes
+    assert memory.get((1, 2, 3)) is None and memory.get((10, 11, 12)) is not None

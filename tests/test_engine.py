@@ -14,9 +14,10 @@ from ollamalite.generation.prompt import render_chat
 from ollamalite.options import SamplingParams
 from ollamalite.registry.gguf_header import read_header
 from ollamalite.registry.models_file import bundled_model_path
-from ollamalite.runtime.engine.engine import BLOCK, PREFILL_BUDGET, Engine
+from ollamalite.runtime.engine.engine import BLOCK, PREFILL_BUDGET, SPLIT_KV_CELLS, Engine
 from ollamalite.runtime.engine.jobs import Failed, Finished, Job, TextChunk
 from ollamalite.runtime.engine.llama import LlamaModel
+from tests.conftest import running
 
 SLOT_CTX = 512
 
@@ -576,3 +577,34 @@ def test_a_drafting_slot_leaves_its_neighbour_unchanged(plain: Engine, drafting:
     copying.text()
     assert beside.final.tokens == alone.final.tokens
     assert copying.final.accepted_tokens > 0
+
+
+def test_a_request_asked_again_drafts_from_the_earlier_answer(plain: Engine, drafting: Engine,
+                                                             model: LlamaModel) -> None:
+    """Regenerating an answer: its text is not in the prompt, but the engine remembers it."""
+    prompt = chat_prompt(model, "Describe a sunrise over the sea in two sentences.")
+    base, first = both(plain, drafting, prompt, num_predict=48)
+    again = Run(drafting, prompt, num_predict=48)
+    again.text()
+    assert again.final.tokens == first.final.tokens == base.final.tokens
+    assert again.final.accepted_tokens > max(first.final.accepted_tokens,
+                                             again.final.eval_count // 2)
+
+
+def test_deterministic_mode_drafts_only_where_its_tokens_stay_exact(model: LlamaModel) -> None:
+    """Past 256 cells a lone row takes another attention kernel than a drafted batch's rows: in
+    deterministic mode a slot drafts while its sequence is shorter, then decodes plainly, so its
+    tokens are those of the mode without drafts however long the answer grows."""
+    source = SOURCE[:SOURCE.index("def scale_4")]
+    prompt = chat_prompt(model, "Return this file unchanged, twice:\n\n" + source)
+    assert len(prompt) < SPLIT_KV_CELLS - 64  # room to draft before the limit
+    runs = []
+    for speculative in (False, True):
+        with running(model, n_slots=1, slot_ctx=SLOT_CTX, deterministic=True,
+                     speculative=speculative) as engine:
+            runs.append(Run(engine, prompt, num_predict=SPLIT_KV_CELLS - len(prompt) + 96))
+            runs[-1].text()
+    base, spec = runs
+    assert len(prompt) + spec.final.eval_count > SPLIT_KV_CELLS + 32  # decoded past it too
+    assert spec.final.tokens == base.final.tokens
+    assert spec.final.accepted_tokens > 0 and base.final.drafted_tokens == 0

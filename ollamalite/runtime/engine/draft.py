@@ -3,7 +3,9 @@
 An answer that rewrites pasted code repeats long runs of its prompt: when the last `NGRAM`
 tokens of the sequence (prompt and generated text) occurred before, the tokens that followed
 them then are a cheap guess at what comes next. The engine decodes the guess with the slot's
-next token and keeps the drafted tokens its own sampler would have picked anyway.
+next token and keeps the drafted tokens its own sampler would have picked anyway. The engine's
+recent answers are a second source (`Memory`): a request asked again (regenerate, the same edit
+of a file) drafts from the earlier answer.
 
 A drafted row is not free on a CPU: each costs about as much as a whole extra token of decoding
 (`ROW`, `UBATCH`), so a draft pays only where it is likely to be kept. Each slot estimates how
@@ -31,6 +33,12 @@ MAX_DRAFT = 8
 # than they do, so llama.cpp runs it in a micro-batch of its own: one more UBATCH.
 ROW = 1.0
 UBATCH = 0.9
+# Where the current n-gram occurred in both the job's own text and the engine's earlier answers,
+# the occurrence whose preceding tokens agree longer with the current ones wins (up to AGREE).
+AGREE = 16
+# N-grams of finished answers the engine remembers; past this it forgets them all and starts
+# again (a bound on memory, ~10 MB, and on stale answers).
+MEMORY_NGRAMS = 1 << 16
 # The hit-rate estimate: decayed counts of right and wrong guesses, starting from a prior worth
 # PRIOR observations at PRIOR_RATE; DECAY per observation forgets old text (an edit's answer
 # alternates between copied runs and new lines).
@@ -39,13 +47,37 @@ PRIOR_RATE = 0.6
 DECAY = 0.9
 
 
+Occurrence = tuple[list[int], int]  # a token sequence, and where a continuation starts in it
+
+
+class Memory:
+    """The engine's recent answers (each with the prompt tokens just before it): for each
+    n-gram, where its latest continuation starts. Only the engine thread touches it."""
+
+    def __init__(self) -> None:
+        self._next_after: dict[tuple[int, ...], Occurrence] = {}
+
+    def remember(self, sequence: list[int], answer_start: int) -> None:
+        """Index the answer that starts at `answer_start` of `sequence`, with the n-gram
+        before it (what the next request's answer starts after)."""
+        tokens = sequence[max(answer_start - NGRAM, 0):]
+        if len(self._next_after) + len(tokens) > MEMORY_NGRAMS:
+            self._next_after.clear()
+        for end in range(NGRAM, len(tokens)):
+            self._next_after[tuple(tokens[end - NGRAM:end])] = (tokens, end)
+
+    def get(self, ngram: tuple[int, ...]) -> Occurrence | None:
+        return self._next_after.get(ngram)
+
+
 class Drafter:
     """One job's sequence, an index from each n-gram to where its latest continuation starts,
-    and how often that continuation's first token was the one generated next."""
+    and how often the lookup's guess was the token generated next."""
 
-    def __init__(self, prompt: list[int]) -> None:
+    def __init__(self, prompt: list[int], memory: Memory | None = None) -> None:
         self.tokens: list[int] = []
         self._next_after: dict[tuple[int, ...], int] = {}
+        self._memory = memory
         self._hits = PRIOR * PRIOR_RATE
         self._seen = PRIOR
         for token in prompt:
@@ -65,12 +97,28 @@ class Drafter:
         self._append(token)
 
     def continuation(self, limit: int) -> list[int]:
-        """Up to `limit` tokens that followed the latest earlier occurrence of the last
-        n-gram; none without a match."""
+        """Up to `limit` tokens that followed the best earlier occurrence of the last n-gram
+        (the job's own latest one, or an earlier answer's whose context agrees longer); none
+        without a match."""
         if limit <= 0 or len(self.tokens) < NGRAM:
             return []
-        start = self._next_after.get(tuple(self.tokens[-NGRAM:]))
-        return [] if start is None else self.tokens[start:start + limit]
+        ngram = tuple(self.tokens[-NGRAM:])
+        start = self._next_after.get(ngram)
+        found = None if start is None else (self.tokens, start)
+        earlier = self._memory.get(ngram) if self._memory is not None else None
+        if earlier is not None and (found is None
+                                    or self._agreement(earlier) > self._agreement(found)):
+            found = earlier
+        return [] if found is None else found[0][found[1]:found[1] + limit]
+
+    def _agreement(self, occurrence: Occurrence) -> int:
+        """How many tokens before the occurrence's n-gram equal those before the current one."""
+        tokens, start = occurrence
+        n = 0
+        while (n < AGREE and start - NGRAM - n > 0 and len(self.tokens) > NGRAM + n
+               and tokens[start - NGRAM - n - 1] == self.tokens[-NGRAM - n - 1]):
+            n += 1
+        return n
 
     def _append(self, token: int) -> None:
         """The n-gram before `token` now has a known continuation (indexing here keeps each

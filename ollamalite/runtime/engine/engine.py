@@ -38,6 +38,7 @@ from ollamalite.runtime.engine.draft import (
     UBATCH,
     Candidate,
     Drafter,
+    Memory,
     plan,
 )
 from ollamalite.runtime.engine.embedder import Embedder
@@ -115,7 +116,9 @@ class Slot:
         self.job: Job | None = None
 
     def start(self, job: Job, n_keep: int, limit: int, sampler: SamplerChain,
-              now: float, speculative: bool) -> None:
+              now: float, answers: Memory | None) -> None:
+        """Serve `job`; `answers` (with speculation on) are the engine's earlier answers to
+        draft from besides the job's own text."""
         self.job = job
         self.cached = self.cached[:n_keep]
         self.exact = len(job.prompt) - len(job.prompt) % BLOCK
@@ -137,7 +140,7 @@ class Slot:
         self.kept: int | None = None
         self.admitted_at = now
         self.first_token_at: float | None = None
-        self.drafter = Drafter(job.prompt) if speculative else None
+        self.drafter = Drafter(job.prompt, answers) if answers is not None else None
         self.drafted = 0
         self.accepted = 0
 
@@ -210,6 +213,7 @@ class Engine:
         self.kv_cache_type = kv_cache_type
         self.prefix_cache = prefix_cache
         self.speculative = speculative
+        self.answers = Memory()  # n-grams of finished answers, for the drafts of later ones
         self.n_slots = n_slots
         self.slot_ctx = slot_ctx
         self.n_batch = max(n_batch, BLOCK)  # prompt tokens per step; generated ones come on top
@@ -344,7 +348,8 @@ class Engine:
         if not llama_cpp.llama_memory_seq_rm(self.mem, slot.seq_id, n_keep, -1):
             llama_cpp.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
             n_keep = 0
-        slot.start(job, n_keep, limit, sampler, time.perf_counter(), self.speculative)
+        slot.start(job, n_keep, limit, sampler, time.perf_counter(),
+                   self.answers if self.speculative else None)
         log.info("slot %d: %d prompt tokens, %d reused from its cache", slot.seq_id,
                  len(job.prompt), n_keep)
 
@@ -621,6 +626,8 @@ class Engine:
         first = slot.first_token_at or now
         log.debug("slot %d: %d tokens generated, %d drafted, %d of them accepted", slot.seq_id,
                   len(slot.generated), slot.drafted, slot.accepted)
+        if slot.drafter is not None and slot.generated:
+            self.answers.remember(slot.drafter.tokens, len(job.prompt))
         _emit(job, Finished(
             done_reason=reason,
             prompt_tokens=len(job.prompt),
