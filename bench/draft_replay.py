@@ -31,7 +31,7 @@ from ollamalite.runtime.engine.engine import Engine
 from ollamalite.runtime.engine.jobs import Finished, Job
 from ollamalite.runtime.engine.llama import LlamaModel
 
-GRID = {"NGRAM": (3, 4), "MAX_DRAFT": (8, 12), "PRIOR_RATE": (0.6,), "DECAY": (0.8, 0.9)}
+GRID = {"NGRAM": (3, 4, 5), "MAX_DRAFT": (8, 16), "PRIOR_RATE": (0.6,), "DECAY": (0.8, 0.9)}
 Answer = tuple[list[int], list[int]]  # (prompt tokens, greedy answer tokens)
 
 

@@ -12,11 +12,12 @@ Why it measures this way:
   rounds alternate off, on, off, on... per prompt, and each mode keeps its best round, since
   this shared machine's speed drifts.
 - Each job starts with an empty memory of earlier answers (`draft.Memory`), so the numbers are
-  those of a first request; run.py's servers keep theirs, as a server does.
+  those of a first request; with `--again`, each timed "on" job follows the same request asked
+  once before (regenerate), so it may draft from that answer too.
 - It also reports drafted and accepted tokens, and whether each greedy text equals the
   non-speculative one (see docs/engine.md: batch rounding can flip near-ties).
 
-Run: python bench/speculative.py [--tokens 256] [--rounds 3] [--prompts 3]
+Run: python bench/speculative.py [--tokens 256] [--rounds 3] [--prompts 3] [--again]
 """
 
 from __future__ import annotations
@@ -45,11 +46,13 @@ class Result:
     accepted: int
 
 
-def run_job(engine: Engine, model: LlamaModel, prompt: str, tokens: int, speculative: bool
-            ) -> Result:
-    """One greedy job of `tokens` tokens (stops allowed) with speculation on or off."""
+def run_job(engine: Engine, model: LlamaModel, prompt: str, tokens: int, speculative: bool,
+            remember: bool = False) -> Result:
+    """One greedy job of `tokens` tokens (stops allowed) with speculation on or off; unless
+    `remember`, with no earlier answer to draft from."""
     engine.speculative = speculative
-    engine.answers = Memory()  # first-request numbers: no earlier answer to draft from
+    if not remember:
+        engine.answers = Memory()
     events: queue.Queue = queue.Queue()
     engine.submit(Job(prompt=model.tokenize(prompt), sampling=SamplingParams(temperature=0),
                       emit=events.put, num_predict=tokens))
@@ -76,6 +79,9 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--prompts", type=int, default=3)
+    parser.add_argument("--again", action="store_true",
+                        help="time each prompt asked a second time (drafts from the first "
+                        "answer too) instead of a first request")
     args = parser.parse_args()
     model = LlamaModel(bundled_model_path(), extra_bufts=cpu_plan().extra_bufts)
     engine = Engine(model, n_slots=1, slot_ctx=4096, n_threads=2, prefix_cache=False)
@@ -88,7 +94,9 @@ def main() -> int:
                 best: dict[bool, Result] = {}
                 for _ in range(args.rounds):
                     for mode in (False, True):
-                        result = run_job(engine, model, prompt, args.tokens, mode)
+                        if mode and args.again:  # the first asking, untimed
+                            run_job(engine, model, prompt, args.tokens, mode)
+                        result = run_job(engine, model, prompt, args.tokens, mode, args.again)
                         if mode not in best or result.tok_s > best[mode].tok_s:
                             best[mode] = result
                 off, on = best[False], best[True]

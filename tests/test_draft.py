@@ -59,10 +59,10 @@ def one_alone(rate: float, available: int = 20) -> int:
 
 
 def test_a_lone_slot_drafts_longer_the_likelier_its_guesses() -> None:
-    lengths = [one_alone(rate) for rate in (0.3, 0.5, 0.6, 0.8, 0.9, 0.99)]
-    assert lengths[:2] == [0, 0]  # a row costs more than half a token is worth
-    assert lengths == sorted(lengths) and lengths[-1] == draft.MAX_DRAFT
-    assert 0 < lengths[2] < lengths[4]
+    lengths = [one_alone(rate) for rate in (0.3, 0.6, 0.7, 0.8, 0.9, 0.99)]
+    assert lengths[:2] == [0, 0]  # a row costs more than 0.6 of a token is worth
+    assert lengths == sorted(lengths) and 0 < lengths[2] < lengths[4] < lengths[5]
+    assert one_alone(1.0) == draft.MAX_DRAFT  # a sure guess is drafted as far as allowed
 
 
 def test_a_draft_is_at_most_what_the_lookup_has() -> None:

@@ -23,16 +23,21 @@ from dataclasses import dataclass
 # together (the context's batch is sized for them). bench/draft_replay.py on the bundled model's
 # greedy answers (8 code edits, 8 stories, 320 tokens): n = 3 to 6 and 8 or 12 drafted tokens
 # all save 9-13% of code-edit decoding and 25-27% of stories; 4 keeps as many tokens as 3 with
-# 15% fewer drafted (fewer wasted rows beside other slots), 12 keeps 1% more than 8.
+# 15% fewer drafted (fewer wasted rows beside other slots), 12 keeps 1% more than 8. Asked again
+# (bench/speculative.py --again), stories decoded 1.42-1.59x plain with up to 16, 1.28-1.40x
+# with 8; `plan` itself keeps drafts short unless the slot's guesses are nearly always right.
 NGRAM = 4
-MAX_DRAFT = 8
+MAX_DRAFT = 16
 # Cost of a step, in units of one row: UBATCH for each llama.cpp micro-batch it runs (graph
-# set-up, one pass over the weights) plus ROW for each token row (bench/step_cost.py on this
-# CPU, one sequence after 500 cells, logits at every row: 1 row 10.6-12.7 ms, each further row
-# 5.7-6.6 ms, almost linearly up to 16). A draft beside other generating slots has more rows
-# than they do, so llama.cpp runs it in a micro-batch of its own: one more UBATCH.
+# set-up, one pass over the weights) plus ROW for each token row. Measured on this CPU inside
+# the engine, one slot drafting on the code-edit workload (430-750 cells): llama_decode of 1, 2,
+# 3, 4, 5 rows with logits took 10.3, 17.5, 24.7, 31.5, 37.6 ms, so each row ~7 ms and the rest
+# ~3.3 ms (bench/step_cost.py, at 500 cells: 10.0 ms, then ~6 ms a row). A draft beside other
+# generating slots has more rows than they do, so llama.cpp runs it in a micro-batch of its own:
+# one more UBATCH. Alone, a slot drafts only if its guesses are right more than 1/1.5 = 67% of
+# the time: first-request code edits (~61% kept) drafted at the 0.9 once used ran 0.90-0.96x.
 ROW = 1.0
-UBATCH = 0.9
+UBATCH = 0.5
 # Where the current n-gram occurred in both the job's own text and the engine's earlier answers,
 # the occurrence whose preceding tokens agree longer with the current ones wins (up to AGREE).
 AGREE = 16
