@@ -32,12 +32,15 @@ MAX_DRAFT = 16
 # set-up, one pass over the weights) plus ROW for each token row. Measured on this CPU inside
 # the engine, one slot drafting on the code-edit workload (430-750 cells): llama_decode of 1, 2,
 # 3, 4, 5 rows with logits took 10.3, 17.5, 24.7, 31.5, 37.6 ms, so each row ~7 ms and the rest
-# ~3.3 ms (bench/step_cost.py, at 500 cells: 10.0 ms, then ~6 ms a row). A draft beside other
-# generating slots has more rows than they do, so llama.cpp runs it in a micro-batch of its own:
-# one more UBATCH. Alone, a slot drafts only if its guesses are right more than 1/1.5 = 67% of
-# the time: first-request code edits (~61% kept) drafted at the 0.9 once used ran 0.90-0.96x.
+# ~3.3 ms (bench/step_cost.py, at 500 cells: 10.0 ms, then ~6 ms a row). Alone, a slot drafts
+# only if its guesses are right more than 1/1.5 = 67% of the time: first-request code edits
+# (~61% kept) drafted at the 0.9 once used ran 0.90-0.96x. A draft beside other generating
+# slots has more rows than they do, so llama.cpp runs its extra rows in a micro-batch of their
+# own, which costs SPLIT more than their rows (step_cost.py --streams 3: a fourth slot's first
+# row 5.9 ms, its second 10.6, further ones 5.3-6.2).
 ROW = 1.0
 UBATCH = 0.5
+SPLIT = 0.75
 # Where the current n-gram occurred in both the job's own text and the engine's earlier answers,
 # the occurrence whose preceding tokens agree longer with the current ones wins (up to AGREE).
 AGREE = 16
@@ -145,8 +148,8 @@ class Candidate:
 
 def plan(candidates: list[Candidate], tokens: float, cost: float) -> list[int]:
     """How many of each candidate's tokens to draft, given that the step without drafts yields
-    `tokens` tokens for `cost` (ROW and UBATCH units). The i-th drafted token of a slot is kept
-    with chance rate**i (every one before it must be kept too); each slot in turn, likeliest
+    `tokens` tokens for `cost` (ROW, UBATCH and SPLIT units). The i-th drafted token of a slot
+    is kept with chance rate**i (every one before it must be kept too); each slot in turn, likeliest
     first, takes the length that most raises the step's expected tokens per unit of cost, within
     MAX_DRAFT for the whole step. A step already long with prompt rows makes drafting cheap; one
     alone with a poor guesser makes it not worth a row."""
@@ -158,7 +161,7 @@ def plan(candidates: list[Candidate], tokens: float, cost: float) -> list[int]:
         for k in range(1, min(len(candidate.tokens), room) + 1):
             kept *= candidate.rate
             gain += kept
-            extra = k * ROW + (UBATCH if candidate.shared else 0.0)
+            extra = k * ROW + (SPLIT if candidate.shared else 0.0)
             if (tokens + gain) / (cost + extra) > best:
                 best, lengths[i], chosen = (tokens + gain) / (cost + extra), k, (gain, extra)
         if lengths[i]:
