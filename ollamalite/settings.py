@@ -46,7 +46,7 @@ class Settings:
     # The host-memory prompt cache's bound in bytes (OLLAMALITE_CACHE_RAM, MiB); None: a quarter
     # of the memory free at start, at most DEFAULT_CACHE_RAM; 0: off.
     cache_ram: int | None = None
-    speculative: bool = False  # n-gram speculative decoding (models.yaml may say otherwise)
+    speculative: bool = True  # n-gram speculative decoding (models.yaml may say otherwise)
     # Every request's tokens independent of its neighbours and of the prefix cache, at a cost
     # (docs/engine.md).
     deterministic: bool = False
@@ -249,7 +249,7 @@ def from_env(
         num_threads=_uint(env, "OLLAMALITE_NUM_THREADS", 0),
         prefix_cache=_bool(env, "OLLAMALITE_PREFIX_CACHE", True),
         cache_ram=_mebibytes(env, "OLLAMALITE_CACHE_RAM"),
-        speculative=_bool(env, "OLLAMALITE_SPECULATIVE", False),
+        speculative=_bool(env, "OLLAMALITE_SPECULATIVE", True),
         deterministic=_bool(env, "OLLAMALITE_DETERMINISTIC", False),
         repack=_switch(env, "OLLAMALITE_REPACK"),
         kv_cache_type=_kv_cache_type(env),

@@ -108,7 +108,7 @@ def test_settings_defaults_and_bad_values() -> None:
     assert from_env({"OLLAMA_KEEP_ALIVE": "0"}).keep_alive == 0.0
     assert from_env({}).prefix_cache and not from_env({"OLLAMALITE_PREFIX_CACHE": "0"}).prefix_cache
     assert from_env({"OLLAMA_DEBUG": "yes"}).debug and not from_env({}).debug
-    assert not from_env({}).speculative and from_env({"OLLAMALITE_SPECULATIVE": "1"}).speculative
+    assert from_env({}).speculative and not from_env({"OLLAMALITE_SPECULATIVE": "0"}).speculative
     assert not from_env({}).deterministic
     assert from_env({"OLLAMALITE_DETERMINISTIC": "1"}).deterministic
     assert from_env({}).cache_ram is None  # the scheduler's default from free memory

@@ -149,9 +149,9 @@ class Candidate:
 def plan(candidates: list[Candidate], tokens: float, cost: float) -> list[int]:
     """How many of each candidate's tokens to draft, given that the step without drafts yields
     `tokens` tokens for `cost` (ROW, UBATCH and SPLIT units). The i-th drafted token of a slot
-    is kept with chance rate**i (every one before it must be kept too); each slot in turn, likeliest
-    first, takes the length that most raises the step's expected tokens per unit of cost, within
-    MAX_DRAFT for the whole step. A step already long with prompt rows makes drafting cheap; one
+    is kept with chance rate**i (every one before it must be kept too); each slot in turn,
+    likeliest first, takes the length that most raises the step's expected tokens per unit of
+    cost, within MAX_DRAFT for the whole step. A step already long with prompt rows makes drafting cheap; one
     alone with a poor guesser makes it not worth a row."""
     lengths = [0] * len(candidates)
     room = MAX_DRAFT
