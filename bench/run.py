@@ -32,9 +32,9 @@ Why it measures this way:
   it ends; memory (RSS) is read from /proc after all runs.
 
 `--workload code-edit` sends a pasted ~60-line Python file and an edit instruction instead of the
-story openings (code_edit.py); `--speculative` adds ollamalite servers with n-gram speculative
-decoding on (OLLAMALITE_SPECULATIVE=1; the others have it off) and llama-server with its n-gram
-settings (report.LLAMA_SPECS), all side by side with the plain ones. `--chat-turns 0` skips the
+story openings (code_edit.py). ollamalite runs at its defaults (n-gram speculative decoding on);
+`--speculative` runs it with drafts off and on (OLLAMALITE_SPECULATIVE=0 and 1) and adds
+llama-server with its n-gram settings (report.LLAMA_SPECS), all side by side. `--chat-turns 0` skips the
 chat test.
 
 Run: python bench/run.py [--tokens 128] [--rounds 3] [--clients 1,2,4,8] [--chat-turns 8]
@@ -184,17 +184,18 @@ def start_systems(stack: ExitStack, binary: str | None, folder: Path,
 
 
 def ollamalite_systems(args: argparse.Namespace) -> dict[str, dict[str, str]]:
-    """Each ollamalite server's environment by system name: 1 and 4 slots, with drafts too
-    under --speculative, and prefix reuse off for the chat test."""
+    """Each ollamalite server's environment by system name: 1 and 4 slots at ollamalite's
+    defaults (drafts on), or under --speculative with drafts off and on side by side; and
+    prefix reuse off for the chat test."""
+    plain = {"OLLAMALITE_SPECULATIVE": "0"} if args.speculative else {}
     systems = {}
     for name, slots in ((OLLAMALITE_1, "1"), (OLLAMALITE_4, "4")):
         env = {"OLLAMA_NUM_PARALLEL": slots, "OLLAMALITE_PREFIX_CACHE": "1"}
-        systems[name] = {**env, "OLLAMALITE_SPECULATIVE": "0"}
+        systems[name] = {**env, **plain}
         if args.speculative:
             systems[name + SPEC] = {**env, "OLLAMALITE_SPECULATIVE": "1"}
     if args.chat_turns:
-        systems[NO_REUSE] = {"OLLAMA_NUM_PARALLEL": "4", "OLLAMALITE_PREFIX_CACHE": "0",
-                             "OLLAMALITE_SPECULATIVE": "0"}
+        systems[NO_REUSE] = {"OLLAMA_NUM_PARALLEL": "4", "OLLAMALITE_PREFIX_CACHE": "0", **plain}
     return systems
 
 
@@ -371,8 +372,10 @@ def header(args: argparse.Namespace, now: datetime.datetime, server_note: str,
                                       "and llama-server's " + "; ".join(
                                           f"{name} ({' '.join(extra)})"
                                           for name, extra in LLAMA_SPECS.items())
-                                      + " beside the plain systems" if args.speculative
-                                      else "off everywhere"),
+                                      + " beside the plain systems (drafts off)"
+                                      if args.speculative else
+                                      "ollamalite's defaults (n-gram drafts on); llama-server's "
+                                      "(off)"),
         f"- {server_note}",
     ])
 
