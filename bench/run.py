@@ -34,8 +34,8 @@ Why it measures this way:
 `--workload code-edit` sends a pasted ~60-line Python file and an edit instruction instead of the
 story openings (code_edit.py). ollamalite runs at its defaults (n-gram speculative decoding on);
 `--speculative` runs it with drafts off and on (OLLAMALITE_SPECULATIVE=0 and 1) and adds
-llama-server with its n-gram settings (report.LLAMA_SPECS), all side by side. `--chat-turns 0` skips the
-chat test.
+llama-server with its n-gram settings (report.LLAMA_SPECS), all side by side. `--chat-turns 0`
+skips the chat test.
 
 Run: python bench/run.py [--tokens 128] [--rounds 3] [--clients 1,2,4,8] [--chat-turns 8]
                          [--skip-llama-server] [--quick] [--workload story|code-edit]

@@ -7,8 +7,8 @@ next token and keeps the drafted tokens its own sampler would have picked anyway
 recent answers are a second source (`Memory`): a request asked again (regenerate, the same edit
 of a file) drafts from the earlier answer.
 
-A drafted row is not free on a CPU: each costs about as much as a whole extra token of decoding
-(`ROW`, `UBATCH`), so a draft pays only where it is likely to be kept. Each slot estimates how
+A drafted row is not free on a CPU: each costs about 0.7 of a token of decoding (`ROW`,
+`UBATCH`, `SPLIT`), so a draft pays only where it is likely to be kept. Each slot estimates how
 often its lookup guesses the next token right, from every token it generates (a guess is made
 and checked whether or not it was drafted, so a slot that stopped drafting keeps learning), and
 `plan` gives each slot the draft length that most raises the step's expected tokens per unit of
@@ -45,7 +45,7 @@ SPLIT = 0.75
 # the occurrence whose preceding tokens agree longer with the current ones wins (up to AGREE).
 AGREE = 16
 # N-grams of finished answers the engine remembers; past this it forgets them all and starts
-# again (a bound on memory, ~10 MB, and on stale answers).
+# again (a bound on memory, ~15 MB, and on stale answers).
 MEMORY_NGRAMS = 1 << 16
 # The hit-rate estimate: decayed counts of right and wrong guesses, starting from a prior worth
 # PRIOR observations at PRIOR_RATE; DECAY per observation forgets old text (an edit's answer
@@ -68,7 +68,7 @@ class Memory:
     def remember(self, sequence: list[int], answer_start: int) -> None:
         """Index the answer that starts at `answer_start` of `sequence`, with the n-gram
         before it (what the next request's answer starts after)."""
-        tokens = sequence[max(answer_start - NGRAM, 0):]
+        tokens = sequence[max(answer_start - NGRAM, len(sequence) - MEMORY_NGRAMS, 0):]
         if len(self._next_after) + len(tokens) > MEMORY_NGRAMS:
             self._next_after.clear()
         for end in range(NGRAM, len(tokens)):
@@ -151,8 +151,8 @@ def plan(candidates: list[Candidate], tokens: float, cost: float) -> list[int]:
     `tokens` tokens for `cost` (ROW, UBATCH and SPLIT units). The i-th drafted token of a slot
     is kept with chance rate**i (every one before it must be kept too); each slot in turn,
     likeliest first, takes the length that most raises the step's expected tokens per unit of
-    cost, within MAX_DRAFT for the whole step. A step already long with prompt rows makes drafting cheap; one
-    alone with a poor guesser makes it not worth a row."""
+    cost, within MAX_DRAFT for the whole step. A step already long with prompt rows makes
+    drafting cheap; one alone with a poor guesser makes it not worth a row."""
     lengths = [0] * len(candidates)
     room = MAX_DRAFT
     for i in sorted(range(len(candidates)), key=lambda i: -candidates[i].rate):
