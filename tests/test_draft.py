@@ -114,3 +114,6 @@ def test_memory_forgets_everything_past_its_bound(monkeypatch: pytest.MonkeyPatc
     assert memory.get((1, 2, 3)) is not None
     memory.remember(list(range(10, 18)), 0)  # 3 + 5 > 10: the first answer goes
     assert memory.get((1, 2, 3)) is None and memory.get((10, 11, 12)) is not None
+    memory.remember(list(range(100, 140)), 0)  # longer than the bound alone: its end is kept
+    assert memory.get((100, 101, 102)) is None and memory.get((135, 136, 137)) == \
+        (list(range(130, 140)), 8)
