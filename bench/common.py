@@ -13,10 +13,10 @@ import os
 import signal
 import socket
 import subprocess
-import urllib.request
 import sys
 import tempfile
 import time
+import urllib.request
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from functools import lru_cache

@@ -154,10 +154,11 @@ def speculative_lines(best: dict[Key, Trial]) -> list[str]:
     drafts, and llama-server's best n-gram setting in this run (single stream: decode tok/s;
     4 clients: aggregate tok/s)."""
     lines = []
-    for clients, mine, plain, theirs, metric in (
-            (1, OLLAMALITE_1_SPEC, OLLAMALITE_1, LLAMA_SERVER_1, attrgetter("per_stream_tps")),
-            (4, OLLAMALITE_4_SPEC, OLLAMALITE_4, LLAMA_SERVER_4, attrgetter("aggregate_tps"))):
-        unit = "decode tok/s" if clients == 1 else "aggregate tok/s"
+    for clients, mine, plain, theirs, metric, unit in (
+            (1, OLLAMALITE_1_SPEC, OLLAMALITE_1, LLAMA_SERVER_1, attrgetter("per_stream_tps"),
+             "decode tok/s"),
+            (4, OLLAMALITE_4_SPEC, OLLAMALITE_4, LLAMA_SERVER_4, attrgetter("aggregate_tps"),
+             "aggregate tok/s")):
         ours = _value(best, (mine, clients), metric)
         if ours is None:
             continue
@@ -165,9 +166,8 @@ def speculative_lines(best: dict[Key, Trial]) -> list[str]:
                             _value(best, (plain, clients), metric), unit))
         lines.append(_ratio(f"{clients} client(s), drafts vs llama-server without", mine, ours,
                             theirs, _value(best, (theirs, clients), metric), unit))
-        n_parallel = 1 if clients == 1 else 4
-        specs = [(v, llama_spec(n_parallel, s)) for s in LLAMA_SPECS
-                 if (v := _value(best, (llama_spec(n_parallel, s), clients), metric)) is not None]
+        specs = [(v, llama_spec(clients, s)) for s in LLAMA_SPECS  # -np = clients here
+                 if (v := _value(best, (llama_spec(clients, s), clients), metric)) is not None]
         if specs:
             value, name = max(specs)
             lines.append(_ratio(f"{clients} client(s), drafts vs llama-server's best n-gram "
@@ -178,14 +178,11 @@ def speculative_lines(best: dict[Key, Trial]) -> list[str]:
 def ratio_lines(best: dict[Key, Trial], chat: dict[Key, list[float]]) -> str:
     """The target ratios; n/a where a configuration was not measured (skipped, other clients,
     no chat test)."""
-    def value(key: Key, metric: Callable[[Trial], float]) -> float | None:
-        return _value(best, key, metric)
-
     def last_turn(column: str, conversations: int) -> float | None:
         ttfts = chat.get((column, conversations))
         return ttfts[-1] if ttfts else None
 
-    lines = [_ratio(label, a[0], value(a, metric), b[0], value(b, metric), unit)
+    lines = [_ratio(label, a[0], _value(best, a, metric), b[0], _value(best, b, metric), unit)
              for label, metric, unit, a, b in TARGETS] + speculative_lines(best)
     if not chat:
         return "\n".join(lines)

@@ -210,7 +210,7 @@ def llama_server_systems(speculative: bool) -> dict[str, tuple[int, tuple[str, .
 
 async def load_ollamalite_models(session: aiohttp.ClientSession, systems: Systems) -> None:
     """ollamalite loads a model on its first request: an empty prompt loads it, untimed."""
-    for name in (n for n in systems.servers if n.startswith("ollamalite")):
+    for name in (n for n in systems.servers if api_of(n) is OLLAMA_GENERATE):
         async with session.post(systems.servers[name].url + "/api/generate",
                                 json={"model": MODEL, "prompt": ""}) as resp:
             resp.raise_for_status()
