@@ -46,6 +46,9 @@ class Settings:
     # The host-memory prompt cache's bound in bytes (OLLAMALITE_CACHE_RAM, MiB); None: a quarter
     # of the memory free at start, at most DEFAULT_CACHE_RAM; 0: off.
     cache_ram: int | None = None
+    # The bound of the prompt cache's files under `data_dir`/prompt-cache in bytes
+    # (OLLAMALITE_CACHE_DISK, MiB); 0: off, nothing is written.
+    cache_disk: int = 0
     speculative: bool = True  # n-gram speculative decoding (models.yaml may say otherwise)
     # Every request's tokens independent of its neighbours and of the prefix cache, at a cost
     # (docs/engine.md).
@@ -81,6 +84,10 @@ class Settings:
     @property
     def models_dir(self) -> Path:
         return self.data_dir / "models"
+
+    @property
+    def prompt_cache_dir(self) -> Path:
+        return self.data_dir / "prompt-cache"
 
 
 def env_var(env: Mapping[str, str], key: str) -> str:
@@ -249,6 +256,7 @@ def from_env(
         num_threads=_uint(env, "OLLAMALITE_NUM_THREADS", 0),
         prefix_cache=_bool(env, "OLLAMALITE_PREFIX_CACHE", True),
         cache_ram=_mebibytes(env, "OLLAMALITE_CACHE_RAM"),
+        cache_disk=_mebibytes(env, "OLLAMALITE_CACHE_DISK") or 0,
         speculative=_bool(env, "OLLAMALITE_SPECULATIVE", True),
         deterministic=_bool(env, "OLLAMALITE_DETERMINISTIC", False),
         repack=_switch(env, "OLLAMALITE_REPACK"),

@@ -42,6 +42,7 @@ from ollamalite.runtime.engine.cpu import CpuPlan, CpuPolicy
 from ollamalite.runtime.engine.engine import Engine
 from ollamalite.runtime.engine.llama import LlamaModel
 from ollamalite.runtime.engine.prompt_cache import PromptCache
+from ollamalite.runtime.engine.prompt_disk import PromptDisk
 from ollamalite.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -121,8 +122,7 @@ class Scheduler:
         self._requests = 0  # inside `use`: generating, or waiting for a slot or a load
         self._shutting_down = False
         self.cpu = CpuPolicy(settings.repack, settings.data_dir)
-        cache_ram = host_cache_size(settings.cache_ram)
-        self.prompt_cache = PromptCache(cache_ram) if cache_ram else None
+        self.prompt_cache = _prompt_cache(settings)
         self.on_load: LoadObserver = lambda name, seconds: None
 
     async def cpu_plan(self, entry: ModelEntry | None = None) -> CpuPlan | None:
@@ -222,6 +222,8 @@ class Scheduler:
         for runner in list(self._runners):
             self._start_close(runner, reason)
         await _all_freed(list(self._closes.values()))
+        if self.prompt_cache is not None:  # what the engines handed it reaches the disk
+            await asyncio.to_thread(self.prompt_cache.close)
 
     def _quiet(self) -> bool:
         return not self._loads and all(runner.refs == 0 for runner in self._runners)
@@ -503,6 +505,14 @@ def _successor(registry: Registry, entry: ModelEntry) -> ModelEntry | None:
     """`entry` as `registry` has it, if a model loaded for `entry` can serve that."""
     newest = registry.get(entry.name)
     return newest if newest is not None and _loads_alike(newest, entry) else None
+
+
+def _prompt_cache(settings: Settings) -> PromptCache | None:
+    """The host-memory prompt cache and its disk, as configured (None when both are off)."""
+    cache_ram = host_cache_size(settings.cache_ram)
+    disk = (PromptDisk(settings.prompt_cache_dir, settings.cache_disk) if settings.cache_disk
+            else None)
+    return PromptCache(cache_ram, disk) if cache_ram or disk else None
 
 
 def host_cache_size(configured: int | None) -> int:

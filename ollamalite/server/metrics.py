@@ -71,8 +71,13 @@ def _prompt_cache(cache: PromptCache | None) -> Iterator[Metric]:
     yield GaugeMetricFamily("ollamalite_prompt_cache_entries", "Saved prefixes in the "
                             "host-memory prompt cache", value=len(cache))
     yield CounterMetricFamily("ollamalite_prompt_cache_restored_tokens", "Prompt tokens "
-                              "restored from host memory, not evaluated again",
+                              "restored from host memory or disk, not evaluated again",
                               value=cache.restored_tokens)
+    if cache.disk is not None:
+        yield GaugeMetricFamily("ollamalite_prompt_cache_disk_bytes", "Bytes of the prompt "
+                                "cache's files (OLLAMALITE_CACHE_DISK)", value=cache.disk.bytes)
+        yield GaugeMetricFamily("ollamalite_prompt_cache_disk_entries", "Saved prefixes in "
+                                "the prompt cache's files", value=len(cache.disk))
 
 
 def _by_model(name: str, documentation: str, values: Tally[str]) -> GaugeMetricFamily:

@@ -61,6 +61,7 @@ from ollamalite.runtime.engine.llama import (
     set_kv_cache,
 )
 from ollamalite.runtime.engine.prompt_cache import PromptCache, Saved, common_prefix, tokens_array
+from ollamalite.runtime.engine.prompt_disk import engine_key
 from ollamalite.runtime.engine.sampling import GrammarError, SamplerChain, log_softmax
 from ollamalite.runtime.engine.text import TextAssembler
 
@@ -210,6 +211,8 @@ class Engine:
         self.model = model
         self.deterministic = deterministic
         self.prompt_cache = prompt_cache
+        # Which engines, now or after a restart, may restore this one's cells from disk.
+        self.cache_key = engine_key(model.path, kv_cache_type, flash_attention)
         self.kv_cache_type = kv_cache_type
         self.prefix_cache = prefix_cache
         self.speculative = speculative
@@ -283,6 +286,7 @@ class Engine:
             self._embedder.close()
         if self.prompt_cache is not None:
             self.prompt_cache.drop(self)
+            self._spill_slots()
         llama_cpp.llama_batch_free(self.batch)
         llama_cpp.llama_free(self.ctx)
 
@@ -384,20 +388,22 @@ class Engine:
         first, if worth it)."""
         if self.prompt_cache is None or not self.prefix_cache:
             return
-        saved, shared = self.prompt_cache.longest(self, job.prompt)
+        saved, shared = self.prompt_cache.longest(self, job.prompt, self.cache_key)
         if saved is None:
             return
         usable = self._usable(shared, saved.exact, job)
         if usable < self._reusable(slot, job) + MIN_RESTORE:
             return
+        state = self.prompt_cache.take(saved)
+        if state is None:  # a damaged file: evaluate the prompt
+            return
         self._stash(slot, 0)
-        self.prompt_cache.take(saved)
         llama_cpp.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
-        if restore_sequence(self.ctx, saved.state, slot.seq_id):
+        if restore_sequence(self.ctx, state, slot.seq_id):
             slot.cached, slot.exact = saved.tokens.tolist(), saved.exact
             self.prompt_cache.count_restored(usable)
-            log.info("slot %d: restored %d cached tokens from host memory", slot.seq_id,
-                     len(slot.cached))
+            log.info("slot %d: restored %d cached tokens from %s", slot.seq_id,
+                     len(slot.cached), "host memory" if isinstance(saved, Saved) else "disk")
         else:
             log.warning("slot %d: llama.cpp refused a saved prefix; evaluating it again",
                         slot.seq_id)
@@ -409,14 +415,29 @@ class Engine:
         too few would be lost or the cache holds them already."""
         cache = self.prompt_cache
         if (cache is None or not self.prefix_cache or len(slot.cached) - keep < MIN_SAVE
-                or cache.holds(self, slot.cached)):
+                or cache.holds(self, slot.cached, self.cache_key)):
             return
-        state = save_sequence(self.ctx, slot.seq_id)
-        saved = (None if state is None
-                 else Saved(self, tokens_array(slot.cached), state, slot.exact))
+        saved = self._saved(slot)
         if saved is not None and cache.add(saved):
             log.debug("slot %d: saved %d tokens to host memory (%d bytes in the cache)",
                       slot.seq_id, len(slot.cached), cache.bytes)
+
+    def _saved(self, slot: Slot) -> Saved | None:
+        """A copy of the slot's cells for the prompt cache (None when llama.cpp gives none)."""
+        state = save_sequence(self.ctx, slot.seq_id)
+        return (None if state is None
+                else Saved(self, tokens_array(slot.cached), state, slot.exact, self.cache_key))
+
+    def _spill_slots(self) -> None:
+        """The engine is closing: the slots' cells worth keeping go to the disk, if any, after
+        the host-memory entries (they are the most recently used)."""
+        for slot in sorted(self.slots, key=lambda s: s.last_used):
+            if (self.prompt_cache.disk is not None and self.prefix_cache
+                    and len(slot.cached) >= MIN_SAVE
+                    and not self.prompt_cache.holds(self, slot.cached, self.cache_key)):
+                saved = self._saved(slot)
+                if saved is not None:
+                    self.prompt_cache.spill(saved, wait=True)
 
     def _reusable(self, slot: Slot, job: Job) -> int:
         """Prompt tokens already in the slot's KV cache that may be kept (none when reuse is
