@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import llama_cpp
 import numpy as np
 
 if TYPE_CHECKING:  # prompt_cache builds on this module
@@ -52,8 +53,6 @@ def engine_key(model_path: str, kv_cache_type: str, flash_attention: str) -> str
     """What a saved state depends on besides its tokens: the model file as it is now, the
     llama.cpp that computed it and the cache layout (type, V transposed without flash
     attention). A changed or replaced model file gets a new key, so old cells are never used."""
-    import llama_cpp  # only engines call this; tests of the file format need no llama.cpp
-
     stat = os.stat(model_path)
     facts = [MAGIC.hex(), llama_cpp.__version__, os.path.realpath(model_path), stat.st_size,
              stat.st_mtime_ns, kv_cache_type, flash_attention]
@@ -111,10 +110,13 @@ class PromptDisk:
         if not saved.key or size + saved.tokens.nbytes > self.capacity:
             return
         with self._work:
-            while (wait and self._pending and self._pending_bytes + size > MAX_PENDING
-                   and self._thread.is_alive()):
-                self._work.wait(1.0)
-            if self._closing or self._pending_bytes + size > MAX_PENDING:
+            if wait:  # one entry at a time goes through, however large
+                while (self._pending and self._pending_bytes + size > MAX_PENDING
+                       and self._thread.is_alive()):
+                    self._work.wait(1.0)
+            elif self._pending_bytes + size > MAX_PENDING:
+                return
+            if self._closing or not self._thread.is_alive():
                 return
             self._pending.append(saved)
             self._pending_bytes += size
