@@ -16,6 +16,7 @@ from typing import AsyncIterator, Callable
 
 from ollamalite.errors import ApiError, BadRequest
 from ollamalite.generation import forced, stats, templates
+from ollamalite.generation.mailbox import mailbox
 from ollamalite.generation.reply import Delta, ReplyParser
 from ollamalite.generation.request import TextRequest
 from ollamalite.generation.tokens import prompt_tail, prompt_tokens
@@ -195,10 +196,9 @@ async def _events(runner: Runner, req: TextRequest, tokens: list[int], opts: Run
                   grammar_text: str | None) -> AsyncIterator[Event]:
     """Submit the job to the model's engine and yield its events until the last; leaving
     early cancels the job."""
-    loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Event] = asyncio.Queue()
-    job = _job(req, tokens, opts, grammar_text,
-               lambda event: loop.call_soon_threadsafe(queue.put_nowait, event))
+    box = mailbox()
+    job = _job(req, tokens, opts, grammar_text, lambda event: box.post(queue.put_nowait, event))
     runner.engine.submit(job)
     try:
         while True:
