@@ -50,7 +50,10 @@ def llama_spec(n_parallel: int, setting: str) -> str:
     return f"llama-server -np {n_parallel}, {setting}"
 
 
+# With --deterministic: ollamalite's batch-invariant mode (OLLAMALITE_DETERMINISTIC=1), 4 slots.
+DETERMINISTIC = OLLAMALITE_4 + ", deterministic"
 SYSTEM_ORDER = (LIMIT, LLAMA, OLLAMALITE_1, OLLAMALITE_1_SPEC, OLLAMALITE_4, OLLAMALITE_4_SPEC,
+                DETERMINISTIC,
                 LLAMA_SERVER_1, *(llama_spec(1, s) for s in LLAMA_SPECS),
                 LLAMA_SERVER_4, *(llama_spec(4, s) for s in LLAMA_SPECS))
 IN_PROCESS = "harness process"  # where the bare loops and `Llama` run
@@ -175,6 +178,16 @@ def speculative_lines(best: dict[Key, Trial]) -> list[str]:
     return lines
 
 
+def deterministic_lines(best: dict[Key, Trial]) -> list[str]:
+    """What the deterministic mode costs: its aggregate tok/s against the default 4-slot
+    server's at each client count measured."""
+    counts = sorted(clients for name, clients in best if name == DETERMINISTIC)
+    return [_ratio(f"{n} client(s), deterministic mode vs default", DETERMINISTIC,
+                   _value(best, (DETERMINISTIC, n), attrgetter("aggregate_tps")), OLLAMALITE_4,
+                   _value(best, (OLLAMALITE_4, n), attrgetter("aggregate_tps")),
+                   "aggregate tok/s") for n in counts]
+
+
 def ratio_lines(best: dict[Key, Trial], chat: dict[Key, list[float]]) -> str:
     """The target ratios; n/a where a configuration was not measured (skipped, other clients,
     no chat test)."""
@@ -184,6 +197,7 @@ def ratio_lines(best: dict[Key, Trial], chat: dict[Key, list[float]]) -> str:
 
     lines = [_ratio(label, a[0], _value(best, a, metric), b[0], _value(best, b, metric), unit)
              for label, metric, unit, a, b in TARGETS] + speculative_lines(best)
+    lines += deterministic_lines(best)
     if not chat:
         return "\n".join(lines)
     turns = len(next(iter(chat.values()), []))

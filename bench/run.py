@@ -35,11 +35,12 @@ Why it measures this way:
 story openings (code_edit.py). ollamalite runs at its defaults (n-gram speculative decoding on);
 `--speculative` runs it with drafts off and on (OLLAMALITE_SPECULATIVE=0 and 1) and adds
 llama-server with its n-gram settings (report.LLAMA_SPECS), all side by side. `--chat-turns 0`
-skips the chat test.
+skips the chat test. `--deterministic` adds ollamalite's 4-slot server in its batch-invariant
+mode (OLLAMALITE_DETERMINISTIC=1), to price it beside the default.
 
 Run: python bench/run.py [--tokens 128] [--rounds 3] [--clients 1,2,4,8] [--chat-turns 8]
                          [--skip-llama-server] [--quick] [--workload story|code-edit]
-                         [--speculative]
+                         [--speculative] [--deterministic]
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ from common import (
 )
 from conversation import opening, questions
 from report import (
+    DETERMINISTIC,
     LIMIT,
     LLAMA,
     LLAMA_SERVER_1,
@@ -132,6 +134,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--speculative", action="store_true",
                         help="also ollamalite and llama-server with n-gram speculative "
                         "decoding on")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="also ollamalite's 4-slot server with OLLAMALITE_DETERMINISTIC=1")
     args = parser.parse_args()
     preset = QUICK if args.quick else {**DEFAULTS, "tokens": WORKLOAD_TOKENS[args.workload]}
     for name, value in preset.items():
@@ -185,8 +189,8 @@ def start_systems(stack: ExitStack, binary: str | None, folder: Path,
 
 def ollamalite_systems(args: argparse.Namespace) -> dict[str, dict[str, str]]:
     """Each ollamalite server's environment by system name: 1 and 4 slots at ollamalite's
-    defaults (drafts on), or under --speculative with drafts off and on side by side; and
-    prefix reuse off for the chat test."""
+    defaults (drafts on), or under --speculative with drafts off and on side by side; the
+    deterministic mode's, with --deterministic; and prefix reuse off for the chat test."""
     plain = {"OLLAMALITE_SPECULATIVE": "0"} if args.speculative else {}
     systems = {}
     for name, slots in ((OLLAMALITE_1, "1"), (OLLAMALITE_4, "4")):
@@ -194,6 +198,9 @@ def ollamalite_systems(args: argparse.Namespace) -> dict[str, dict[str, str]]:
         systems[name] = {**env, **plain}
         if args.speculative:
             systems[name + SPEC] = {**env, "OLLAMALITE_SPECULATIVE": "1"}
+    if args.deterministic:
+        systems[DETERMINISTIC] = {"OLLAMA_NUM_PARALLEL": "4", "OLLAMALITE_PREFIX_CACHE": "1",
+                                  "OLLAMALITE_DETERMINISTIC": "1", **plain}
     if args.chat_turns:
         systems[NO_REUSE] = {"OLLAMA_NUM_PARALLEL": "4", "OLLAMALITE_PREFIX_CACHE": "0", **plain}
     return systems
