@@ -116,6 +116,8 @@ def test_a_longer_prefix_replaces_the_shorter_and_a_covered_one_is_skipped(tmp_p
     written(disk, saved([1, 2, 3]))  # the [1, 2, 3, 4] file holds all of it
     assert len(disk) == 2 and len(files(tmp_path)) == 2
     assert disk.longest("k", tokens_array([1, 2, 3, 4, 5]))[0].tokens.tolist() == [1, 2, 3, 4]
+    written(disk, saved([1, 2, 7]))  # shares a start (a template's), shorter: a file of its own
+    assert len(disk) == 3 and disk.longest("k", tokens_array([1, 2, 7]))[1] == 3
     disk.close()
 
 

@@ -217,8 +217,7 @@ class PromptDisk:
     def _write(self, saved: Saved) -> None:
         """One file for `saved`, unless an entry already holds all its tokens; entries it
         continues go, and the oldest ones while the folder would exceed its bound."""
-        covering, _ = self.longest(saved.key, saved.tokens)
-        if covering is not None and len(covering.tokens) >= len(saved.tokens):
+        if self.longest(saved.key, saved.tokens)[1] == len(saved.tokens):
             return
         header = json.dumps({"key": saved.key, "tokens": len(saved.tokens),
                              "exact": saved.exact, "state": ctypes.sizeof(saved.state),
