@@ -12,7 +12,8 @@ import pytest
 
 from ollamalite.errors import ConfigError
 from ollamalite.registry.models_file import parse
-from ollamalite.settings import from_env
+from ollamalite.runtime.engine.llama import KV_TYPES
+from ollamalite.settings import KV_CACHE_TYPES, from_env
 from tests.conftest import LiveServer, module_server, serving
 
 NUM_CTX = 256
@@ -106,6 +107,11 @@ def test_the_settings_read_ollama_spellings(env: dict[str, str], kv_type: str,
                                             flash: str) -> None:
     settings = from_env(env)
     assert (settings.kv_cache_type, settings.flash_attention) == (kv_type, flash)
+
+
+def test_every_type_the_settings_accept_has_its_ggml_layout() -> None:
+    """The settings name the types without importing llama.cpp; the engine maps each."""
+    assert tuple(KV_TYPES) == KV_CACHE_TYPES
 
 
 def test_a_bad_environment_value_is_logged(caplog: pytest.LogCaptureFixture) -> None:

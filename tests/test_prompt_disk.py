@@ -49,6 +49,7 @@ def test_an_entry_survives_a_new_instance_with_its_tokens_state_and_key(tmp_path
     written(disk, mine, theirs)
     disk.close()
 
+    assert {p.stat().st_mode & 0o777 for p in tmp_path.iterdir()} == {0o600}  # private
     again = opened(tmp_path)
     assert len(again) == 2 and again.bytes == sum(p.stat().st_size for p in tmp_path.iterdir())
     entry, shared = again.longest("k", tokens_array([1, 2, 3, 4, 9]))

@@ -230,7 +230,9 @@ class PromptDisk:
         # half an entry under an entry's name.
         temporary = path.with_suffix(".tmp")
         try:
-            with open(temporary, "wb") as file:
+            # Owner-only: the tokens are the conversation's text.
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with open(descriptor, "wb") as file:
                 file.write(_HEAD.pack(MAGIC, len(header)))
                 file.write(header)
                 file.write(saved.tokens.astype("<i4").tobytes())
