@@ -145,11 +145,19 @@ async def chat(session: aiohttp.ClientSession, url: str, api: Api,
     over the conversations."""
     per_turn: list[float] = []
     for question in questions:
-        ttfts = []
-        for history in histories:
-            ask = {"role": "user", "content": question}
-            run = await stream(session, url, api, [*history, ask], n)
-            ttfts.append(run.ttft_ms)
-            history += [ask, {"role": "assistant", "content": run.text}]
+        ttfts = await ask_each(session, url, api, histories, question, n)
         per_turn.append(sum(ttfts) / len(ttfts))
     return per_turn
+
+
+async def ask_each(session: aiohttp.ClientSession, url: str, api: Api,
+                   histories: list[list[Message]], question: str, n: int) -> list[float]:
+    """Every conversation in turn asks `question`, its answer (up to `n` tokens) joining its
+    history; each one's time to first token in ms."""
+    ttfts = []
+    for history in histories:
+        ask = {"role": "user", "content": question}
+        run = await stream(session, url, api, [*history, ask], n)
+        ttfts.append(run.ttft_ms)
+        history += [ask, {"role": "assistant", "content": run.text}]
+    return ttfts

@@ -33,7 +33,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable
 
-from clients import OLLAMA_CHAT, OPENAI_CHAT, Api, new_session, stream
+from clients import OLLAMA_CHAT, OPENAI_CHAT, Api, ask_each, new_session
 from common import (
     exit_on_sigterm,
     llama_server,
@@ -62,11 +62,8 @@ async def conversations(url: str, api: Api, sessions: list[str], turns: int,
     warm: list[float] = []
     async with new_session() as session:
         for turn, question in enumerate(questions(turns)):
-            for history in histories:
-                ask = {"role": "user", "content": question}
-                run = await stream(session, url, api, [*history, ask], ANSWER_TOKENS)
-                (warm if turn else cold).append(run.ttft_ms)
-                history += [ask, {"role": "assistant", "content": run.text}]
+            ttfts = await ask_each(session, url, api, histories, question, ANSWER_TOKENS)
+            (warm if turn else cold).extend(ttfts)
     return cold, warm
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 import aiohttp
-from clients import OLLAMA_CHAT, Message, new_session, stream
+from clients import OLLAMA_CHAT, Message, ask_each, new_session
 from common import MODEL, exit_on_sigterm, ollamalite_server, write_config
 from conversation import opening, questions
 
@@ -42,13 +42,7 @@ async def turn(url: str, histories: list[list[Message]], question: str) -> list[
     The model is loaded first, untimed."""
     async with new_session() as session:
         await _load(session, url)
-        ttfts = []
-        for history in histories:
-            ask = {"role": "user", "content": question}
-            run = await stream(session, url, OLLAMA_CHAT, [*history, ask], ANSWER_TOKENS)
-            ttfts.append(run.ttft_ms)
-            history += [ask, {"role": "assistant", "content": run.text}]
-    return ttfts
+        return await ask_each(session, url, OLLAMA_CHAT, histories, question, ANSWER_TOKENS)
 
 
 async def _load(session: aiohttp.ClientSession, url: str) -> None:
