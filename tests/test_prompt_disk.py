@@ -84,10 +84,13 @@ def test_the_scan_deletes_what_is_not_a_whole_entry_and_keeps_other_files(tmp_pa
     (tmp_path / "garbage.kv").write_bytes(MAGIC + b"\xff\xff\xff\xff{}")
     (tmp_path / "huge-header.kv").write_bytes(MAGIC + (1 << 20).to_bytes(4, "little"))
     (tmp_path / "half-written.tmp").write_bytes(b"x" * 100)
+    os.utime(tmp_path / "half-written.tmp", (0, 0))  # a crash long ago
+    (tmp_path / "being-written.tmp").write_bytes(b"x" * 100)  # another server, right now
     (tmp_path / "notes.txt").write_text("not ours")
 
     again = opened(tmp_path)
-    assert len(again) == 1 and files(tmp_path) == sorted([whole.name, "notes.txt"])
+    assert len(again) == 1
+    assert files(tmp_path) == sorted([whole.name, "being-written.tmp", "notes.txt"])
     again.close()
 
 
@@ -108,6 +111,10 @@ def test_the_bound_holds_and_the_least_recently_used_go_first(tmp_path: Path) ->
     written(disk, saved([4], nbytes=4 * size))  # larger than the whole bound: not written
     assert len(disk) == 2
     disk.close()
+    smaller = opened(tmp_path / "disk", capacity=size)  # restarted with a lower bound
+    assert len(smaller) == 1 and smaller.longest("k", tokens_array([3]))[1] == 1
+    assert len(list((tmp_path / "disk").iterdir())) == 1
+    smaller.close()
 
 
 def test_a_longer_prefix_replaces_the_shorter_and_a_covered_one_is_skipped(tmp_path: Path

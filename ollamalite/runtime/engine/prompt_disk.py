@@ -26,6 +26,7 @@ import logging
 import os
 import struct
 import threading
+import time
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -47,6 +48,8 @@ MAX_HEADER = 4096  # a header is a few short JSON fields; a longer one is not ou
 # Entries waiting for the writer hold their state in memory: at most this many bytes of them
 # (an eviction beyond it is dropped, as without a disk; an engine closing waits instead).
 MAX_PENDING = 256 << 20
+# A `.tmp` file older than this is a write a crash interrupted (any write takes seconds at most).
+STALE_WRITE_S = 600.0
 
 
 def engine_key(model_path: str, kv_cache_type: str, flash_attention: str) -> str:
@@ -202,6 +205,8 @@ class PromptDisk:
             return
         found = []
         for path in files:
+            if path.suffix != SUFFIX and not _stale(path):
+                continue  # another server on this folder may be writing it now
             entry = _read_header(path) if path.suffix == SUFFIX else None
             if entry is None:
                 log.warning("prompt cache file %s is not a valid entry: deleted", path.name)
@@ -252,16 +257,17 @@ class PromptDisk:
     def _evict(self, room: int, saved: Saved | None = None) -> None:
         """Delete the entries `saved` continues, then the oldest until `room` bytes fit."""
         with self._lock:
-            doomed = [e for e in self._index.values() if saved is not None and e.key == saved.key
-                      and shared_start(e.tokens, saved.tokens) == len(e.tokens)]
-            entries = iter(list(self._index.values()))
-            while self._bytes - sum(e.size for e in doomed) + room > self.capacity:
-                oldest = next(entries, None)
-                if oldest is None:
+            doomed = {e.path: e for e in self._index.values()
+                      if saved is not None and e.key == saved.key
+                      and shared_start(e.tokens, saved.tokens) == len(e.tokens)}
+            left = self._bytes - sum(e.size for e in doomed.values())
+            for oldest in self._index.values():
+                if left + room <= self.capacity:
                     break
-                if oldest not in doomed:
-                    doomed.append(oldest)
-        for entry in doomed:
+                if oldest.path not in doomed:
+                    doomed[oldest.path] = oldest
+                    left -= oldest.size
+        for entry in doomed.values():
             self._forget(entry, delete=True)
 
     def _forget(self, entry: Spilled, delete: bool) -> None:
@@ -305,6 +311,14 @@ def _read_header(path: Path) -> Spilled | None:
     if len(tokens) != count or stat.st_size != size or not state:
         return None
     return Spilled(key, tokens, exact, path, state, crc, size, stat.st_mtime_ns)
+
+
+def _stale(path: Path) -> bool:
+    """Whether a half-written file is old enough to be nobody's write in progress."""
+    try:
+        return time.time() - path.stat().st_mtime > STALE_WRITE_S
+    except OSError:
+        return False
 
 
 def _unlink(path: Path) -> None:
