@@ -6,11 +6,12 @@ again job by job, so a failure ends only the job that causes it). A generation t
 end of its context shifts it, as Ollama does: the oldest half of what follows the kept start is
 dropped from the KV cache and the rest moved back. A job goes to the free slot whose KV cache
 shares the longest prefix with its prompt, so a chat's next turn evaluates only the new messages;
-the cells a slot gives up go to the host-memory prompt cache (`prompt_cache.py`) and come back
-when a prompt continues them. Prompts are cut at fixed positions and the batch ordered so that a
-prompt's numbers do not depend on the others (BLOCK, `_ubatch_order`); the deterministic mode
-also keeps generated tokens' numbers apart and reuses only exact cells. Embedding jobs run on
-the same thread, one batch after each generation step, in a second context (`embedder.py`).
+the cells a slot gives up go to the host-memory prompt cache (`prompt_cache.py`, with its disk
+`prompt_disk.py`) and come back when a prompt continues them. Prompts are cut at fixed
+positions and the batch ordered so that a prompt's numbers do not depend on the others (BLOCK,
+`_ubatch_order`); the deterministic mode also keeps generated tokens' numbers apart and reuses
+only exact cells. Embedding jobs run on the same thread, one batch after each generation step,
+in a second context (`embedder.py`).
 
 With speculation on, a generating slot may add a draft (`draft.py`) after its next token: the
 batch asks logits at every drafted position, the job's own sampler picks at each in order, and
