@@ -4,6 +4,7 @@ model, a prefix that comes back from disk in a new engine, and over HTTP, across
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 from pathlib import Path
 import httpx
@@ -83,6 +84,9 @@ def test_the_scan_deletes_what_is_not_a_whole_entry_and_keeps_other_files(tmp_pa
     cut.write_bytes(cut.read_bytes()[:-1])  # a file cut short
     (tmp_path / "garbage.kv").write_bytes(MAGIC + b"\xff\xff\xff\xff{}")
     (tmp_path / "huge-header.kv").write_bytes(MAGIC + (1 << 20).to_bytes(4, "little"))
+    claims = json.dumps({"key": "k", "tokens": 1 << 40, "exact": 0, "state": 8, "crc": 0})
+    (tmp_path / "claims-too-much.kv").write_bytes(
+        MAGIC + len(claims).to_bytes(4, "little") + claims.encode() + bytes(64))
     (tmp_path / "half-written.tmp").write_bytes(b"x" * 100)
     os.utime(tmp_path / "half-written.tmp", (0, 0))  # a crash long ago
     (tmp_path / "being-written.tmp").write_bytes(b"x" * 100)  # another server, right now

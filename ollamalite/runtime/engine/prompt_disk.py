@@ -288,9 +288,10 @@ def shared_start(a: np.ndarray, b: np.ndarray) -> int:
 
 def _read_header(path: Path) -> Spilled | None:
     """The entry `path` holds, judged by its header, tokens and size; None when it is not a
-    whole file of this format."""
+    whole file of this format. The sizes are checked before the tokens are read."""
     try:
         with open(path, "rb") as file:
+            stat = os.fstat(file.fileno())
             head = file.read(_HEAD.size)
             if len(head) != _HEAD.size:
                 return None
@@ -303,12 +304,13 @@ def _read_header(path: Path) -> Spilled | None:
             if not (isinstance(key, str) and all(isinstance(v, int) and v >= 0
                                                  for v in (count, exact, state, crc))):
                 return None
+            size = _HEAD.size + length + 4 * count + state
+            if stat.st_size != size or not state:
+                return None
             tokens = np.frombuffer(file.read(4 * count), dtype="<i4").astype(np.int32)
-            stat = os.fstat(file.fileno())
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    size = _HEAD.size + length + 4 * count + state
-    if len(tokens) != count or stat.st_size != size or not state:
+    if len(tokens) != count:
         return None
     return Spilled(key, tokens, exact, path, state, crc, size, stat.st_mtime_ns)
 
