@@ -22,10 +22,14 @@ from tests.test_prompt_cache import follow_up, logbook, metric, turn
 OWNER = object()
 
 
-def saved(tokens: list[int], key: str = "k", nbytes: int = 1000, seed: int = 0) -> Saved:
+def saved(tokens: list[int], key: str = "k", nbytes: int = 1000, seed: int = 0,
+          used: float | None = None) -> Saved:
     state = (ctypes.c_uint8 * nbytes)()
     np.ctypeslib.as_array(state)[:] = np.random.default_rng(seed).integers(0, 256, nbytes)
-    return Saved(OWNER, tokens_array(tokens), state, exact=len(tokens) // 2, key=key)
+    entry = Saved(OWNER, tokens_array(tokens), state, exact=len(tokens) // 2, key=key)
+    if used is not None:
+        entry.used = used
+    return entry
 
 
 def opened(folder: Path, capacity: int = 1 << 20) -> PromptDisk:
@@ -116,8 +120,27 @@ def test_the_bound_holds_and_the_least_recently_used_go_first(tmp_path: Path) ->
     assert len(disk) == 2
     disk.close()
     smaller = opened(tmp_path / "disk", capacity=size)  # restarted with a lower bound
-    assert len(smaller) == 1 and smaller.longest("k", tokens_array([3]))[1] == 1
+    assert len(smaller) == 1 and smaller.longest("k", tokens_array([1]))[1] == 1  # used last
     assert len(list((tmp_path / "disk").iterdir())) == 1
+    written(smaller, saved([5], used=1.0))  # saved long ago: it does not evict a newer one
+    assert len(smaller) == 1 and smaller.longest("k", tokens_array([5])) == (None, 0)
+    smaller.close()
+
+
+def test_an_engine_closing_writes_the_most_recently_used_first_and_keeps_their_order(
+        tmp_path: Path) -> None:
+    """Written newest first (a stop cut short keeps those), yet ordered by last use."""
+    older, newer = saved([1], used=100.0), saved([2], used=200.0)
+    probe = saved([0])
+    cache = PromptCache(2 * probe.size, opened(tmp_path))
+    cache.add(older)
+    cache.add(newer)
+    cache.drop(OWNER)
+    cache.close()
+    assert sorted(p.stat().st_mtime for p in tmp_path.iterdir()) == [100.0, 200.0]
+    size = next(tmp_path.iterdir()).stat().st_size
+    smaller = opened(tmp_path, capacity=size)
+    assert smaller.longest("k", tokens_array([2]))[1] == 1 and len(smaller) == 1
     smaller.close()
 
 

@@ -286,8 +286,8 @@ class Engine:
         if self._embedder is not None:
             self._embedder.close()
         if self.prompt_cache is not None:
-            self.prompt_cache.drop(self)
             self._spill_slots()
+            self.prompt_cache.drop(self)
         llama_cpp.llama_batch_free(self.batch)
         llama_cpp.llama_free(self.ctx)
 
@@ -430,9 +430,9 @@ class Engine:
                 else Saved(self, tokens_array(slot.cached), state, slot.exact, self.cache_key))
 
     def _spill_slots(self) -> None:
-        """The engine is closing: the slots' cells worth keeping go to the disk, if any, after
+        """The engine is closing: the slots' cells worth keeping go to the disk, if any, before
         the host-memory entries (they are the most recently used)."""
-        for slot in sorted(self.slots, key=lambda s: s.last_used):
+        for slot in sorted(self.slots, key=lambda s: -s.last_used):
             if (self.prompt_cache.disk is not None and self.prefix_cache
                     and len(slot.cached) >= MIN_SAVE
                     and not self.prompt_cache.holds(self, slot.cached, self.cache_key)):

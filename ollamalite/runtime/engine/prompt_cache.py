@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import ctypes
 import threading
+import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -35,6 +36,8 @@ class Saved:
     state: ctypes.Array
     exact: int = 0  # the leading cells computed as a cold evaluation computes them (Slot.exact)
     key: str = ""  # `prompt_disk.engine_key` of `owner`: which engines a disk copy fits
+    used: float = field(default_factory=time.time)  # last saved or matched (wall clock: a disk
+    # copy keeps it across restarts)
 
     @property
     def size(self) -> int:
@@ -90,6 +93,7 @@ class PromptCache:
             for entry_id, saved in self._entries.items():
                 if saved.owner is owner and shared_start(saved.tokens, wanted) == len(wanted):
                     self._entries.move_to_end(entry_id)
+                    saved.used = time.time()
                     return True
         return (self.disk is not None and bool(key)
                 and self.disk.longest(key, wanted)[1] == len(wanted))
@@ -137,11 +141,11 @@ class PromptCache:
 
     def drop(self, owner: object) -> None:
         """Forget every entry of `owner` (its engine is closing), after writing them to the
-        disk, if any, oldest first."""
+        disk, if any, most recently used first (a stop cut short keeps those)."""
         with self._lock:
             dropped = [self._remove(k) for k, s in list(self._entries.items())
                        if s.owner is owner]
-        for saved in dropped:
+        for saved in reversed(dropped):
             self.spill(saved, wait=True)
 
     def close(self) -> None:

@@ -73,7 +73,7 @@ class Spilled:
     state_size: int
     crc: int
     size: int  # of the whole file
-    used: int = 0  # the file's modification time (ns) when scanned: the order of last use
+    used: int = 0  # last use, ns since the epoch (its file's modification time)
 
 
 class PromptDisk:
@@ -145,6 +145,7 @@ class PromptDisk:
                 file.seek(entry.size - entry.state_size)
                 complete = file.readinto(memoryview(state)) == entry.state_size
             os.utime(entry.path)  # the order of use, for the next scan
+            entry.used = time.time_ns()
         except OSError as exc:  # evicted meanwhile, or the folder went away
             log.warning("prompt cache file %s unreadable: %s", entry.path.name, exc)
             self._forget(entry, delete=False)
@@ -220,17 +221,20 @@ class PromptDisk:
         self._evict(0)
 
     def _write(self, saved: Saved) -> None:
-        """One file for `saved`, unless an entry already holds all its tokens; entries it
-        continues go, and the oldest ones while the folder would exceed its bound."""
+        """One file for `saved`, unless an entry already holds all its tokens or only entries
+        used more recently could make room; entries it continues go, and the least recently
+        used ones while the folder would exceed its bound."""
         if self.longest(saved.key, saved.tokens)[1] == len(saved.tokens):
             return
+        used = int(saved.used * 1e9)
         header = json.dumps({"key": saved.key, "tokens": len(saved.tokens),
                              "exact": saved.exact, "state": ctypes.sizeof(saved.state),
                              "crc": zlib.crc32(saved.state)}).encode()
         name = hashlib.sha256(saved.key.encode() + saved.tokens.tobytes()).hexdigest()[:32]
         path = self.folder / f"{name}{SUFFIX}"
         size = _HEAD.size + len(header) + saved.tokens.nbytes + ctypes.sizeof(saved.state)
-        self._evict(size, saved)
+        if not self._evict(size, saved, used):
+            return
         # Written aside and renamed: a crash leaves a .tmp (deleted by the next scan), never
         # half an entry under an entry's name.
         temporary = path.with_suffix(".tmp")
@@ -242,33 +246,41 @@ class PromptDisk:
                 file.write(header)
                 file.write(saved.tokens.astype("<i4").tobytes())
                 file.write(memoryview(saved.state))
+            os.utime(temporary, ns=(used, used))  # its last use, for the order after a restart
             os.replace(temporary, path)
         except BaseException:
             _unlink(temporary)
             raise
         entry = Spilled(saved.key, saved.tokens.copy(), saved.exact, path,
-                        ctypes.sizeof(saved.state), zlib.crc32(saved.state), size)
+                        ctypes.sizeof(saved.state), zlib.crc32(saved.state), size, used)
         with self._lock:
             self._index[path] = entry
             self._bytes += size
+            if any(other.used > used for other in self._index.values()):  # written late
+                self._index = OrderedDict(sorted(self._index.items(), key=lambda i: i[1].used))
         log.debug("prompt cache: wrote %d tokens to disk (%d bytes on disk)", len(entry.tokens),
                   self._bytes)
 
-    def _evict(self, room: int, saved: Saved | None = None) -> None:
-        """Delete the entries `saved` continues, then the oldest until `room` bytes fit."""
+    def _evict(self, room: int, saved: Saved | None = None, used: int | None = None) -> bool:
+        """Make `room` bytes: delete the entries `saved` continues, then the least recently
+        used, those used before `used` only. False (and nothing deleted) when that is not
+        enough."""
         with self._lock:
             doomed = {e.path: e for e in self._index.values()
                       if saved is not None and e.key == saved.key
                       and shared_start(e.tokens, saved.tokens) == len(e.tokens)}
             left = self._bytes - sum(e.size for e in doomed.values())
             for oldest in self._index.values():
-                if left + room <= self.capacity:
+                if left + room <= self.capacity or (used is not None and oldest.used > used):
                     break
                 if oldest.path not in doomed:
                     doomed[oldest.path] = oldest
                     left -= oldest.size
+            if left + room > self.capacity:
+                return False
         for entry in doomed.values():
             self._forget(entry, delete=True)
+        return True
 
     def _forget(self, entry: Spilled, delete: bool) -> None:
         with self._lock:
