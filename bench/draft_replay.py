@@ -4,8 +4,8 @@ Running the model once per setting would take minutes each and measure a shared 
 drift as much as the setting. At temperature 0 what a draft keeps depends only on the answer's
 tokens, so this generates each workload's greedy answers once (one engine, one slot, no
 speculation) and then replays them through the drafter and `draft.plan` under each setting,
-pricing every step with the cost model (`draft.UBATCH` + `draft.ROW` per row, measured by
-step_cost.py): the printed speed-up is plain decoding's cost over the drafting one's, with the
+pricing every step with the cost model (`draft.Prices`' defaults, a micro-batch and a row each,
+measured by step_cost.py): the printed speed-up is plain decoding's cost over the drafting one's, with the
 drafted and kept counts. bench/speculative.py and run.py then check the chosen setting on the
 model for real.
 
@@ -66,11 +66,12 @@ def replay(prompt: list[int], answer: list[int], oracle: bool = False
     policy on this lookup)."""
     drafter = Drafter(prompt)
     drafter.add(answer[0])  # from the prompt's evaluation: no decode step of its own
-    step = draft.UBATCH + draft.ROW
+    prices = draft.Prices()
+    step = prices.step(1, 1)
     t, cost, drafted, kept = 1, 0.0, 0, 0
     while t < len(answer):
         guess = drafter.continuation(min(draft.MAX_DRAFT, len(answer) - t))
-        k = plan([Candidate(guess, drafter.rate, False)], 1, step)[0]
+        k = plan([Candidate(guess, drafter.rate, False)], 1, step, prices)[0]
         run = next((i for i in range(len(guess) if oracle else k)
                     if guess[i] != answer[t + i]), len(guess) if oracle else k)
         k = run if oracle else k

@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from ollamalite.runtime.engine import draft
-from ollamalite.runtime.engine.draft import ROW, UBATCH, Candidate, Drafter, Memory, plan
+from ollamalite.runtime.engine.draft import (
+    ROW,
+    UBATCH,
+    Candidate,
+    Drafter,
+    Memory,
+    Prices,
+    plan,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -117,3 +125,36 @@ def test_memory_forgets_everything_past_its_bound(monkeypatch: pytest.MonkeyPatc
     memory.remember(list(range(100, 140)), 0)  # longer than the bound alone: its end is kept
     assert memory.get((100, 101, 102)) is None and memory.get((135, 136, 137)) == \
         (list(range(130, 140)), 8)
+
+
+def test_timings_near_the_defaults_keep_them() -> None:
+    """The in-engine timings behind the constants (10.3 ms for one row, 31.5 for four) and the
+    load-time probe's spread on that machine (up to 1.02) are noise for the decision."""
+    assert Prices.timed(0.0103, 0.0315, 3) == Prices()
+    assert Prices.timed(0.0100, 0.0300, 4) == Prices()  # 1.0
+
+
+def test_a_slow_micro_batch_is_priced_with_its_split_share() -> None:
+    prices = Prices.timed(0.0035, 0.0055, 4)  # a row 0.5 ms, the rest of a step 3 ms
+    assert prices.ubatch == pytest.approx(6.0)
+    assert prices.split == pytest.approx(prices.ubatch * draft.SPLIT / draft.UBATCH)
+
+
+def test_where_extra_rows_are_cheap_a_mediocre_guesser_drafts() -> None:
+    """A memory-bound machine: one row 2 ms, each more 0.3 ms. A lone slot right 40% of the
+    time drafts there, and not at this project's prices."""
+    cheap = Prices.timed(0.002, 0.0032, 4)
+    assert cheap.ubatch == pytest.approx(5.67, abs=0.01)
+    guesser = [Candidate(list(range(20)), 0.4, False)]
+    assert plan(guesser, 1, cheap.step(1, 1), cheap)[0] > 0
+    assert plan(guesser, 1, Prices().step(1, 1))[0] == 0
+
+
+@pytest.mark.parametrize("one, more", [(0.010, 0.009), (0.010, 0.010), (0.010, 0.200)])
+def test_timings_that_make_no_sense_give_bounded_prices(one: float, more: float) -> None:
+    prices = Prices.timed(one, more, 4)
+    assert draft.MIN_UBATCH <= prices.ubatch <= draft.MAX_UBATCH
+    if more <= one:
+        assert prices == Prices()
+    else:  # rows dearer than a whole step: the floor
+        assert prices.ubatch == draft.MIN_UBATCH

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import queue
 import threading
@@ -14,6 +15,7 @@ from ollamalite.generation.prompt import render_chat
 from ollamalite.options import SamplingParams
 from ollamalite.registry.gguf_header import read_header
 from ollamalite.registry.models_file import bundled_model_path
+from ollamalite.runtime.engine import draft
 from ollamalite.runtime.engine.engine import BLOCK, PREFILL_BUDGET, SPLIT_KV_CELLS, Engine
 from ollamalite.runtime.engine.jobs import Failed, Finished, Job, TextChunk
 from ollamalite.runtime.engine.llama import LlamaModel
@@ -608,3 +610,24 @@ def test_deterministic_mode_drafts_only_where_its_tokens_stay_exact(model: Llama
     assert len(prompt) + spec.final.eval_count > SPLIT_KV_CELLS + 32  # decoded past it too
     assert spec.final.tokens == base.final.tokens
     assert spec.final.accepted_tokens > 0 and base.final.drafted_tokens == 0
+
+
+def test_an_engine_with_drafts_prices_them_on_this_machine(
+        model: LlamaModel, caplog: pytest.LogCaptureFixture) -> None:
+    """The prices come from timing this machine's steps at load, within sane bounds; an engine
+    without drafts keeps the defaults, and timing leaves the cache empty (a first job
+    evaluates its whole prompt and decodes as without it)."""
+    prompt = chat_prompt(model, "Name three rivers.")
+    with caplog.at_level(logging.INFO, logger="ollamalite.runtime.engine.engine"):
+        with running(model, n_slots=1, slot_ctx=SLOT_CTX, speculative=True) as timed:
+            prices = timed.prices
+            first = Run(timed, prompt, num_predict=8)
+            first.text()
+    assert "draft prices: a step of 1 row took" in caplog.text
+    assert draft.MIN_UBATCH <= prices.ubatch <= draft.MAX_UBATCH and prices.split > 0
+    assert first.final.prompt_eval_count == len(prompt)
+    with running(model, n_slots=1, slot_ctx=SLOT_CTX) as plain_engine:
+        assert plain_engine.prices == draft.Prices()
+        again = Run(plain_engine, prompt, num_predict=8)
+        again.text()
+    assert again.final.tokens == first.final.tokens

@@ -7,12 +7,13 @@ next token and keeps the drafted tokens its own sampler would have picked anyway
 recent answers are a second source (`Memory`): a request asked again (regenerate, the same edit
 of a file) drafts from the earlier answer.
 
-A drafted row is not free on a CPU: each costs about 0.7 of a token of decoding (`ROW`,
-`UBATCH`, `SPLIT`), so a draft pays only where it is likely to be kept. Each slot estimates how
-often its lookup guesses the next token right, from every token it generates (a guess is made
-and checked whether or not it was drafted, so a slot that stopped drafting keeps learning), and
-`plan` gives each slot the draft length that most raises the step's expected tokens per unit of
-time, given what else the step decodes.
+A drafted row is not free on a CPU: here each costs about 0.7 of a token of decoding
+(`Prices`; an engine on a machine whose timing differs far from that drafts by its own), so a
+draft pays only where it is likely to be kept. Each slot estimates how often its lookup guesses
+the next token right, from every token it generates (a guess is made and checked whether or not
+it was drafted, so a slot that stopped drafting keeps learning), and `plan` gives each slot the
+draft length that most raises the step's expected tokens per unit of time, given what else the
+step decodes.
 """
 
 from __future__ import annotations
@@ -41,6 +42,16 @@ MAX_DRAFT = 16
 ROW = 1.0
 UBATCH = 0.5
 SPLIT = 0.75
+# A timed micro-batch price outside these bounds is a measurement gone wrong (a busy machine):
+# from rows that cost a whole step each (memory-bound decoding is far cheaper per extra row) to
+# rows nearly free beside a step's fixed cost (a wide machine with a small model).
+MIN_UBATCH = 0.05
+MAX_UBATCH = 8.0
+# The load-time timing is a rough probe (an empty sequence, a few tries): on the machine the
+# defaults were tuned on end to end (in-engine 0.46) it gave 0.59, 0.76 and 1.02 in three loads.
+# Only a price beyond NOISE times the default or below its 1/NOISE is taken: a machine that
+# differs that much (rows nearly free beside a step's fixed cost) drafts by its own prices.
+NOISE = 3.0
 # Where the current n-gram occurred in both the job's own text and the engine's earlier answers,
 # the occurrence whose preceding tokens agree longer with the current ones wins (up to AGREE).
 AGREE = 16
@@ -146,9 +157,37 @@ class Candidate:
     shared: bool
 
 
-def plan(candidates: list[Candidate], tokens: float, cost: float) -> list[int]:
+@dataclass(frozen=True)
+class Prices:
+    """A step's cost in rows: `ubatch` for each micro-batch, ROW for each row, and `split` more
+    for a draft's rows run in a micro-batch of their own beside other slots. The defaults are
+    this project's measuring machine's (above); `timed` fits them to another."""
+
+    ubatch: float = UBATCH
+    split: float = SPLIT
+
+    @classmethod
+    def timed(cls, one_row: float, more_rows: float, extra: int) -> Prices:
+        """From the time of a one-row step and of one with `extra` more rows of the same
+        sequence: a row costs their difference over `extra`, the micro-batch what is left of
+        the first (the defaults unless that is far from them: NOISE). A split draft's
+        micro-batch keeps its measured share of that price."""
+        row = (more_rows - one_row) / extra
+        if row <= 0:
+            return cls()
+        ubatch = min(max((one_row - row) / row, MIN_UBATCH), MAX_UBATCH)
+        if UBATCH / NOISE <= ubatch <= UBATCH * NOISE:
+            return cls()
+        return cls(ubatch, ubatch * SPLIT / UBATCH)
+
+    def step(self, ubatches: int, rows: int) -> float:
+        return ubatches * self.ubatch + rows * ROW
+
+
+def plan(candidates: list[Candidate], tokens: float, cost: float,
+         prices: Prices = Prices()) -> list[int]:
     """How many of each candidate's tokens to draft, given that the step without drafts yields
-    `tokens` tokens for `cost` (ROW, UBATCH and SPLIT units). The i-th drafted token of a slot
+    `tokens` tokens for `cost` (in `prices`' units). The i-th drafted token of a slot
     is kept with chance rate**i (every one before it must be kept too); each slot in turn,
     likeliest first, takes the length that most raises the step's expected tokens per unit of
     cost, within MAX_DRAFT for the whole step. A step already long with prompt rows makes
@@ -161,7 +200,7 @@ def plan(candidates: list[Candidate], tokens: float, cost: float) -> list[int]:
         for k in range(1, min(len(candidate.tokens), room) + 1):
             kept *= candidate.rate
             gain += kept
-            extra = k * ROW + (SPLIT if candidate.shared else 0.0)
+            extra = k * ROW + (prices.split if candidate.shared else 0.0)
             if (tokens + gain) / (cost + extra) > best:
                 best, lengths[i], chosen = (tokens + gain) / (cost + extra), k, (gain, extra)
         if lengths[i]:

@@ -35,11 +35,10 @@ import llama_cpp
 
 from ollamalite.runtime.engine.draft import (
     MAX_DRAFT,
-    ROW,
-    UBATCH,
     Candidate,
     Drafter,
     Memory,
+    Prices,
     plan,
 )
 from ollamalite.runtime.engine.embedder import Embedder
@@ -103,6 +102,10 @@ FILL_CONTEXT = -2
 # A generation without `num_predict` ends after this many context lengths of tokens, shifts
 # included.
 UNBOUNDED_CONTEXTS = 10
+# Draft prices are timed at load: a step of one row and one of 1 + PRICE_ROWS rows, each the
+# fastest of PRICE_TRIES (after a warm-up round of one-row steps), under 0.1 s here.
+PRICE_ROWS = 4
+PRICE_TRIES = 3
 
 
 class Slot:
@@ -228,6 +231,7 @@ class Engine:
         self.mem = llama_cpp.llama_get_memory(self.ctx)
         self.batch = llama_cpp.llama_batch_init(capacity, 0, 1)
         self.slots = [Slot(i) for i in range(n_slots)]
+        self.prices = self._timed_prices() if speculative else Prices()
         self._queue: deque[Job] = deque()
         self._embeds: deque[EmbedJob] = deque()
         self._embedder: Embedder | None = None  # created by the engine thread when first needed
@@ -493,9 +497,33 @@ class Engine:
                                 part.slot.seq_id in shared)
                       if part.slot.drafter is not None else Candidate([], 0.0, False)
                       for part in generating]
-        lengths = plan(candidates, len(generating), len(runs) * UBATCH + rows * ROW)
+        lengths = plan(candidates, len(generating), self.prices.step(len(runs), rows),
+                       self.prices)
         return [Part(part.slot, part.tokens + c.tokens[:k], True, k) if k else part
                 for part, c, k in zip(generating, candidates, lengths)]
+
+    def _timed_prices(self) -> Prices:
+        """What a micro-batch costs against a row on this machine, timed on an empty sequence
+        before any job runs (the defaults if llama.cpp refuses a batch)."""
+        fastest = {}
+        for rows in (1, 1, 1 + PRICE_ROWS):  # the first one-row decode warms the context up
+            times = []
+            for _ in range(PRICE_TRIES):
+                for i in range(rows):
+                    put_token(self.batch, i, 0, i, 0, True)
+                self.batch.n_tokens = rows
+                started = time.perf_counter()
+                rc = llama_cpp.llama_decode(self.ctx, self.batch)
+                times.append(time.perf_counter() - started)
+                llama_cpp.llama_memory_seq_rm(self.mem, 0, -1, -1)
+                if rc != 0:
+                    return Prices()
+            fastest[rows] = min(times)
+        prices = Prices.timed(fastest[1], fastest[1 + PRICE_ROWS], PRICE_ROWS)
+        log.info("draft prices: a step of 1 row took %.1f ms, of %d rows %.1f ms: a micro-batch "
+                 "is priced %.2f rows", fastest[1] * 1e3, 1 + PRICE_ROWS,
+                 fastest[1 + PRICE_ROWS] * 1e3, prices.ubatch)
+        return prices
 
     def _prompt_take(self, slot: Slot, room: int) -> int:
         """How many of the slot's pending prompt tokens fit this step: whole blocks within
