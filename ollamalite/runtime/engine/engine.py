@@ -436,9 +436,10 @@ class Engine:
     def _spill_slots(self) -> None:
         """The engine is closing: the slots' cells worth keeping go to the disk, if any, before
         the host-memory entries (they are the most recently used)."""
+        if self.prompt_cache.disk is None or not self.prefix_cache:
+            return
         for slot in sorted(self.slots, key=lambda s: -s.last_used):
-            if (self.prompt_cache.disk is not None and self.prefix_cache
-                    and len(slot.cached) >= MIN_SAVE
+            if (len(slot.cached) >= MIN_SAVE
                     and not self.prompt_cache.holds(self, slot.cached, self.cache_key)):
                 saved = self._saved(slot)
                 if saved is not None:
@@ -506,7 +507,7 @@ class Engine:
         """What a micro-batch costs against a row on this machine, timed on an empty sequence
         before any job runs (the defaults if llama.cpp refuses a batch)."""
         fastest = {}
-        for rows in (1, 1, 1 + PRICE_ROWS):  # the first one-row decode warms the context up
+        for rows in (1, 1, 1 + PRICE_ROWS):  # the first round of one-row steps is a warm-up
             times = []
             for _ in range(PRICE_TRIES):
                 for i in range(rows):
