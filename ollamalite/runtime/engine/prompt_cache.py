@@ -24,7 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ollamalite.runtime.engine.prompt_disk import PromptDisk, Spilled, shared_start
+from ollamalite.runtime.engine.prompt_disk import PromptDisk, Spilled, continues, longest_match
 
 
 @dataclass(eq=False)
@@ -70,15 +70,11 @@ class PromptCache:
                 ) -> tuple[Saved | Spilled | None, int]:
         """`owner`'s entry sharing the longest start with `prompt`, or the disk's of `key`
         when that shares more, and that length."""
-        best: Saved | Spilled | None = None
-        shared = 0
         wanted = tokens_array(prompt)
+        best: Saved | Spilled | None
         with self._lock:
-            for saved in self._entries.values():
-                if saved.owner is owner:
-                    n = shared_start(saved.tokens, wanted)
-                    if n > shared:
-                        best, shared = saved, n
+            best, shared = longest_match(
+                (s for s in self._entries.values() if s.owner is owner), wanted)
         if self.disk is not None and key:
             spilled, n = self.disk.longest(key, wanted)
             if n > shared:
@@ -91,7 +87,7 @@ class PromptCache:
         wanted = tokens_array(tokens)
         with self._lock:
             for entry_id, saved in self._entries.items():
-                if saved.owner is owner and shared_start(saved.tokens, wanted) == len(wanted):
+                if saved.owner is owner and continues(saved.tokens, wanted):
                     self._entries.move_to_end(entry_id)
                     saved.used = time.time()
                     return True
@@ -109,8 +105,7 @@ class PromptCache:
         evicted = []
         with self._lock:
             for key, old in list(self._entries.items()):
-                if old.owner is saved.owner and shared_start(old.tokens, saved.tokens) == len(
-                        old.tokens):
+                if old.owner is saved.owner and continues(saved.tokens, old.tokens):
                     self._remove(key)
             while self._bytes + saved.size > self.capacity:
                 evicted.append(self._remove(next(iter(self._entries))))

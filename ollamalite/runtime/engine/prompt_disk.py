@@ -31,7 +31,7 @@ import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable, Protocol, TypeVar
 
 import llama_cpp
 import numpy as np
@@ -40,6 +40,13 @@ if TYPE_CHECKING:  # prompt_cache builds on this module
     from ollamalite.runtime.engine.prompt_cache import Saved
 
 log = logging.getLogger(__name__)
+
+
+class _Tokens(Protocol):
+    tokens: np.ndarray
+
+
+E = TypeVar("E", bound=_Tokens)
 
 MAGIC = b"OLPCKV\x00\x01"  # the last byte is the format version
 SUFFIX = ".kv"
@@ -127,14 +134,8 @@ class PromptDisk:
 
     def longest(self, key: str, wanted: np.ndarray) -> tuple[Spilled | None, int]:
         """The entry of `key` sharing the longest start with `wanted`, and that length."""
-        best, shared = None, 0
         with self._lock:
-            for entry in self._index.values():
-                if entry.key == key:
-                    n = shared_start(entry.tokens, wanted)
-                    if n > shared:
-                        best, shared = entry, n
-        return best, shared
+            return longest_match((e for e in self._index.values() if e.key == key), wanted)
 
     def load(self, entry: Spilled) -> ctypes.Array | None:
         """`entry`'s state, read and checked; None (and the file gone) when it is missing,
@@ -227,9 +228,10 @@ class PromptDisk:
         if self.longest(saved.key, saved.tokens)[1] == len(saved.tokens):
             return
         used = int(saved.used * 1e9)
+        crc = zlib.crc32(saved.state)
         header = json.dumps({"key": saved.key, "tokens": len(saved.tokens),
                              "exact": saved.exact, "state": ctypes.sizeof(saved.state),
-                             "crc": zlib.crc32(saved.state)}).encode()
+                             "crc": crc}).encode()
         name = hashlib.sha256(saved.key.encode() + saved.tokens.tobytes()).hexdigest()[:32]
         path = self.folder / f"{name}{SUFFIX}"
         size = _HEAD.size + len(header) + saved.tokens.nbytes + ctypes.sizeof(saved.state)
@@ -252,7 +254,7 @@ class PromptDisk:
             _unlink(temporary)
             raise
         entry = Spilled(saved.key, saved.tokens.copy(), saved.exact, path,
-                        ctypes.sizeof(saved.state), zlib.crc32(saved.state), size, used)
+                        ctypes.sizeof(saved.state), crc, size, used)
         with self._lock:
             self._index[path] = entry
             self._bytes += size
@@ -268,7 +270,7 @@ class PromptDisk:
         with self._lock:
             doomed = {e.path: e for e in self._index.values()
                       if saved is not None and e.key == saved.key
-                      and shared_start(e.tokens, saved.tokens) == len(e.tokens)}
+                      and continues(saved.tokens, e.tokens)}
             left = self._bytes - sum(e.size for e in doomed.values())
             for oldest in self._index.values():
                 if left + room <= self.capacity or (used is not None and oldest.used > used):
@@ -288,6 +290,22 @@ class PromptDisk:
                 self._bytes -= entry.size
         if delete:
             _unlink(entry.path)
+
+
+def longest_match(entries: Iterable[E], wanted: np.ndarray) -> tuple[E | None, int]:
+    """Of `entries` (with `tokens`), the one sharing the longest start with `wanted`, and
+    that length; (None, 0) when none shares a token."""
+    best, shared = None, 0
+    for entry in entries:
+        n = shared_start(entry.tokens, wanted)
+        if n > shared:
+            best, shared = entry, n
+    return best, shared
+
+
+def continues(tokens: np.ndarray, prefix: np.ndarray) -> bool:
+    """Whether `tokens` start with all of `prefix`."""
+    return len(prefix) <= len(tokens) and shared_start(tokens, prefix) == len(prefix)
 
 
 def shared_start(a: np.ndarray, b: np.ndarray) -> int:
