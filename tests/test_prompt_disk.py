@@ -6,7 +6,10 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
+
 import httpx
 import numpy as np
 import pytest
@@ -16,7 +19,7 @@ from ollamalite.runtime.engine.jobs import Finished
 from ollamalite.runtime.engine.llama import LlamaModel
 from ollamalite.runtime.engine.prompt_cache import PromptCache, Saved, tokens_array
 from ollamalite.runtime.engine.prompt_disk import MAGIC, PromptDisk, Spilled
-from tests.conftest import MODEL, serving
+from tests.conftest import MODEL, running, serving
 from tests.test_prompt_cache import follow_up, logbook, metric, turn
 
 OWNER = object()
@@ -190,6 +193,19 @@ def one_slot(model: LlamaModel, cache: PromptCache, **kw: str) -> Engine:
     return Engine(model, n_slots=1, slot_ctx=1024, n_batch=256, prompt_cache=cache, **kw)
 
 
+@contextmanager
+def restarted(model: LlamaModel, folder: Path, **kw: str) -> Iterator[tuple[Engine, PromptCache]]:
+    """A new cache on `folder` and a one-slot engine over it (Engine's keywords), as after a
+    restart; both closed when the block ends."""
+    cache = PromptCache(256 << 20, opened(folder, 64 << 20))
+    engine = one_slot(model, cache, **kw)
+    try:
+        yield engine, cache
+    finally:
+        engine.close()
+        cache.close()
+
+
 @pytest.fixture()
 def first_session(model: LlamaModel, folder: Path) -> Finished:
     """An engine that answers a logbook's question and closes (its slot goes to disk): the
@@ -208,35 +224,22 @@ def test_a_new_engine_restores_a_closed_ones_prefix_from_disk(
     """After a restart (a new cache and engine on the same folder) the follow-up evaluates
     only its new tokens, with the same greedy answer as an engine that never let go."""
     prompt = follow_up(model, first_session, "And the day after?")
-    cache = PromptCache(256 << 20, opened(folder, 64 << 20))
-    engine = one_slot(model, cache)
-    try:
+    with restarted(model, folder) as (engine, cache):
         restored = turn(engine, prompt).final
-    finally:
-        engine.close()
-        cache.close()
     answered = len(first_session.tokens)
     assert restored.prompt_eval_count <= len(prompt) - answered + 1
     assert cache.restored_tokens >= answered - 1
-    kept = Engine(model, n_slots=1, slot_ctx=1024, n_batch=256)
-    try:
+    with running(model, n_slots=1, slot_ctx=1024, n_batch=256) as kept:
         assert turn(kept, logbook(model, "the Mary Rose")).final.tokens == first_session.tokens
         assert turn(kept, prompt).final.tokens == restored.tokens
-    finally:
-        kept.close()
 
 
 def test_an_engine_with_other_kv_settings_is_not_offered_the_file(
         model: LlamaModel, folder: Path, first_session: Finished) -> None:
     """Another KV cache type lays its cells out otherwise: its engine evaluates in full."""
     prompt = follow_up(model, first_session, "And the day after?")
-    cache = PromptCache(256 << 20, opened(folder, 64 << 20))
-    engine = one_slot(model, cache, kv_cache_type="q8_0", flash_attention="on")
-    try:
+    with restarted(model, folder, kv_cache_type="q8_0", flash_attention="on") as (engine, _):
         assert turn(engine, prompt).final.prompt_eval_count == len(prompt)
-    finally:
-        engine.close()
-        cache.close()
 
 
 def test_a_damaged_file_is_evaluated_again_with_the_same_answer(
@@ -246,15 +249,10 @@ def test_a_damaged_file_is_evaluated_again_with_the_same_answer(
     data[-100:] = bytes(100)
     path.write_bytes(bytes(data))
     prompt = follow_up(model, first_session, "And the day after?")
-    cache = PromptCache(256 << 20, opened(folder, 64 << 20))
-    engine = one_slot(model, cache)
-    try:
+    with restarted(model, folder) as (engine, cache):
         again = turn(engine, prompt).final
         assert again.prompt_eval_count == len(prompt) and cache.restored_tokens == 0
         assert not path.exists()
-    finally:
-        engine.close()
-        cache.close()
 
 
 # -- over HTTP, across a restart --------------------------------------------------------------
